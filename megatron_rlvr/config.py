@@ -1,0 +1,625 @@
+"""The one typed config tree of a run: dataclasses, loadable from YAML, overridable by dotted `key=value`.
+
+Every field carries a one-line docstring (the comment right above it), shown by `megatron-rlvr train --help`.
+`load_config()` builds the tree and validates it once; every invalid value raises `ConfigError` naming the
+field, the value and the fix. Megatron and SGLang options live in pass-through dicts (`megatron`, `sglang`)
+handed to those libraries as they are, instead of a second copy of their arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from megatron_rlvr.models.presets import PRESETS, Qwen3Shape, get_preset
+
+
+class ConfigError(ValueError):
+    """An invalid config value. `str(err)` is one line: field, value, what is wrong and how to fix it."""
+
+    def __init__(self, field_path: str, value: Any, problem: str, fix: str):
+        self.field_path, self.value, self.problem, self.fix = field_path, value, problem, fix
+        super().__init__(f"config error: {field_path}={value!r}: {problem}; fix: {fix}")
+
+
+ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "raw", "mean")
+GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "mean")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+# ----------------------------------------------------------------------------------------------- models
+@dataclass
+class ParallelConfig:
+    """Megatron parallel layout of one model. Data parallel size is world_size / (tp * pp)."""
+
+    # tensor-parallel size; must divide the attention heads and the KV (query) groups
+    tp: int = 1
+    # pipeline-parallel size; must divide the number of layers
+    pp: int = 1
+    # virtual pipeline stages per rank (interleaved schedule); 1 = plain 1F1B
+    vpp: int = 1
+    # use Megatron's distributed (ZeRO-1) optimizer across data-parallel ranks
+    distributed_optimizer: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """One Qwen3 model (policy or memory) trained under Megatron-Core."""
+
+    # shape preset: qwen3-0.6b|1.7b|4b|8b|14b|32b or tiny|tiny-tied|tiny-mem|tiny-deep
+    preset: str = "tiny"
+    # parallel layout of this model
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # parameter/compute dtype: float32|bfloat16|float16 ("auto": bfloat16 on GPU, float32 on CPU)
+    dtype: str = "auto"
+    # initialise from this checkpoint folder (Megatron checkpoint from `convert from-hf`); None = random/warm start
+    init_from: Optional[str] = None
+    # layer implementation: auto (Transformer-Engine if importable, else local) | local | transformer_engine
+    transformer_impl: str = "auto"
+    # seed for weight initialisation
+    init_seed: int = 1234
+    # extra megatron.core TransformerConfig fields passed through verbatim (e.g. {recompute_granularity: selective})
+    megatron: dict = field(default_factory=dict)
+
+    def shape(self) -> Qwen3Shape:
+        return get_preset(self.preset)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer of one model (Megatron's get_megatron_optimizer)."""
+
+    # adam (AdamW with decoupled weight decay) or sgd
+    optimizer: str = "adam"
+    # peak learning rate
+    lr: float = 1e-6
+    # weight decay (decoupled)
+    weight_decay: float = 0.0
+    # Adam betas
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    # SGD momentum
+    sgd_momentum: float = 0.0
+    # gradient-norm clip; 0 disables
+    clip_grad: float = 1.0
+    # linear warm-up steps
+    lr_warmup_steps: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizers of both models."""
+
+    # optimizer of the policy
+    policy: OptimConfig = field(default_factory=OptimConfig)
+    # optimizer of the memory model (trained with cross-entropy on each step's rollouts)
+    memory: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+
+
+# ----------------------------------------------------------------------------------------------- rollout
+@dataclass
+class RolloutConfig:
+    """How responses are generated."""
+
+    # rollout engine: embedded (in-process, HF Qwen3 modules with KV cache) or sglang
+    engine: str = "embedded"
+    # prompts per RL step (the global batch, in prompts)
+    prompts_per_step: int = 8
+    # responses per prompt (G)
+    group_size: int = 8
+    # maximum generated tokens per response
+    max_new_tokens: int = 16
+    # sampling temperature (> 0)
+    temperature: float = 1.0
+    # top-k truncation; 0 disables
+    top_k: int = 0
+    # nucleus truncation; 1.0 disables
+    top_p: float = 1.0
+    # sequences decoded together by the embedded engine
+    batch_size: int = 256
+    # where SGLang engines run: colocated (share GPUs with training, memory released during updates) or dedicated
+    placement: str = "colocated"
+    # attach to running SGLang servers instead of starting engines (list of http URLs)
+    server_urls: list = field(default_factory=list)
+    # weight-push bucket size in MiB
+    weight_bucket_mb: int = 512
+    # extra sglang.Engine / ServerArgs options passed through verbatim
+    sglang: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- algorithm
+@dataclass
+class AlgorithmConfig:
+    """Advantage estimation (SPEC 2.1-2.3) and the policy loss (SPEC 2.4)."""
+
+    # advantage estimator: grpo|drgrpo|rloo|reinforce_pp_baseline|raw|mean
+    estimator: str = "grpo"
+    # IAC exponent alpha (SPEC 2.2); 0 = base estimator, paper default 1.0
+    iac_alpha: float = 1.0
+    # epsilon in the GRPO std normalisation
+    std_eps: float = 1e-6
+    # loss aggregation: token-mean|seq-mean-token-mean|seq-mean-token-sum-norm
+    loss_agg: str = "token-mean"
+    # PPO clip lower epsilon
+    clip_eps_low: float = 0.2
+    # PPO clip upper epsilon (DAPO clip-higher uses 0.28)
+    clip_eps_high: float = 0.2
+    # DAPO dynamic sampling: drop groups whose rewards are all equal, oversample to refill
+    dynamic_sampling: bool = False
+    # DAPO dynamic sampling: at most this many extra generation rounds per step
+    dynamic_sampling_max_rounds: int = 3
+    # DAPO overlong reward shaping
+    overlong_shaping: bool = False
+    # DAPO overlong shaping: length of the soft-penalty window before max_new_tokens
+    overlong_cache_len: int = 4
+    # DAPO overlong shaping: penalty at the maximum length
+    overlong_penalty: float = 1.0
+    # KL-to-reference coefficient (0 disables; the reference is the initial policy)
+    kl_coef: float = 0.0
+    # KL estimator: k1|k2|k3
+    kl_estimator: str = "k3"
+    # entropy bonus coefficient
+    entropy_coef: float = 0.0
+    # PPO epochs over each step's rollouts
+    ppo_epochs: int = 1
+    # sequences per micro-batch in the policy/memory update
+    micro_batch_size: int = 16
+    # optimizer steps per RL step (the global batch is split into this many mini-batches)
+    mini_batches: int = 1
+    # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (SPEC 2.5)
+    tis: bool = False
+    # truncation C of the importance weight
+    tis_cap: float = 2.0
+
+    def is_dapo(self) -> bool:
+        return self.dynamic_sampling or self.overlong_shaping or self.clip_eps_high > self.clip_eps_low
+
+
+@dataclass
+class DLCConfig:
+    """Distribution-level calibration (SPEC 2.5): sample from softmax((z_policy - lam * z_memory) / T)."""
+
+    # train a memory model and calibrate rollouts with it
+    enabled: bool = True
+    # balance factor lambda >= 0 (0 = plain sampling, memory still trained)
+    lam: float = 0.5
+    # plausibility constraint tau in (0, 1]: only tokens with z >= max z + log(tau) may be sampled; null = off
+    plausibility_tau: Optional[float] = None
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class TaskConfig:
+    """Prompts and verifier."""
+
+    # task: synthetic (built-in multi-answer task) | math (JSONL/parquet with prompt, answer; math-verify)
+    name: str = "synthetic"
+    # dataset file(s) for `math` (.jsonl or .parquet)
+    path: Optional[str] = None
+    # skip malformed dataset rows (counted and reported) instead of failing with file/line/field
+    skip_malformed: bool = False
+    # synthetic task: number of distinct queries
+    num_queries: int = 64
+    # synthetic task: correct answers (modes) per query
+    answers_per_query: int = 4
+    # seed of the synthetic task and of prompt order
+    seed: int = 0
+    # prompt-field and answer-field names for `math` datasets
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    # HF tokenizer folder for `math` (the synthetic task ships its own byte tokenizer)
+    tokenizer: Optional[str] = None
+
+
+@dataclass
+class WarmStartConfig:
+    """Short supervised phase so RLVR starts from a policy with several modes (the paper's premise)."""
+
+    # run the warm start when no checkpoint/init_from is given
+    enabled: bool = True
+    # supervised optimizer steps
+    steps: int = 200
+    # learning rate of the warm start
+    lr: float = 3e-3
+    # sequences per step
+    batch_size: int = 64
+    # share of incorrect answers in the supervised data
+    incorrect_fraction: float = 0.3
+    # cache folder (keyed by a hash of the relevant config) so reruns skip it
+    cache_dir: str = "~/.cache/megatron_rlvr/warm_start"
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+@dataclass
+class CheckpointConfig:
+    """Megatron dist-checkpointing of models, optimizers, RNG and data position."""
+
+    # save every N steps (0 = only at the end)
+    save_interval: int = 10
+    # resume: auto (latest in <run_dir>/checkpoints if any) | none | a checkpoint folder
+    load: str = "auto"
+    # keep this many latest checkpoints (0 keeps all)
+    keep_last: int = 2
+    # export both models to Hugging Face format at the end of the run
+    export_hf: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics sinks."""
+
+    # rich progress bar with a live summary
+    progress: bool = True
+    # TensorBoard event files under <run_dir>/tb
+    tensorboard: bool = True
+    # log to Weights & Biases (needs `pip install wandb`)
+    wandb: bool = False
+    # W&B project
+    wandb_project: str = "megatron-rlvr"
+    # write PNG plots of the over-sharpening curves at the end
+    plots: bool = True
+    # save every step's rollouts (for train-only replay) under <run_dir>/rollouts
+    save_rollouts: bool = False
+
+
+@dataclass
+class RunConfig:
+    """A whole RLVR run."""
+
+    # output folder of this run (config, metrics, plots, checkpoints, HF export)
+    run_dir: str = "runs/default"
+    # RL steps
+    steps: int = 30
+    # global seed
+    seed: int = 0
+    # full | rollout_only (generate + score, no updates) | train_only (replay saved rollouts from replay_dir)
+    mode: str = "full"
+    # folder of saved rollouts for mode=train_only
+    replay_dir: Optional[str] = None
+    # the policy model
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    # the memory model of DLC
+    memory: ModelConfig = field(default_factory=lambda: ModelConfig(preset="tiny-mem"))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    dlc: DLCConfig = field(default_factory=DLCConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(path: str, value: Any, tp) -> Any:
+    """Check/convert one leaf value against its annotated type, with a precise error."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        return _coerce(path, value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(path, value, "expected a boolean", "use true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(path, value, "expected an integer", "give a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "expected a number", "give a number such as 0.5 or 1e-6")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(path, value, "expected a string", "give a plain string")
+        return str(value)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, value, "expected a list", "give a YAML list such as [a, b]")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "expected a mapping", "give a YAML mapping such as {key: value}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys with a suggestion."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping", "give a YAML mapping")
+    types = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+            raise ConfigError(path, value, "unknown config key", hint)
+        tp = types[key]
+        if _is_dataclass_type(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{path}.")
+        else:
+            kwargs[key] = _coerce(path, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, value, f"{p} is not a section", "override a leaf of the config tree")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["dlc.lam=0.3", "policy.parallel.tp=2"]` -> nested dict. Values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, None, "an override must look like key=value", "write e.g. dlc.lam=0.3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: Optional[str | os.PathLike] = None,
+    overrides: Optional[list[str]] = None,
+    base: Optional[RunConfig] = None,
+    validate: bool = True,
+) -> RunConfig:
+    """Build the run config: defaults (or `base`, e.g. a recipe) <- YAML file <- `key=value` overrides."""
+    tree = dataclasses.asdict(base) if base is not None else {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", str(path), "config file not found", "pass an existing YAML file")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", str(path), "the YAML file is not a mapping", "write key: value pairs")
+        tree = _merge(tree, loaded)
+    tree = _merge(tree, parse_overrides(overrides or []))
+    cfg = _build(RunConfig, tree)
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _require(cond: bool, path: str, value: Any, problem: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(path, value, problem, fix)
+
+
+def _validate_model(name: str, m: ModelConfig) -> Qwen3Shape:
+    _require(m.preset.lower() in PRESETS, f"{name}.preset", m.preset, "unknown Qwen3 preset",
+             f"choose one of {', '.join(PRESETS)}")
+    shape = m.shape()
+    par = m.parallel
+    for k in ("tp", "pp", "vpp"):
+        v = getattr(par, k)
+        _require(v >= 1, f"{name}.parallel.{k}", v, "must be >= 1", "use a positive integer")
+    _require(shape.num_key_value_heads % par.tp == 0, f"{name}.parallel.tp", par.tp,
+             f"tensor-parallel size must divide the {shape.num_key_value_heads} query groups (KV heads) of "
+             f"{m.preset}", f"use a tp that divides {shape.num_key_value_heads}")
+    _require(shape.num_attention_heads % par.tp == 0, f"{name}.parallel.tp", par.tp,
+             f"tensor-parallel size must divide the {shape.num_attention_heads} attention heads of {m.preset}",
+             f"use a tp that divides {shape.num_attention_heads}")
+    layers_per = par.pp * par.vpp
+    _require(shape.num_hidden_layers % layers_per == 0, f"{name}.parallel.pp", par.pp,
+             f"pp * vpp = {layers_per} must divide the {shape.num_hidden_layers} layers of {m.preset}",
+             "choose pp (and vpp) so that every stage holds a whole number of layers")
+    _require(par.vpp == 1 or par.pp > 1, f"{name}.parallel.vpp", par.vpp,
+             "virtual pipeline stages need pp > 1", "set vpp=1 or pp>=2")
+    _require(m.dtype in ("auto", "float32", "bfloat16", "float16"), f"{name}.dtype", m.dtype,
+             "unknown dtype", "use auto, float32, bfloat16 or float16")
+    _require(m.transformer_impl in ("auto", "local", "transformer_engine"), f"{name}.transformer_impl",
+             m.transformer_impl, "unknown layer implementation", "use auto, local or transformer_engine")
+    if m.init_from is not None:
+        _require(Path(m.init_from).expanduser().exists(), f"{name}.init_from", m.init_from,
+                 "checkpoint folder does not exist",
+                 "pass a folder written by the trainer or by `megatron-rlvr convert from-hf`")
+    return shape
+
+
+def _validate_optim(name: str, o: OptimConfig) -> None:
+    _require(o.optimizer in ("adam", "sgd"), f"{name}.optimizer", o.optimizer, "unknown optimizer",
+             "use adam or sgd")
+    _require(o.lr > 0, f"{name}.lr", o.lr, "learning rate must be > 0", "use e.g. 1e-6")
+    _require(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "must be >= 0", "use 0 or more")
+    for k in ("adam_beta1", "adam_beta2"):
+        v = getattr(o, k)
+        _require(0 <= v < 1, f"{name}.{k}", v, "must be in [0, 1)", "use e.g. 0.9 / 0.999")
+    _require(0 <= o.sgd_momentum < 1, f"{name}.sgd_momentum", o.sgd_momentum, "must be in [0, 1)", "use 0..0.99")
+    _require(o.clip_grad >= 0, f"{name}.clip_grad", o.clip_grad, "must be >= 0", "use 0 to disable")
+    _require(o.lr_warmup_steps >= 0, f"{name}.lr_warmup_steps", o.lr_warmup_steps, "must be >= 0", "use 0 or more")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check the whole tree once, before any process group or model exists."""
+    _require(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0", "use a non-negative number of RL steps")
+    _require(cfg.mode in ("full", "rollout_only", "train_only"), "mode", cfg.mode, "unknown mode",
+             "use full, rollout_only or train_only")
+    if cfg.mode == "train_only":
+        _require(cfg.replay_dir is not None and Path(cfg.replay_dir).is_dir(), "replay_dir", cfg.replay_dir,
+                 "train_only replays saved rollouts and needs their folder",
+                 "run once with logging.save_rollouts=true and pass its <run_dir>/rollouts")
+    pshape = _validate_model("policy", cfg.policy)
+    mshape = _validate_model("memory", cfg.memory)
+    if cfg.dlc.enabled:
+        _require(mshape.vocab_size == pshape.vocab_size, "memory.preset", cfg.memory.preset,
+                 f"memory vocabulary ({mshape.vocab_size}) differs from the policy's ({pshape.vocab_size})",
+                 "DLC subtracts logits token by token: pick a memory preset with the policy's vocabulary")
+    _require(cfg.memory.parallel.tp <= cfg.policy.parallel.tp and cfg.memory.parallel.pp <= cfg.policy.parallel.pp,
+             "memory.parallel", dataclasses.asdict(cfg.memory.parallel),
+             "the memory model's layout must not be larger than the policy's",
+             "use tp/pp for memory <= the policy's (it is the smaller model)")
+    r = cfg.rollout
+    _require(r.engine in ("embedded", "sglang"), "rollout.engine", r.engine, "unknown rollout engine",
+             "use embedded or sglang")
+    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1", "use 1 or more")
+    _require(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1", "use 1 or more")
+    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1", "use 1 or more")
+    _require(r.temperature > 0, "rollout.temperature", r.temperature, "training rollouts need temperature > 0",
+             "use e.g. 1.0")
+    _require(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0", "use 0 to disable")
+    _require(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]", "use 1.0 to disable")
+    _require(r.batch_size >= 1, "rollout.batch_size", r.batch_size, "must be >= 1", "use 1 or more")
+    _require(r.placement in ("colocated", "dedicated"), "rollout.placement", r.placement, "unknown placement",
+             "use colocated or dedicated")
+    _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", r.weight_bucket_mb, "must be >= 1", "use e.g. 512")
+
+    a = cfg.algorithm
+    _require(a.estimator in ESTIMATORS, "algorithm.estimator", a.estimator, "unknown advantage estimator",
+             f"use one of {', '.join(ESTIMATORS)}")
+    if a.estimator in GROUP_ESTIMATORS:
+        _require(r.group_size >= 2, "rollout.group_size", r.group_size,
+                 f"the group estimator {a.estimator} needs at least 2 responses per prompt",
+                 "set rollout.group_size>=2 or algorithm.estimator=raw")
+    _require(a.iac_alpha >= 0, "algorithm.iac_alpha", a.iac_alpha, "IAC exponent alpha must be >= 0",
+             "use 0 (off) to 2; the paper's default is 1.0")
+    _require(a.std_eps > 0, "algorithm.std_eps", a.std_eps, "must be > 0", "use e.g. 1e-6")
+    _require(a.loss_agg in LOSS_AGG_MODES, "algorithm.loss_agg", a.loss_agg, "unknown loss aggregation",
+             f"use one of {', '.join(LOSS_AGG_MODES)}")
+    for k in ("clip_eps_low", "clip_eps_high"):
+        v = getattr(a, k)
+        _require(0 < v < 1, f"algorithm.{k}", v, "PPO clip epsilon must be in (0, 1)", "use e.g. 0.2 (0.28 high)")
+    _require(a.dynamic_sampling_max_rounds >= 0, "algorithm.dynamic_sampling_max_rounds",
+             a.dynamic_sampling_max_rounds, "must be >= 0", "use e.g. 3")
+    if a.overlong_shaping:
+        _require(0 < a.overlong_cache_len < r.max_new_tokens, "algorithm.overlong_cache_len", a.overlong_cache_len,
+                 f"must be in (0, rollout.max_new_tokens={r.max_new_tokens})", "use a window shorter than max length")
+    _require(a.overlong_penalty >= 0, "algorithm.overlong_penalty", a.overlong_penalty, "must be >= 0", "use e.g. 1.0")
+    _require(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0", "use 0 to disable")
+    _require(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", a.kl_estimator, "unknown KL estimator",
+             "use k1, k2 or k3")
+    _require(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0", "use 0 to disable")
+    _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", a.ppo_epochs, "must be >= 1", "use 1 or more")
+    _require(a.micro_batch_size >= 1, "algorithm.micro_batch_size", a.micro_batch_size, "must be >= 1", "use 1+")
+    _require(a.mini_batches >= 1, "algorithm.mini_batches", a.mini_batches, "must be >= 1", "use 1 or more")
+    n_seq = r.prompts_per_step * r.group_size
+    _require(n_seq % a.mini_batches == 0, "algorithm.mini_batches", a.mini_batches,
+             f"must divide the {n_seq} sequences of a step (prompts_per_step x group_size)",
+             "pick a divisor of prompts_per_step * group_size")
+    _require(a.tis_cap > 0, "algorithm.tis_cap", a.tis_cap, "truncation C must be > 0", "use e.g. 2.0")
+
+    d = cfg.dlc
+    _require(d.lam >= 0, "dlc.lam", d.lam, "lambda must be >= 0 (it scales the memory logits subtracted)",
+             "use 0 (plain sampling) or a positive value such as 0.5")
+    if d.plausibility_tau is not None:
+        _require(0 < d.plausibility_tau <= 1, "dlc.plausibility_tau", d.plausibility_tau, "must be in (0, 1]",
+                 "use e.g. 0.01, or null to disable")
+    if a.tis:
+        _require(d.enabled, "algorithm.tis", a.tis, "the TIS weight corrects for sampling from pi_cal",
+                 "enable dlc or set algorithm.tis=false")
+
+    _validate_optim("optimizer.policy", cfg.optimizer.policy)
+    _validate_optim("optimizer.memory", cfg.optimizer.memory)
+
+    t = cfg.task
+    _require(t.name in ("synthetic", "math"), "task.name", t.name, "unknown task", "use synthetic or math")
+    if t.name == "math":
+        _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
+                 "pass task.path=/path/to/train.jsonl (or .parquet)")
+        _require(Path(t.path).expanduser().exists(), "task.path", t.path, "dataset file does not exist",
+                 "check the path")
+    _require(t.num_queries >= 1, "task.num_queries", t.num_queries, "must be >= 1", "use 1 or more")
+    _require(t.answers_per_query >= 1, "task.answers_per_query", t.answers_per_query, "must be >= 1", "use 1+")
+
+    w = cfg.warm_start
+    _require(w.steps >= 0, "warm_start.steps", w.steps, "must be >= 0", "use 0 or more")
+    _require(w.lr > 0, "warm_start.lr", w.lr, "must be > 0", "use e.g. 3e-3")
+    _require(w.batch_size >= 1, "warm_start.batch_size", w.batch_size, "must be >= 1", "use 1 or more")
+    _require(0 <= w.incorrect_fraction < 1, "warm_start.incorrect_fraction", w.incorrect_fraction,
+             "must be in [0, 1)", "use e.g. 0.3")
+
+    c = cfg.checkpoint
+    _require(c.save_interval >= 0, "checkpoint.save_interval", c.save_interval, "must be >= 0", "use 0 for end only")
+    _require(c.keep_last >= 0, "checkpoint.keep_last", c.keep_last, "must be >= 0", "use 0 to keep all")
+    _require(c.load in ("auto", "none") or Path(c.load).expanduser().exists(), "checkpoint.load", c.load,
+             "checkpoint folder does not exist", "use auto, none, or an existing checkpoint folder")
+
+
+def check_world_size(cfg: RunConfig, world_size: int) -> None:
+    """The parallel layouts against the actual number of ranks (checked at launch, before process groups)."""
+    for name in ("policy", "memory"):
+        par = getattr(cfg, name).parallel
+        mp = par.tp * par.pp
+        _require(world_size % mp == 0, f"{name}.parallel", f"tp={par.tp} pp={par.pp}",
+                 f"tp * pp = {mp} does not divide the world size {world_size}",
+                 f"launch a multiple of {mp} ranks (nodes x gpus_per_node) or change the layout")
+
+
+def describe_tree(cls=RunConfig, prefix: str = "", inst=None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) rows for `--help`, read from the comment above each field."""
+    import inspect
+
+    rows = []
+    src = inspect.getsource(cls).splitlines()
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in src:
+        s = line.strip()
+        if s.startswith("#"):
+            pending.append(s.lstrip("# "))
+        elif ":" in s and not s.startswith(("def ", "class ", "@", '"""', "return")) and pending is not None:
+            name = s.split(":", 1)[0].strip()
+            if name.isidentifier():
+                docs[name] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    inst = cls() if inst is None else inst
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = types[f.name]
+        if _is_dataclass_type(tp):
+            rows.append((f"{prefix}{f.name}", "", (tp.__doc__ or "").strip().splitlines()[0]))
+            rows.extend(describe_tree(tp, f"{prefix}{f.name}.", getattr(inst, f.name)))
+        else:
+            rows.append((f"{prefix}{f.name}", repr(getattr(inst, f.name)), docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,1 @@
+"""Qwen3 models: shape presets and the Megatron-Core model provider."""

@@ -1,0 +1,1 @@
+"""Rollout stage: engines that generate responses with DLC (pi_cal) sampling."""
