@@ -75,6 +75,10 @@ class RolloutBatch:
     # which correct answer (mode) each response hit; -1 for incorrect (used by mode-coverage metrics)
     modes: Optional[torch.Tensor] = None
     advantages: Optional[torch.Tensor] = None  # (N,) filled by the advantage stage
+    # verifier verdict before reward shaping (AVG@G / PASS@G count these); None = rewards > 0.5
+    correct: Optional[torch.Tensor] = None
+    # rollout-stage statistics (DAPO rounds, kept-group share, ...) for the metrics stage
+    stats: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -88,7 +92,8 @@ class RolloutBatch:
             response_mask=self.response_mask[idx], logprob_cal=self.logprob_cal[idx],
             logprob_rollout_policy=self.logprob_rollout_policy[idx], rewards=self.rewards[idx],
             group_ids=self.group_ids[idx], finish_reasons=[self.finish_reasons[i] for i in ids],
-            modes=pick(self.modes), advantages=pick(self.advantages),
+            modes=pick(self.modes), advantages=pick(self.advantages), correct=pick(self.correct),
+            stats=dict(self.stats),
         )
 
     def save(self, path) -> None:

@@ -1,0 +1,173 @@
+"""Metrics stage: per-step statistics of a rollout batch, and the sinks (JSONL, TensorBoard, W&B, console, plots).
+
+Over-sharpening shows up as falling policy entropy and falling mode coverage (distinct correct answers per query)
+while AVG@G still rises; the plots written at the end put those curves side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from megatron_rlvr.rollout.types import RolloutBatch
+
+
+def rollout_metrics(batch: RolloutBatch, correct_threshold: float = 0.5) -> dict[str, float]:
+    """AVG@G, PASS@G, mode coverage, response lengths and KL(pi_cal || pi_theta) of one step's rollouts."""
+    correct = (batch.correct if batch.correct is not None else batch.rewards > correct_threshold).float()
+    groups = batch.group_ids.unique()
+    pass_at, modes_per_query = [], []
+    for g in groups:
+        sel = batch.group_ids == g
+        pass_at.append(float(correct[sel].max()))
+        if batch.modes is not None:
+            m = batch.modes[sel]
+            modes_per_query.append(float(m[m >= 0].unique().numel()))
+    mask = batch.response_mask
+    n_tok = mask.sum().clamp(min=1)
+    # Rollouts are drawn from pi_cal, so mean(log pi_cal - log pi_theta) over sampled tokens is an unbiased (k1)
+    # estimate of KL(pi_cal || pi_theta): how far DLC moved sampling away from the policy.
+    kl_cal = float(((batch.logprob_cal - batch.logprob_rollout_policy) * mask).sum() / n_tok)
+    out = {
+        "reward/mean": float(batch.rewards.mean()),
+        "acc/avg_at_g": float(correct.mean()),
+        "acc/pass_at_g": sum(pass_at) / max(len(pass_at), 1),
+        "response/length_mean": float(batch.response_lens.float().mean()),
+        "response/length_max": float(batch.response_lens.max()),
+        "response/truncated_frac": sum(r == "length" for r in batch.finish_reasons) / max(len(batch), 1),
+        "dlc/kl_cal_policy": kl_cal,
+        "rollout/sequences": float(len(batch)),
+        "rollout/tokens": float(mask.sum()),
+    }
+    out.update(batch.stats)
+    if modes_per_query:
+        out["modes/distinct_correct_per_query"] = sum(modes_per_query) / len(modes_per_query)
+    return out
+
+
+class PhaseTimer:
+    """Wall-clock time per phase of a step (rollout, logprob recompute, policy update, ...)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] += time.perf_counter() - t0
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {f"time/{k}": v for k, v in self.times.items()}
+        out["time/step"] = sum(self.times.values())
+        return out
+
+
+def _scalar(v) -> Optional[float]:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().mean().item()
+    if isinstance(v, (int, float)) and math.isfinite(float(v)):
+        return float(v)
+    return None
+
+
+class MetricsLogger:
+    """Writes one JSON line per step (and TensorBoard / W&B when enabled). Only rank 0 writes.
+
+    On resume, lines of steps after the resumed checkpoint are dropped, so metrics.jsonl of a resumed run equals
+    that of an uninterrupted one.
+    """
+
+    def __init__(self, run_dir: Path, cfg, enabled: bool = True, resume_step: int = 0) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = self.wandb = None
+        self.history: list[dict] = []
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+            self.history = [r for r in kept if r["step"] < resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+        if cfg.logging.wandb:
+            try:
+                import wandb
+            except ImportError as err:
+                raise RuntimeError("logging.wandb=true needs `pip install wandb` (or set logging.wandb=false)") from err
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, config=cfg.to_dict(), dir=str(run_dir),
+                                    resume="allow")
+
+    def log(self, step: int, metrics: dict) -> dict:
+        row = {"step": step}
+        row.update({k: s for k, v in sorted(metrics.items()) if (s := _scalar(v)) is not None})
+        if not self.enabled:
+            return row
+        self.history.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        return row
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+PLOT_PANELS = (
+    ("Reward and accuracy", ("reward/mean", "acc/avg_at_g", "acc/pass_at_g")),
+    ("Policy entropy on rollout tokens", ("policy/entropy",)),
+    ("Distinct correct answers per query", ("modes/distinct_correct_per_query",)),
+    ("KL(pi_cal || pi_theta) and PPO KL", ("dlc/kl_cal_policy", "policy/ppo_kl")),
+    ("Memory-model loss", ("memory/loss",)),
+    ("IAC weight", ("iac/weight_mean", "iac/weight_max")),
+)
+
+
+def write_plots(history: list[dict], out_path: Path, title: str = "") -> Optional[Path]:
+    """PNG of the over-sharpening curves (accuracy rising vs entropy and mode coverage falling)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    steps = [r["step"] for r in history]
+    for ax, (name, keys) in zip(axes.flat, PLOT_PANELS):
+        for k in keys:
+            ys = [r.get(k, float("nan")) for r in history]
+            if any(math.isfinite(y) for y in ys):
+                ax.plot(steps, ys, label=k, marker=".")
+        ax.set_title(name)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
