@@ -212,3 +212,13 @@ def test_overlong_penalty_is_zero_then_linear_then_minus_penalty():
 def test_overlong_penalty_rejects_a_cache_longer_than_max_len():
     with pytest.raises(ValueError, match="cache_len <= max_len"):
         overlong_penalty(torch.tensor([1]), max_len=4, cache_len=8)
+
+
+def test_reinforce_pp_baseline_batch_ids_whiten_each_batch_on_its_own():
+    rewards = t(1, 0, 1, 1, 2, 0, 1, 0)
+    groups = ids(0, 0, 1, 1, 2, 2, 3, 3)
+    batches = ids(0, 0, 0, 0, 1, 1, 1, 1)
+    adv, _ = compute_advantages(rewards, groups, "reinforce_pp_baseline", batch_ids=batches)
+    first, _ = compute_advantages(rewards[:4], groups[:4], "reinforce_pp_baseline")
+    second, _ = compute_advantages(rewards[4:], groups[4:], "reinforce_pp_baseline")
+    torch.testing.assert_close(adv, torch.cat([first, second]))

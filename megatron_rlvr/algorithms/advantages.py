@@ -7,7 +7,8 @@ implementations (verl, OpenRLHF, TRL) so that results are comparable:
 - `grpo` divides by the *unbiased* (Bessel-corrected, G - 1) standard deviation of the group plus `eps`;
   an all-equal group therefore gets advantage exactly 0.
 - `reinforce_pp_baseline` subtracts the group mean, then whitens with the mean and *population* standard
-  deviation of the whole batch (one value per response, not per token).
+  deviation of the whole batch (one value per response, not per token). `batch_ids` may split the input into
+  several independently whitened batches (e.g. independent runs vectorised into one call by the toy study).
 - `rloo` uses the mean of the other G - 1 rewards of the group as baseline, which equals
   G / (G - 1) * (r_i - mean(r)).
 - `raw` (A = r) is the only estimator that allows groups of size 1; the others raise, because a group
@@ -47,19 +48,27 @@ def _rloo(r: Tensor, g: GroupIndex) -> Tensor:
     return r - leave_one_out_mean
 
 
-def _reinforce_pp_baseline(r: Tensor, g: GroupIndex, eps: float) -> Tensor:
+def _reinforce_pp_baseline(r: Tensor, g: GroupIndex, eps: float, batches: GroupIndex | None) -> Tensor:
     centred = _centred(r, g)
     # population std over the batch, as REINFORCE++'s global normalisation (Hu et al.) does
-    return (centred - centred.mean()) / (centred.std(correction=0) + eps)
+    if batches is None:
+        return (centred - centred.mean()) / (centred.std(correction=0) + eps)
+    dev = centred - batches.mean(centred)[batches.inverse]
+    std = batches.mean(dev * dev).sqrt()
+    return dev / (std[batches.inverse] + eps)
 
 
-def base_advantages(rewards: Tensor, group_ids: Tensor, estimator: str, eps: float = 1e-6) -> Tensor:
+def base_advantages(
+    rewards: Tensor, group_ids: Tensor, estimator: str, eps: float = 1e-6, batch_ids: Tensor | None = None
+) -> Tensor:
     """Advantages of one estimator of SPEC 2.1, without IAC. Shapes: rewards (N,), group_ids (N,) -> (N,)."""
-    adv, _ = _base_advantages64(rewards, group_ids, estimator, eps)
+    adv, _ = _base_advantages64(rewards, group_ids, estimator, eps, batch_ids)
     return adv.to(rewards.dtype)
 
 
-def _base_advantages64(rewards: Tensor, group_ids: Tensor, estimator: str, eps: float) -> tuple[Tensor, GroupIndex]:
+def _base_advantages64(
+    rewards: Tensor, group_ids: Tensor, estimator: str, eps: float, batch_ids: Tensor | None
+) -> tuple[Tensor, GroupIndex]:
     _check_rewards(rewards)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -81,7 +90,8 @@ def _base_advantages64(rewards: Tensor, group_ids: Tensor, estimator: str, eps: 
     elif estimator == "rloo":
         adv = _rloo(r, g)
     elif estimator == "reinforce_pp_baseline":
-        adv = _reinforce_pp_baseline(r, g, eps)
+        batches = None if batch_ids is None else group_index(batch_ids, rewards.shape[0])
+        adv = _reinforce_pp_baseline(r, g, eps, batches)
     else:  # raw
         adv = r
     return adv, g
@@ -93,6 +103,7 @@ def compute_advantages(
     estimator: str,
     iac_alpha: float = 0.0,
     eps: float = 1e-6,
+    batch_ids: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Advantages of the given estimator followed by IAC with strength `iac_alpha` (SPEC 2.1 then 2.2).
 
@@ -102,6 +113,8 @@ def compute_advantages(
         estimator: one of ESTIMATORS.
         iac_alpha: IAC strength >= 0; 0 returns the base estimator unchanged.
         eps: added to standard deviations before dividing (grpo, reinforce_pp_baseline).
+        batch_ids: optional (N,) ids of independently whitened batches for reinforce_pp_baseline (each group
+            must lie in one batch); None whitens the whole input together. Ignored by the other estimators.
 
     Returns:
         (advantages (N,) in the rewards' dtype, stats) where stats holds python floats:
@@ -109,7 +122,7 @@ def compute_advantages(
         `degenerate_group_frac` (share of groups whose rewards are all equal; they carry no GRPO signal),
         `iac_weight_mean` / `iac_weight_max` (over positive samples; 1.0 when there are none).
     """
-    adv64, g = _base_advantages64(rewards, group_ids, estimator, eps)
+    adv64, g = _base_advantages64(rewards, group_ids, estimator, eps, batch_ids)
     weights = iac_weights(adv64, g, iac_alpha)
     adv = (adv64 * weights).to(rewards.dtype)
 
