@@ -1,0 +1,174 @@
+"""Run set-up and tear-down around the training loop: process groups, run folder, models, engine, resume, export.
+
+Everything here is plumbing the loop in `megatron_rlvr.train` calls once; the loop itself reads as the algorithm.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_rlvr import checkpoint as ckpt
+from megatron_rlvr.config import OptimConfig, RunConfig, check_world_size
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(msg: str) -> None:
+    if is_rank0():
+        print(msg, flush=True)
+
+
+@dataclass
+class Run:
+    """What the loop needs: config, run folder, parallel context, task, data position, models, engine."""
+
+    cfg: RunConfig
+    run_dir: Path
+    ctx: object
+    task: object = None
+    sampler: object = None
+    models: dict = field(default_factory=dict)  # "policy", "memory" -> TrainableModel
+    reference: object = None  # frozen initial policy, only when algorithm.kl_coef > 0
+    engine: object = None
+    start_step: int = 0
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def build_model(self, name: str, optim: Optional[OptimConfig]):
+        from megatron_rlvr.models.trainable import TrainableModel
+
+        model_cfg = getattr(self.cfg, name)
+        return TrainableModel(model_cfg, optim, self.ctx, name=name)
+
+    def trainer_state(self, step: int) -> dict:
+        return {"step": step, "sampler": self.sampler.state_dict(), "rng": ckpt.rng_state(),
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1}
+
+    def save(self, step: int) -> Path:
+        return ckpt.save_checkpoint(self.ckpt_root, step, self.models, self.trainer_state(step),
+                                    self.cfg.to_yaml(), tokenizer=self.task.tokenizer,
+                                    keep_last=self.cfg.checkpoint.keep_last)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if not torch.cuda.is_available():
+        # Bit-identical resume on CPU needs deterministic kernels (the kill -9 / resume test compares exactly).
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def setup(cfg: RunConfig) -> Run:
+    """Process groups, run folder with the resolved config, task and prompt sampler."""
+    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.tasks import PromptSampler, build_task
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_world_size(cfg, world)
+    ctx = init_distributed(cfg)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir).expanduser()
+    if is_rank0():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    task = build_task(cfg.task)
+    return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, task=task, sampler=PromptSampler(task, cfg.seed))
+
+
+def build_models(run: Run) -> None:
+    """Policy (+ memory) with their RL optimizers; weights from a resumed checkpoint, `init_from`, or the (cached)
+    warm start, in that order of precedence."""
+    from megatron_rlvr.warm_start import ensure_warm_start
+
+    cfg = run.cfg
+    names = ["policy"] + (["memory"] if cfg.dlc.enabled else [])
+    resume = ckpt.find_checkpoint(run.ckpt_root, cfg.checkpoint.load)
+    warm = None if resume is not None else ensure_warm_start(cfg, run.task, run.build_model, log)
+    for name in names:
+        run.models[name] = run.build_model(name, getattr(cfg.optimizer, name))
+    if resume is not None and (resume / "trainer_state.pt").is_file():
+        for name in names:
+            run.models[name].load_checkpoint(resume / name, load_optimizer=True)
+        state = ckpt.load_trainer_state(resume)
+        run.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        run.start_step = state["step"]
+        log(f"resumed from {resume} at step {run.start_step}")
+    else:
+        for name in names:
+            src = Path(getattr(cfg, name).init_from).expanduser() if getattr(cfg, name).init_from else None
+            src = src / name if src is not None and (src / name).is_dir() else src
+            if src is None and resume is not None and (resume / name).is_dir():
+                src = resume / name  # a models-only checkpoint (e.g. from `convert from-hf`) given as checkpoint.load
+            if src is None and warm is not None:
+                src = warm / name
+            if src is not None:
+                run.models[name].load_checkpoint(src, load_optimizer=False)
+    if cfg.algorithm.kl_coef > 0:
+        # The KL reference is the policy as RL starts (after warm start / init_from), frozen; it is kept in the
+        # run folder so a resumed run compares against the same reference.
+        ref_dir = run.run_dir / "reference_init"
+        if run.start_step == 0 and not (ref_dir / "model_info.json").is_file():
+            run.models["policy"].save_checkpoint(ref_dir)
+        run.reference = run.build_model("policy", None)
+        run.reference.load_checkpoint(ref_dir, load_optimizer=False)
+
+
+def build_engine(run: Run) -> None:
+    """The rollout engine, on global rank 0 only."""
+    cfg = run.cfg
+    if cfg.mode == "train_only" or not is_rank0():
+        return
+    from megatron_rlvr.models.presets import get_preset
+
+    memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.rollout.engine == "sglang":
+        from megatron_rlvr.rollout.sglang import SGLangEngine
+
+        run.engine = SGLangEngine.from_config(cfg, tokenizer=run.task.tokenizer)
+    else:
+        from megatron_rlvr.rollout.embedded import EmbeddedEngine
+
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=dtype,
+                                    batch_size=cfg.rollout.batch_size)
+
+
+def finish(run: Run, final_step: int, history: list[dict]) -> None:
+    """Final checkpoint, plots, and the Hugging Face export of both models."""
+    from megatron_rlvr.metrics import write_plots
+
+    cfg = run.cfg
+    last = ckpt.find_checkpoint(run.ckpt_root, "auto")
+    if cfg.mode != "rollout_only" and (last is None or last.name != ckpt.iter_dir_name(final_step)):
+        last = run.save(final_step)
+    if is_rank0() and cfg.logging.plots:
+        path = write_plots(history, run.run_dir / "plots" / "over_sharpening.png",
+                           title=f"{cfg.algorithm.estimator} + IAC(alpha={cfg.algorithm.iac_alpha})"
+                           + (f" + DLC(lambda={cfg.dlc.lam})" if cfg.dlc.enabled else ""))
+        if path:
+            log(f"plots: {path}")
+    if cfg.checkpoint.export_hf and cfg.mode != "rollout_only" and last is not None:
+        from megatron_rlvr.convert.to_hf import export_checkpoint
+
+        for name in run.models:
+            out = run.run_dir / "hf" / name
+            if is_rank0():
+                export_checkpoint(last, out, model=name, overwrite=True)
+                log(f"hugging face export of the {name}: {out}")
+    if run.engine is not None:
+        run.engine.shutdown()

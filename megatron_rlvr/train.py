@@ -1,0 +1,86 @@
+"""The RLVR training loop (SPEC 2.6, the paper's Algorithm 1), read top to bottom:
+
+    prompts -> rollout from pi_cal = softmax((z_policy - lambda * z_memory) / T), G per prompt (DLC)
+            -> verifier rewards (+ DAPO shaping / dynamic sampling)
+            -> advantages (estimator, then IAC)
+            -> policy update (PPO epochs over micro-batches, under Megatron-Core)
+            -> memory update (cross-entropy on the same rollouts)
+            -> weight push of both models to the rollout engine
+            -> metrics, checkpoint
+"""
+
+from __future__ import annotations
+
+from megatron_rlvr import runtime
+from megatron_rlvr.advantage import assign_advantages
+from megatron_rlvr.config import RunConfig
+from megatron_rlvr.metrics import MetricsLogger, PhaseTimer, rollout_metrics
+from megatron_rlvr.progress import StepProgress
+from megatron_rlvr.rollout.collect import collect_rollouts
+from megatron_rlvr.rollout.types import RolloutBatch
+from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
+from megatron_rlvr.weight_sync import push_weights
+
+# Above this, trainer and rollout engine disagree about pi_old at step 0: a weight-sync or model-layout bug.
+STEP0_PPO_KL_TOLERANCE = 1e-3
+
+
+def main(cfg: RunConfig) -> int:
+    run = runtime.setup(cfg)
+    runtime.build_models(run)
+    runtime.build_engine(run)
+    policy, memory = run.models["policy"], run.models.get("memory")
+    a, T = cfg.algorithm, cfg.rollout.temperature
+    if cfg.mode != "train_only":
+        push_weights(run.engine, run.models)
+    logger = MetricsLogger(run.run_dir, cfg, enabled=runtime.is_rank0(), resume_step=run.start_step)
+    step = run.start_step
+    with StepProgress(cfg.steps, run.start_step, enabled=cfg.logging.progress and runtime.is_rank0()) as bar:
+        for step in range(run.start_step, cfg.steps):
+            timer = PhaseTimer()
+            with timer("rollout"):
+                if cfg.mode == "train_only":
+                    batch = RolloutBatch.load(f"{cfg.replay_dir}/step_{step:06d}.pt")
+                else:
+                    batch = collect_rollouts(run.engine, run.sampler, run.task, cfg, step)
+                if cfg.logging.save_rollouts and runtime.is_rank0():
+                    (run.run_dir / "rollouts").mkdir(exist_ok=True)
+                    batch.save(run.run_dir / "rollouts" / f"step_{step:06d}.pt")
+            metrics = rollout_metrics(batch)
+            if cfg.mode != "rollout_only":
+                with timer("advantage"):
+                    metrics.update(assign_advantages(batch, a))
+                with timer("logprob_recompute"):
+                    old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True)
+                    ref_lp = None
+                    if run.reference is not None:
+                        ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size)
+                mask = batch.response_mask
+                metrics["policy/entropy"] = float(entropy[mask].mean())
+                metrics["rollout/logprob_abs_diff"] = float((old_lp - batch.logprob_rollout_policy)[mask].abs().mean())
+                with timer("policy_update"):
+                    metrics.update(update_policy(policy, batch, old_lp, cfg, step, ref_logprobs=ref_lp))
+                if step == 0 and metrics["policy/ppo_kl_before_update"] > STEP0_PPO_KL_TOLERANCE:
+                    raise RuntimeError(
+                        f"step-0 invariant violated: PPO KL(pi_old || pi_theta) = "
+                        f"{metrics['policy/ppo_kl_before_update']:.3g} before any update (expected ~0)")
+                if memory is not None:
+                    with timer("memory_update"):
+                        metrics.update(update_memory(memory, batch, cfg))
+                with timer("weight_push"):
+                    if cfg.mode != "train_only":
+                        metrics["sync/bytes"] = push_weights(run.engine, run.models)
+            metrics.update(timer.as_metrics())
+            metrics["throughput/rollout_tokens_per_s"] = metrics["rollout/tokens"] / max(timer.times["rollout"], 1e-9)
+            train_time = timer.times.get("policy_update", 0.0) + timer.times.get("logprob_recompute", 0.0)
+            if train_time > 0:
+                metrics["throughput/train_tokens_per_s"] = float(batch.tokens.numel()) / train_time
+            bar.advance(logger.log(step, metrics))
+            every = cfg.checkpoint.save_interval
+            if cfg.mode != "rollout_only" and every and (step + 1) % every == 0 and step + 1 < cfg.steps:
+                run.save(step + 1)
+        step = cfg.steps
+    runtime.finish(run, step, logger.history)
+    logger.close()
+    runtime.log(f"done: {cfg.steps} steps; metrics in {run.run_dir / 'metrics.jsonl'}")
+    return 0

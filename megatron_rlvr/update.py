@@ -1,0 +1,105 @@
+"""Update stage: the policy's PPO update and the memory model's cross-entropy update, under Megatron-Core.
+
+Loss normalisation is global: every micro-batch's loss is divided by the token (or sequence) count of the whole
+mini-batch across all data-parallel ranks (`count_loss_units` on the full batch, which every rank holds), so
+micro-batching and data parallelism never change the gradient (tested against the unsplit loss).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from megatron_rlvr.algorithms import count_loss_units, policy_loss, tis_weights
+from megatron_rlvr.config import RunConfig
+from megatron_rlvr.rollout.types import RolloutBatch
+
+
+def _micro_batches(rows: torch.Tensor, size: int, fields: dict[str, Optional[torch.Tensor]]) -> list[dict]:
+    out = []
+    for i in range(0, len(rows), size):
+        idx = rows[i : i + size]
+        out.append({k: v[idx] for k, v in fields.items() if v is not None})
+    return out
+
+
+def _dp_share(model, rows: torch.Tensor) -> torch.Tensor:
+    """This data-parallel rank's rows of a mini-batch (strided, so every rank gets a similar length mix)."""
+    return rows[model.dp_rank :: model.dp_size]
+
+
+def _mean_stats(all_stats: list[dict]) -> dict[str, float]:
+    keys = {k for s in all_stats for k in s}
+    return {k: sum(float(s[k]) for s in all_stats if k in s) / sum(1 for s in all_stats if k in s) for k in keys}
+
+
+def recompute_logprobs(model, batch: RolloutBatch, temperature: float, micro_batch_size: int,
+                       with_entropy: bool = False):
+    """log pi(token | prefix) of every token under `model`'s current weights, (N, L), plus entropy (N, L)."""
+    return model.forward_logprobs(batch.tokens, temperature=temperature, micro_batch_size=micro_batch_size,
+                                  with_entropy=with_entropy)
+
+
+def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: RunConfig, step: int,
+                  ref_logprobs: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """PPO epochs over mini-batches of the step's rollouts; one optimizer step per mini-batch."""
+    a = cfg.algorithm
+    n = len(batch)
+    mask = batch.response_mask
+    tis = tis_weights(old_logprobs, batch.logprob_cal, a.tis_cap) if a.tis else None
+    adv_tok = batch.advantages
+    fields = dict(tokens=batch.tokens, mask=mask, old=old_logprobs, adv=adv_tok, ref=ref_logprobs, tis=tis)
+    per_step, first = [], None
+    mini = n // a.mini_batches
+    for epoch in range(a.ppo_epochs):
+        # A fixed-seed permutation per (step, epoch) keeps resumed runs identical to uninterrupted ones.
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + epoch)
+        order = torch.randperm(n, generator=gen) if (a.mini_batches > 1 or a.ppo_epochs > 1) else torch.arange(n)
+        for k in range(a.mini_batches):
+            rows = order[k * mini : (k + 1) * mini]
+            n_tok, n_seq = count_loss_units(mask[rows])
+
+            def loss_fn(logprobs, entropy, mb, n_tok=n_tok, n_seq=n_seq):
+                return policy_loss(
+                    logprobs, mb["old"], mb["adv"], mb["mask"], clip_eps_low=a.clip_eps_low,
+                    clip_eps_high=a.clip_eps_high, loss_agg=a.loss_agg, ref_logprobs=mb.get("ref"),
+                    kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=entropy, entropy_coef=a.entropy_coef,
+                    tis_weights=mb.get("tis"), max_response_len=cfg.rollout.max_new_tokens,
+                    global_token_count=n_tok, global_seq_count=n_seq,
+                )
+
+            mbs = _micro_batches(_dp_share(policy, rows), a.micro_batch_size, fields)
+            stats = policy.train_step(mbs, loss_fn, temperature=cfg.rollout.temperature,
+                                      with_entropy=a.entropy_coef > 0)
+            first = stats if first is None else first
+            per_step.append(stats)
+    out = {f"policy/{k}": v for k, v in _mean_stats(per_step).items()}
+    # Before the first optimizer step the trained policy IS pi_old: its PPO KL must be ~0 (STYLE: parity checks).
+    out["policy/ppo_kl_before_update"] = float(first.get("approx_kl", 0.0))
+    out["policy/ppo_kl"] = out.pop("policy/approx_kl", 0.0)
+    out["policy/clip_frac"] = out.pop("policy/pg_clipfrac", 0.0)
+    return out
+
+
+def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_batch_size: int) -> float:
+    """One optimizer step of next-token cross-entropy on the `mask`ed tokens (mean over all of them); used by the
+    memory update and by the warm start."""
+    n_tok, _ = count_loss_units(mask)
+
+    def loss_fn(logprobs, entropy, mb):
+        m = mb["mask"]
+        nll = -torch.where(m, logprobs.float(), torch.zeros_like(logprobs, dtype=torch.float32)).sum()
+        return nll / max(n_tok, 1), {"nll_sum": nll.detach()}
+
+    rows = torch.arange(tokens.shape[0])
+    mbs = _micro_batches(_dp_share(model, rows), micro_batch_size, dict(tokens=tokens, mask=mask))
+    stats = model.train_step(mbs, loss_fn, temperature=1.0, with_entropy=False)
+    return float(stats["loss"]), float(stats.get("grad_norm", 0.0))
+
+
+def update_memory(memory, batch: RolloutBatch, cfg: RunConfig) -> dict[str, float]:
+    """Cross-entropy on the response tokens (prompt as context): the memory model learns the empirical rollout
+    distribution, so pi_cal = softmax(z_policy - lam * z_memory) down-weights modes sampled often (SPEC 2.5)."""
+    loss, grad_norm = cross_entropy_step(memory, batch.tokens, batch.response_mask, cfg.algorithm.micro_batch_size)
+    return {"memory/loss": loss, "memory/grad_norm": grad_norm}

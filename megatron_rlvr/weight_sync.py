@@ -1,0 +1,36 @@
+"""Weight-sync stage: push both models' new weights to the rollout engine after every update.
+
+Tensors travel with Hugging Face Qwen3 names produced by the converter's name map (`megatron_rlvr.convert`), so the
+training -> rollout sync and the offline Hugging Face export can never disagree. Gathering a TP/PP-sharded model
+is collective: every rank iterates the stream; only global rank 0 (where the engine lives) hands it on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.distributed as dist
+
+from megatron_rlvr.rollout.types import RolloutEngine
+
+
+def push_weights(engine: Optional[RolloutEngine], models: dict) -> int:
+    """Stream every model in `models` (name -> TrainableModel) to `engine`; returns the bytes pushed."""
+    from megatron_rlvr.convert.live import export_hf_tensors
+
+    pushed = 0
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    for name, model in models.items():
+        stream = export_hf_tensors(model.model_chunks, model.shape)
+        if rank0 and engine is not None:
+            def counted():
+                nonlocal pushed
+                for hf_name, tensor in stream:
+                    pushed += tensor.numel() * tensor.element_size()
+                    yield hf_name, tensor
+
+            engine.update_weights(name, counted())
+        else:
+            for _ in stream:  # take part in the collective gathers
+                pass
+    return pushed
