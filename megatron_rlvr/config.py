@@ -238,6 +238,21 @@ class WarmStartConfig:
     cache_dir: str = "~/.cache/megatron_rlvr/warm_start"
 
 
+@dataclass
+class EvalConfig:
+    """Periodic evaluation of the policy ALONE (lambda = 0): rollout metrics of a DLC run describe pi_cal, not the
+    policy, so accuracy and mode coverage of the trained policy are measured here."""
+
+    # evaluate every N steps (and at the end); 0 disables
+    interval: int = 5
+    # evaluation prompts (the first N of the task, fixed)
+    num_prompts: int = 16
+    # responses per evaluation prompt (AVG@G / PASS@G)
+    group_size: int = 8
+    # sampling temperature of the evaluation
+    temperature: float = 1.0
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 @dataclass
 class CheckpointConfig:
@@ -295,6 +310,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -576,6 +592,12 @@ def validate_config(cfg: RunConfig) -> None:
     _require(w.batch_size >= 1, "warm_start.batch_size", w.batch_size, "must be >= 1", "use 1 or more")
     _require(0 <= w.incorrect_fraction < 1, "warm_start.incorrect_fraction", w.incorrect_fraction,
              "must be in [0, 1)", "use e.g. 0.3")
+
+    e = cfg.eval
+    _require(e.interval >= 0, "eval.interval", e.interval, "must be >= 0", "use 0 to disable")
+    _require(e.num_prompts >= 1, "eval.num_prompts", e.num_prompts, "must be >= 1", "use 1 or more")
+    _require(e.group_size >= 1, "eval.group_size", e.group_size, "must be >= 1", "use 1 or more")
+    _require(e.temperature > 0, "eval.temperature", e.temperature, "must be > 0", "use e.g. 1.0")
 
     c = cfg.checkpoint
     _require(c.save_interval >= 0, "checkpoint.save_interval", c.save_interval, "must be >= 0", "use 0 for end only")

@@ -135,9 +135,9 @@ class MetricsLogger:
 
 
 PLOT_PANELS = (
-    ("Reward and accuracy", ("reward/mean", "acc/avg_at_g", "acc/pass_at_g")),
-    ("Policy entropy on rollout tokens", ("policy/entropy",)),
-    ("Distinct correct answers per query", ("modes/distinct_correct_per_query",)),
+    ("Reward and accuracy", ("reward/mean", "acc/avg_at_g", "acc/pass_at_g", "eval/avg_at_g", "eval/pass_at_g")),
+    ("Policy entropy (rollout tokens; eval: policy alone)", ("policy/entropy", "eval/entropy")),
+    ("Distinct correct answers per query", ("modes/distinct_correct_per_query", "eval/distinct_correct_per_query")),
     ("KL(pi_cal || pi_theta) and PPO KL", ("dlc/kl_cal_policy", "policy/ppo_kl")),
     ("Memory-model loss", ("memory/loss",)),
     ("IAC weight", ("iac/weight_mean", "iac/weight_max")),

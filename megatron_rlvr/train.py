@@ -16,7 +16,7 @@ from megatron_rlvr.advantage import assign_advantages
 from megatron_rlvr.config import RunConfig
 from megatron_rlvr.metrics import MetricsLogger, PhaseTimer, rollout_metrics
 from megatron_rlvr.progress import StepProgress
-from megatron_rlvr.rollout.collect import collect_rollouts
+from megatron_rlvr.rollout.collect import collect_rollouts, evaluate
 from megatron_rlvr.rollout.types import RolloutBatch
 from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 from megatron_rlvr.weight_sync import push_weights
@@ -70,6 +70,9 @@ def main(cfg: RunConfig) -> int:
                 with timer("weight_push"):
                     if cfg.mode != "train_only":
                         metrics["sync/bytes"] = push_weights(run.engine, run.models)
+            if cfg.eval.interval and ((step + 1) % cfg.eval.interval == 0 or step + 1 == cfg.steps):
+                with timer("eval"):
+                    metrics.update(evaluate(run.engine, run.task, cfg, step))
             metrics.update(timer.as_metrics())
             metrics["throughput/rollout_tokens_per_s"] = metrics["rollout/tokens"] / max(timer.times["rollout"], 1e-9)
             train_time = timer.times.get("policy_update", 0.0) + timer.times.get("logprob_recompute", 0.0)
