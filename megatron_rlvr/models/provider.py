@@ -1,0 +1,190 @@
+"""Model stage: build Megatron-Core GPTModels with the Qwen3 architecture.
+
+Qwen3 = pre-norm decoder with RMSNorm (eps 1e-6), RMSNorm on queries and keys per head (qk-layernorm), SwiGLU MLP,
+grouped-query attention, no biases, non-interleaved RoPE (theta 1e6), tied or untied embeddings per size
+(presets.py). Layers come from Transformer-Engine's spec when TE is importable and a GPU is present (or when
+``transformer_impl == "transformer_engine"``), otherwise from Megatron's local spec with attention computed by
+``torch.nn.functional.scaled_dot_product_attention`` (:class:`SDPAttention`: causal, GQA-aware, no mask tensor).
+
+Call these inside the model's parallel layout (``ParallelContext.layout``): the model captures the current
+Megatron process groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_rlvr.config import ModelConfig
+from megatron_rlvr.models.presets import Qwen3Shape
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """ModelConfig.dtype -> torch dtype ("auto": bfloat16 on GPU, float32 on CPU)."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def use_transformer_engine(model_cfg: ModelConfig) -> bool:
+    """Whether `model_cfg.transformer_impl` selects Transformer-Engine layers on this machine."""
+    have_te = importlib.util.find_spec("transformer_engine") is not None
+    if model_cfg.transformer_impl == "transformer_engine":
+        if not have_te:
+            raise RuntimeError(
+                "transformer_impl=transformer_engine but transformer_engine is not importable; "
+                "install it (pip install -e '.[te]') or set transformer_impl=auto/local"
+            )
+        return True
+    if model_cfg.transformer_impl == "local":
+        return False
+    return have_te and torch.cuda.is_available()
+
+
+class SDPAttention(DotProductAttention):
+    """Megatron core attention computed by torch SDPA: causal, grouped-query, no materialised mask.
+
+    Takes and returns Megatron's layouts: query (sq, b, np, hn), key/value (sk, b, ng, hn) -> (sq, b, np * hn),
+    with np/ng the heads/groups of this tensor-parallel rank. Parameters and checkpoints are those of
+    DotProductAttention (it has none for Qwen3).
+    """
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPAttention supports neither packed sequences nor attention bias")
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        if mask_type != AttnMaskType.causal:
+            raise NotImplementedError(f"SDPAttention implements causal attention only, got {mask_type}")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # (b, heads, s, hn)
+        p = self.attention_dropout.p if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=p, scale=self.softmax_scale,
+            enable_gqa=q.size(1) != k.size(1),
+        )
+        sq, b = query.size(0), query.size(1)
+        return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
+
+
+def layer_spec(shape: Qwen3Shape, model_cfg: ModelConfig) -> ModuleSpec:
+    """The transformer-layer spec of a Qwen3 layer (TE or local + SDPA; see module docstring)."""
+    del shape  # every Qwen3 size uses the same layer structure
+    if use_transformer_engine(model_cfg):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def transformer_config(shape: Qwen3Shape, model_cfg: ModelConfig, dtype: Optional[torch.dtype] = None,
+                       **overrides) -> TransformerConfig:
+    """Megatron TransformerConfig of `shape` under `model_cfg`'s parallel layout.
+
+    `dtype` defaults to ``resolve_dtype(model_cfg.dtype)``. ``model_cfg.megatron`` is passed through verbatim
+    (e.g. recompute settings) and `overrides` last (e.g. ``perform_initialization=False``).
+    """
+    dtype = dtype or resolve_dtype(model_cfg.dtype)
+    par = model_cfg.parallel
+    cuda = torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=shape.num_hidden_layers,
+        hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.intermediate_size,
+        num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_key_value_heads,
+        kv_channels=shape.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=shape.rms_norm_eps,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=0.02,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=par.tp,
+        pipeline_model_parallel_size=par.pp,
+        virtual_pipeline_model_parallel_size=par.vpp if par.vpp > 1 else None,
+        sequence_parallel=False,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        # Fused kernels need CUDA (and some TE/apex); on CPU use the unfused torch paths.
+        bias_activation_fusion=cuda,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=cuda,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        # Full weights drawn on CPU, then sliced: the same seed gives the same model under every TP size.
+        use_cpu_initialization=not cuda,
+        # batch_isend_irecv gave wrong interleaved-pipeline results on gloo (MEGATRON-NOTES.md).
+        batch_p2p_comm=cuda,
+        deterministic_mode=not cuda,
+    )
+    kwargs.update(model_cfg.megatron)
+    kwargs.update(overrides)
+    unknown = set(model_cfg.megatron) - {f.name for f in dataclasses.fields(TransformerConfig)}
+    if unknown:
+        raise ValueError(
+            f"model.megatron has keys that are not megatron.core TransformerConfig fields: {sorted(unknown)}; "
+            "fix the spelling or remove them"
+        )
+    return TransformerConfig(**kwargs)
+
+
+def build_gpt_model(
+    shape: Qwen3Shape,
+    model_cfg: ModelConfig,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: Optional[int] = None,
+    config: Optional[TransformerConfig] = None,
+) -> GPTModel:
+    """One GPTModel chunk (this rank's pipeline stage / virtual stage) of the Qwen3 `shape`.
+
+    `config` defaults to ``transformer_config(shape, model_cfg)``. Must run after ``init_distributed`` inside the
+    model's layout. The output layer is vocab-parallel (``parallel_output=True``): logits come back sharded over
+    tensor-parallel ranks, (s, b, V / tp).
+    """
+    config = config or transformer_config(shape, model_cfg)
+    tp = config.tensor_model_parallel_size
+    if shape.vocab_size % tp:
+        raise ValueError(
+            f"vocab_size {shape.vocab_size} is not divisible by tensor-parallel size {tp}; "
+            "use a tp that divides the vocabulary"
+        )
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(shape, model_cfg),
+        vocab_size=shape.vocab_size,
+        max_sequence_length=shape.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=shape.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=int(shape.rope_theta),
+        vp_stage=vp_stage,
+    )
