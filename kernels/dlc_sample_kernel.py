@@ -1,0 +1,455 @@
+"""Rollout stage, token sampling: the Triton JIT kernels of the fused DLC sampler (SPEC.md sections 2.5 and 3).
+
+Three kernels, all reading the logits in place and never writing combined logits or probabilities:
+
+* ``dlc_stage1_kernel``: the single streaming pass. Grid (rows, vocabulary splits). Each program walks its
+  share of the vocabulary once and keeps, per thread, an online log-sum-exp of the calibrated scores, of the
+  policy scores, an entropy accumulator and the winner of an exponential race (Gumbel-max in disguise:
+  argmax exp(s - m) / E with E ~ Exp(1) picks token i with probability softmax(s)_i; the exp is the one the
+  log-sum-exp needs anyway). With one split it writes the final outputs, otherwise eight partial statistics.
+* ``dlc_combine_kernel``: merges the per-split partials of a row (the split-vocabulary launch for small batches).
+* ``dlc_threshold_kernel``: only for the optional plausibility mask (tau) and top-k / top-p. It finds per row the
+  policy threshold max z + log(tau) and the calibrated-score threshold of top-k / top-p by bisection over the
+  order-preserving integer image of the float scores (32 passes at most; top-k/top-p are not single-pass).
+
+All scores are kept in log2 units (s2 = s * log2(e)) so that every exponential is a bare exp2.
+
+Random numbers (counter-based, reproducible, independent of the launch shape and of tensor-parallel sharding):
+Philox-4x32-10 keyed by the row's 64-bit seed, counter (quad, offset_lo, offset_hi, 0). The vocabulary is cut
+into chunks of CHUNK = 1024 global ids, each four quarters of QUARTER = 256 ids; the quad index
+chunk * 256 + j feeds one Philox call whose four outputs serve ids chunk*1024 + k*256 + j, k = 0..3. Each
+32-bit output becomes u = ((x >> 9) + 0.5) * 2**-23 in (0, 1) and the race uses F = -log2(u) (a constant
+multiple of Exp(1), which leaves the argmax unchanged). ``philox.py`` holds the same generator in PyTorch.
+"""
+
+import triton
+import triton.language as tl
+
+CHUNK = 1024
+QUARTER = 256
+VEC = 8  # contiguous ids per thread per quarter: one 16-byte load for bf16/fp16
+ROWS_PER_CHUNK = QUARTER // VEC  # 32: one warp covers a quarter of a chunk
+PHILOX_ROUNDS = 10
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+_PHILOX_KEY_A: tl.constexpr = 0x9E3779B9
+_PHILOX_KEY_B: tl.constexpr = 0xBB67AE85
+_PHILOX_ROUND_A: tl.constexpr = 0xD2511F53
+_PHILOX_ROUND_B: tl.constexpr = 0xCD9E8D57
+
+
+@triton.jit
+def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
+    """Philox-4x32 (Salmon et al., SC'11) on uint32 values; only c0 varies per element here."""
+    for _ in tl.static_range(N_ROUNDS):
+        _c0 = c0
+        _c2 = c2
+        c0 = tl.umulhi(_c2, _PHILOX_ROUND_B) ^ c1 ^ k0
+        c2 = tl.umulhi(_c0, _PHILOX_ROUND_A) ^ c3 ^ k1
+        c1 = _c2 * _PHILOX_ROUND_B
+        c3 = _c0 * _PHILOX_ROUND_A
+        k0 = k0 + _PHILOX_KEY_A
+        k1 = k1 + _PHILOX_KEY_B
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _race_weight(x):
+    """F = -log2(u) for u = ((x >> 9) + 0.5) * 2^-23, the exponential-race divisor of one uint32."""
+    u = (x >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.960464477539063e-08
+    return -tl.log2(u)
+
+
+@triton.jit
+def _row_params(row, lam_ptr, lam_val, temp_ptr, temp_val, LAM_T: tl.constexpr, TEMP_T: tl.constexpr):
+    """Per-row scale factors: s2 = z_policy * a - z_memory * b; temperature <= 0 means greedy (scored at T = 1)."""
+    if LAM_T:
+        lam = tl.load(lam_ptr + row).to(tl.float32)
+    else:
+        lam = lam_val
+    if TEMP_T:
+        temp = tl.load(temp_ptr + row).to(tl.float32)
+    else:
+        temp = temp_val
+    greedy = temp <= 0.0
+    inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temp))
+    a = inv_t * 1.4426950408889634
+    b = lam * a
+    return a, b, greedy
+
+
+@triton.jit
+def _row_rng_key(row, seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi, SEED_T: tl.constexpr,
+                 OFF_T: tl.constexpr):
+    if SEED_T:
+        s = tl.load(seed_ptr + row)
+        k0 = (s & 0xFFFFFFFF).to(tl.uint32)
+        k1 = ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    else:
+        k0 = seed_lo.to(tl.uint32, bitcast=True)
+        k1 = seed_hi.to(tl.uint32, bitcast=True)
+    if OFF_T:
+        o = tl.load(off_ptr + row)
+        c1 = (o & 0xFFFFFFFF).to(tl.uint32)
+        c2 = ((o >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    else:
+        c1 = off_lo.to(tl.uint32, bitcast=True)
+        c2 = off_hi.to(tl.uint32, bitcast=True)
+    return k0, k1, c1, c2
+
+
+@triton.jit
+def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
+    """Raw policy logit, policy score and calibrated score (log2 units); out of bounds gives -inf scores."""
+    zp = tl.load(pol_row + offs, mask=inb, other=float("-inf")).to(tl.float32)
+    p2 = zp * a
+    if HAS_MEMORY:
+        zm = tl.load(mem_row + offs, mask=inb, other=0.0).to(tl.float32)
+        s2 = p2 - zm * b
+    else:
+        s2 = p2
+    return zp, p2, s2
+
+
+@triton.jit
+def _quarter(pol_row, mem_row, noise_row, local, inb, a, b, greedy, pthr, sthr, x,
+             HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr):
+    """Scores and race divisor of one quarter tile; masked ids get s2 = -inf (NaN is kept so the row is flagged)."""
+    zp, p2, s2 = _scores(pol_row, mem_row, local, inb, a, b, HAS_MEMORY)
+    if HAS_MASK:
+        keep = (zp >= pthr) & (s2 >= sthr)
+        s2 = tl.where(keep | (s2 != s2), s2, float("-inf"))
+    if HAS_NOISE:
+        u = tl.load(noise_row + local, mask=inb, other=0.5).to(tl.float32)
+        f = -tl.log2(u)
+    else:
+        f = _race_weight(x)
+    f = tl.where(greedy, 1.0, f)
+    return p2, s2, f
+
+
+@triton.jit
+def _better(q, pos, q_new, pos_new):
+    take = q_new > q
+    return tl.where(take, q_new, q), tl.where(take, pos_new, pos)
+
+
+@triton.jit
+def _finish_row(row, M, L, T, MP, LP, best_score, s2b, p2b, tok, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,
+                RETURN_ENTROPY: tl.constexpr):
+    """Final outputs of one row from its merged statistics; non-finite or empty rows get token -1 and NaNs."""
+    lse2 = M + tl.log2(L)
+    lse2p = MP + tl.log2(LP)
+    lp_cal = (s2b - lse2) * 0.6931471805599453
+    lp_pol = (p2b - lse2p) * 0.6931471805599453
+    bad = (L != L) | (LP != LP) | (L <= 0.0) | (tok < 0) | (lp_cal != lp_cal) | (lp_pol != lp_pol)
+    bad = bad | (best_score != best_score) | (L == float("inf")) | (LP == float("inf"))
+    tl.store(tok_ptr + row, tl.where(bad, -1, tok).to(tl.int64))
+    tl.store(lp_cal_ptr + row, tl.where(bad, float("nan"), lp_cal))
+    tl.store(lp_pol_ptr + row, tl.where(bad, float("nan"), lp_pol))
+    if RETURN_ENTROPY:
+        ent = (tl.log2(L) - T / L) * 0.6931471805599453
+        tl.store(ent_ptr + row, tl.where(bad, float("nan"), ent))
+
+
+@triton.jit
+def dlc_stage1_kernel(
+    pol_ptr, mem_ptr, noise_ptr, stride_pol, stride_mem, stride_noise,
+    lam_ptr, lam_val, temp_ptr, temp_val,
+    seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi,
+    pthr_ptr, sthr_ptr,
+    part_f_ptr, part_i_ptr,
+    tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,
+    V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter,
+    HAS_MEMORY: tl.constexpr, LAM_T: tl.constexpr, TEMP_T: tl.constexpr, SEED_T: tl.constexpr,
+    OFF_T: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, RETURN_ENTROPY: tl.constexpr,
+    FINALIZE: tl.constexpr, C: tl.constexpr, N_ROUNDS: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    row = pid_b.to(tl.int64)
+    pol_row = pol_ptr + row * stride_pol
+    mem_row = mem_ptr + row * stride_mem
+    noise_row = noise_ptr + row * stride_noise
+
+    a, b, greedy = _row_params(row, lam_ptr, lam_val, temp_ptr, temp_val, LAM_T, TEMP_T)
+    k0, k1, c1, c2 = _row_rng_key(row, seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi, SEED_T, OFF_T)
+    if HAS_MASK:
+        pthr = tl.load(pthr_ptr + row)
+        sthr = tl.load(sthr_ptr + row)
+    else:
+        pthr = float("-inf")
+        sthr = float("-inf")
+    # Policy statistics equal the calibrated ones when nothing is subtracted or masked: skip them.
+    SEPARATE_POLICY: tl.constexpr = HAS_MEMORY or HAS_MASK
+
+    R: tl.constexpr = C * 32
+    rr = tl.arange(0, R)[:, None]  # (R, 1): one thread-row of 8 ids per quarter
+    ii = tl.arange(0, 8)[None, :]  # (1, 8)
+    tile = (rr // 32) * 1024 + (rr % 32) * 8 + ii  # (R, 8) ids of quarter 0 relative to the group start
+    quad = (rr // 32) * 256 + (rr % 32) * 8 + ii  # (R, 8) Philox counter relative to the group's first quad
+    row_base = (rr // 32) * 1024 + (rr % 32) * 8  # (R, 1)
+
+    m_c = tl.full([R], float("-inf"), tl.float32)
+    l_c = tl.zeros([R], tl.float32)
+    t_c = tl.zeros([R], tl.float32)
+    m_p = tl.full([R], float("-inf"), tl.float32)
+    l_p = tl.zeros([R], tl.float32)
+    best = tl.full([R], float("-inf"), tl.float32)
+    best_i = tl.full([R], -1, tl.int32)
+
+    c_begin = chunk_lo + pid_s * chunks_per_split
+    c_end = tl.minimum(c_begin + chunks_per_split, chunk_hi)
+    for it in range(n_iter):
+        cg = c_begin + it * C
+        g0 = cg * 1024  # global id of this group's first element
+        local = g0 - vocab_offset + tile  # (R, 8) shard-local ids of quarter 0
+        live = (cg + rr // 32) < c_end
+        if HAS_NOISE:
+            x0 = quad
+            x1 = quad
+            x2 = quad
+            x3 = quad
+        else:
+            ctr = (cg * 256 + quad).to(tl.uint32)
+            x0, x1, x2, x3 = _philox4x32(ctr, c1, c2, c2 * 0, k0, k1, N_ROUNDS)
+        l0 = local
+        l1 = local + 256
+        l2 = local + 512
+        l3 = local + 768
+        p0, s0, f0 = _quarter(pol_row, mem_row, noise_row, l0, live & (l0 >= 0) & (l0 < V), a, b, greedy, pthr,
+                              sthr, x0, HAS_MEMORY, HAS_MASK, HAS_NOISE)
+        p1, s1, f1 = _quarter(pol_row, mem_row, noise_row, l1, live & (l1 >= 0) & (l1 < V), a, b, greedy, pthr,
+                              sthr, x1, HAS_MEMORY, HAS_MASK, HAS_NOISE)
+        p2_, s2_, f2 = _quarter(pol_row, mem_row, noise_row, l2, live & (l2 >= 0) & (l2 < V), a, b, greedy, pthr,
+                                sthr, x2, HAS_MEMORY, HAS_MASK, HAS_NOISE)
+        p3, s3, f3 = _quarter(pol_row, mem_row, noise_row, l3, live & (l3 >= 0) & (l3 < V), a, b, greedy, pthr,
+                              sthr, x3, HAS_MEMORY, HAS_MASK, HAS_NOISE)
+
+        # One rescale per thread-row per group, not per element.
+        mx = tl.maximum(tl.maximum(tl.max(s0, 1), tl.max(s1, 1)), tl.maximum(tl.max(s2_, 1), tl.max(s3, 1)))
+        m_new = tl.maximum(m_c, mx)
+        ms = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_c - ms)
+        d0 = s0 - ms[:, None]
+        d1 = s1 - ms[:, None]
+        d2 = s2_ - ms[:, None]
+        d3 = s3 - ms[:, None]
+        e0 = tl.exp2(d0)
+        e1 = tl.exp2(d1)
+        e2 = tl.exp2(d2)
+        e3 = tl.exp2(d3)
+        if RETURN_ENTROPY:
+            # t = sum e * (s2 - m) relative to the running max, rescaled like l.
+            t_old = t_c + tl.where(l_c > 0.0, (m_c - ms) * l_c, 0.0)
+            t_add = tl.sum(tl.where(e0 > 0.0, e0 * d0, 0.0), 1) + tl.sum(tl.where(e1 > 0.0, e1 * d1, 0.0), 1)
+            t_add += tl.sum(tl.where(e2 > 0.0, e2 * d2, 0.0), 1) + tl.sum(tl.where(e3 > 0.0, e3 * d3, 0.0), 1)
+            t_c = alpha * t_old + t_add
+        l_c = l_c * alpha + ((tl.sum(e0, 1) + tl.sum(e1, 1)) + (tl.sum(e2, 1) + tl.sum(e3, 1)))
+        m_c = m_new
+
+        # Exponential race: the largest e / F wins; positions are global vocabulary ids.
+        q, i = tl.max(e0 / f0, 1, return_indices=True, return_indices_tie_break_left=True)
+        pos = i
+        qn, i = tl.max(e1 / f1, 1, return_indices=True, return_indices_tie_break_left=True)
+        q, pos = _better(q, pos, qn, i + 256)
+        qn, i = tl.max(e2 / f2, 1, return_indices=True, return_indices_tie_break_left=True)
+        q, pos = _better(q, pos, qn, i + 512)
+        qn, i = tl.max(e3 / f3, 1, return_indices=True, return_indices_tie_break_left=True)
+        q, pos = _better(q, pos, qn, i + 768)
+        # Greedy rows compare the exact row maximum, so ties between groups are not decided by rounding.
+        score = tl.where(greedy, mx, ms + tl.log2(q))
+        take = score > best
+        best = tl.where(take, score, best)
+        best_i = tl.where(take, g0 + tl.sum(row_base, 1) + pos, best_i)
+
+        if SEPARATE_POLICY:
+            mpx = tl.maximum(tl.maximum(tl.max(p0, 1), tl.max(p1, 1)), tl.maximum(tl.max(p2_, 1), tl.max(p3, 1)))
+            mp_new = tl.maximum(m_p, mpx)
+            mps = tl.where(mp_new == float("-inf"), 0.0, mp_new)
+            pe = (tl.sum(tl.exp2(p0 - mps[:, None]), 1) + tl.sum(tl.exp2(p1 - mps[:, None]), 1)) + (
+                tl.sum(tl.exp2(p2_ - mps[:, None]), 1) + tl.sum(tl.exp2(p3 - mps[:, None]), 1))
+            l_p = l_p * tl.exp2(m_p - mps) + pe
+            m_p = mp_new
+
+    if not SEPARATE_POLICY:
+        m_p = m_c
+        l_p = l_c
+
+    # Reduce the per-thread statistics of this program.
+    M = tl.max(m_c, 0)
+    Ms = tl.where(M == float("-inf"), 0.0, M)
+    w = tl.exp2(m_c - Ms)
+    L = tl.sum(l_c * w, 0)
+    T = tl.sum(tl.where(l_c > 0.0, w * (t_c + (m_c - Ms) * l_c), 0.0), 0)
+    MP = tl.max(m_p, 0)
+    MPs = tl.where(MP == float("-inf"), 0.0, MP)
+    LP = tl.sum(l_p * tl.exp2(m_p - MPs), 0)
+    bs = tl.max(best, 0)
+    # Smallest id among equal scores, matching torch.argmax of the reference.
+    tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
+    tok = tl.where(tok == 2147483647, -1, tok)
+
+    # The winner's own scores, recomputed from its two logits.
+    tl_local = tl.maximum(tok - vocab_offset, 0).to(tl.int64)
+    zpb = tl.load(pol_row + tl_local).to(tl.float32)
+    p2b = zpb * a
+    if HAS_MEMORY:
+        zmb = tl.load(mem_row + tl_local).to(tl.float32)
+        s2b = p2b - zmb * b
+    else:
+        s2b = p2b
+
+    if FINALIZE:
+        _finish_row(row, Ms, L, T, MPs, LP, bs, s2b, p2b, tok, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,
+                    RETURN_ENTROPY)
+    else:
+        base = part_f_ptr + (row * n_split + pid_s) * 8
+        tl.store(base + 0, M)
+        tl.store(base + 1, L)
+        tl.store(base + 2, T)
+        tl.store(base + 3, MP)
+        tl.store(base + 4, LP)
+        tl.store(base + 5, bs)
+        tl.store(base + 6, s2b)
+        tl.store(base + 7, p2b)
+        tl.store(part_i_ptr + row * n_split + pid_s, tok)
+
+
+@triton.jit
+def dlc_combine_kernel(part_f_ptr, part_i_ptr, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr, n_split,
+                       BLOCK_S: tl.constexpr, RETURN_ENTROPY: tl.constexpr):
+    """Merge the per-split statistics of one row (same algebra as ``combine.merge_partials``)."""
+    row = tl.program_id(0).to(tl.int64)
+    sp = tl.arange(0, BLOCK_S)
+    ok = sp < n_split
+    base = part_f_ptr + (row * n_split + sp) * 8
+    m = tl.load(base + 0, mask=ok, other=float("-inf"))
+    l = tl.load(base + 1, mask=ok, other=0.0)
+    t = tl.load(base + 2, mask=ok, other=0.0)
+    mp = tl.load(base + 3, mask=ok, other=float("-inf"))
+    lp = tl.load(base + 4, mask=ok, other=0.0)
+    bs = tl.load(base + 5, mask=ok, other=float("-inf"))
+    s2b = tl.load(base + 6, mask=ok, other=0.0)
+    p2b = tl.load(base + 7, mask=ok, other=0.0)
+    tok = tl.load(part_i_ptr + row * n_split + sp, mask=ok, other=-1)
+
+    M = tl.max(m, 0)
+    Ms = tl.where(M == float("-inf"), 0.0, M)
+    w = tl.exp2(m - Ms)
+    L = tl.sum(l * w, 0)
+    T = tl.sum(tl.where(l > 0.0, w * (t + (m - Ms) * l), 0.0), 0)
+    MP = tl.max(mp, 0)
+    MPs = tl.where(MP == float("-inf"), 0.0, MP)
+    LP = tl.sum(lp * tl.exp2(mp - MPs), 0)
+    B = tl.max(bs, 0)
+    # Splits cover increasing ids, so the first split holding the maximum has the smallest id.
+    first = tl.min(tl.where((bs == B) & ok, sp, BLOCK_S), 0)
+    pick = sp == first
+    tok_b = tl.sum(tl.where(pick, tok, 0), 0)
+    tok_b = tl.where(first == BLOCK_S, -1, tok_b)
+    s2 = tl.sum(tl.where(pick, s2b, 0.0), 0)
+    p2 = tl.sum(tl.where(pick, p2b, 0.0), 0)
+    _finish_row(row, Ms, L, T, MPs, LP, B, s2, p2, tok_b, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr, RETURN_ENTROPY)
+
+
+@triton.jit
+def _order_key(s2):
+    """Order-preserving int32 image of a float32 (for bisection over the value axis)."""
+    bits = s2.to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+
+
+@triton.jit
+def dlc_threshold_kernel(
+    pol_ptr, mem_ptr, stride_pol, stride_mem, lam_ptr, lam_val, temp_ptr, temp_val,
+    pthr_ptr, sthr_ptr, pmax_ptr, V, log_tau, top_k, top_p,
+    HAS_MEMORY: tl.constexpr, LAM_T: tl.constexpr, TEMP_T: tl.constexpr, HAS_TAU: tl.constexpr,
+    PMAX_GIVEN: tl.constexpr, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Per-row mask thresholds: pthr on raw policy logits (tau), sthr on calibrated scores (top-k, then top-p)."""
+    row = tl.program_id(0).to(tl.int64)
+    pol_row = pol_ptr + row * stride_pol
+    mem_row = mem_ptr + row * stride_mem
+    a, b, greedy = _row_params(row, lam_ptr, lam_val, temp_ptr, temp_val, LAM_T, TEMP_T)
+    offs0 = tl.arange(0, BLOCK)
+
+    pthr = float("-inf")
+    if HAS_TAU:
+        if PMAX_GIVEN:  # the global maximum of a vocabulary-parallel policy, reduced across ranks
+            pmax = tl.load(pmax_ptr + row)
+        else:
+            pmax = float("-inf")
+            for start in range(0, V, BLOCK):
+                offs = start + offs0
+                zp = tl.load(pol_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+                pmax = tl.maximum(pmax, tl.max(zp, 0))
+        pthr = pmax + log_tau
+    tl.store(pthr_ptr + row, pthr)
+
+    sthr = float("-inf")
+    if HAS_TOPK or HAS_TOPP:
+        kmin = tl.full([], 2147483647, tl.int64)
+        kmax = tl.full([], -2147483648, tl.int64)
+        smax = float("-inf")
+        n_ok = tl.full([], 0, tl.int64)
+        for start in range(0, V, BLOCK):
+            offs = start + offs0
+            inb = offs < V
+            zp, p2, s2 = _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY)
+            ok = inb & (zp >= pthr) & (s2 == s2)
+            key = _order_key(s2)
+            kmin = tl.minimum(kmin, tl.min(tl.where(ok, key, 2147483647), 0))
+            kmax = tl.maximum(kmax, tl.max(tl.where(ok, key, -2147483648), 0))
+            smax = tl.maximum(smax, tl.max(tl.where(ok, s2, float("-inf")), 0))
+            n_ok += tl.sum(ok.to(tl.int64), 0)
+        lo = kmin
+        hi = kmax
+        if HAS_TOPK:
+            # Largest key t with count(key >= t) >= k: the k-th largest score (ties all kept).
+            if n_ok <= top_k:
+                hi = lo
+            while lo < hi:
+                mid = lo + (hi - lo + 1) // 2
+                cnt = tl.full([], 0, tl.int64)
+                for start in range(0, V, BLOCK):
+                    offs = start + offs0
+                    inb = offs < V
+                    zp, p2, s2 = _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY)
+                    ok = inb & (zp >= pthr) & (_order_key(s2) >= mid)
+                    cnt += tl.sum(ok.to(tl.int64), 0)
+                take = cnt >= top_k
+                lo = tl.where(take, mid, lo)
+                hi = tl.where(take, hi, mid - 1)
+            hi = kmax
+        if HAS_TOPP:
+            # Largest key t whose upper set holds at least top_p of the (tau, top-k)-masked probability mass.
+            ms = tl.where(smax == float("-inf"), 0.0, smax)
+            kthr = lo
+            z = 0.0
+            for start in range(0, V, BLOCK):
+                offs = start + offs0
+                inb = offs < V
+                zp, p2, s2 = _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY)
+                ok = inb & (zp >= pthr) & (_order_key(s2) >= kthr)
+                z += tl.sum(tl.where(ok, tl.exp2(s2 - ms), 0.0), 0)
+            target = top_p * z
+            while lo < hi:
+                mid = lo + (hi - lo + 1) // 2
+                mass = 0.0
+                for start in range(0, V, BLOCK):
+                    offs = start + offs0
+                    inb = offs < V
+                    zp, p2, s2 = _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY)
+                    ok = inb & (zp >= pthr) & (_order_key(s2) >= mid)
+                    mass += tl.sum(tl.where(ok, tl.exp2(s2 - ms), 0.0), 0)
+                take = mass >= target
+                lo = tl.where(take, mid, lo)
+                hi = tl.where(take, hi, mid - 1)
+        lo32 = lo.to(tl.int32)
+        bits = tl.where(lo32 < 0, lo32 ^ 0x7FFFFFFF, lo32)
+        sthr = tl.where(n_ok > 0, bits.to(tl.float32, bitcast=True), float("-inf"))
+    tl.store(sthr_ptr + row, sthr)
