@@ -5,7 +5,7 @@ laid out as Triton kernel (``dlc_sample_kernel``), launcher (``dlc_sample``) and
 (``dlc_sample_reference``), plus its vocabulary-parallel form (``dlc_sample_vocab_parallel``).
 """
 
-from .dlc_sample import dlc_sample
+from .dlc_sample_launcher import dlc_sample
 from .dlc_sample_args import DLCInvalidRowError, DLCSampleOutput
 from .dlc_sample_reference import dlc_sample_reference
 from .dlc_vocab_parallel import dlc_sample_vocab_parallel

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .dlc_sample import dlc_partials
+from .dlc_sample_launcher import dlc_partials
 from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, finalize_partials,
                               merge_partials, raise_on_invalid_rows)
 
