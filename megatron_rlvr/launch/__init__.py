@@ -98,7 +98,8 @@ def resolve(argv: list[str]) -> ResolvedLaunch:
 
     Raises ConfigError / LaunchError (one line each) for anything that cannot work.
     """
-    args = _parser().parse_args(argv)
+    # intermixed: overrides may come before and after the flags
+    args = _parser().parse_intermixed_args(argv)
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path:  # only overrides were given
         overrides.insert(0, config_path)
