@@ -98,8 +98,8 @@ def save_checkpoint(root: Path, step: int, models: dict, trainer_state: dict, co
     if _is_rank0():
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(config_yaml)
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")  # copied into Hugging Face exports
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)

@@ -49,8 +49,9 @@ class Run:
     def build_model(self, name: str, optim: Optional[OptimConfig]):
         from megatron_rlvr.models.trainable import TrainableModel
 
-        model_cfg = getattr(self.cfg, name)
-        return TrainableModel(model_cfg, optim, self.ctx, name=name)
+        # The frozen KL reference is built like the policy; its optimizer is never stepped.
+        optim = optim or self.cfg.optimizer.policy
+        return TrainableModel(name, getattr(self.cfg, name), optim, self.ctx)
 
     def trainer_state(self, step: int) -> dict:
         return {"step": step, "sampler": self.sampler.state_dict(), "rng": ckpt.rng_state(),
@@ -123,7 +124,7 @@ def build_models(run: Run) -> None:
         ref_dir = run.run_dir / "reference_init"
         if run.start_step == 0 and not (ref_dir / "model_info.json").is_file():
             run.models["policy"].save_checkpoint(ref_dir)
-        run.reference = run.build_model("policy", None)
+        run.reference = run.build_model("policy", None)  # same layout as the policy
         run.reference.load_checkpoint(ref_dir, load_optimizer=False)
 
 

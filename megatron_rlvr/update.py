@@ -26,7 +26,11 @@ def _micro_batches(rows: torch.Tensor, size: int, fields: dict[str, Optional[tor
 
 def _dp_share(model, rows: torch.Tensor) -> torch.Tensor:
     """This data-parallel rank's rows of a mini-batch (strided, so every rank gets a similar length mix)."""
-    return rows[model.dp_rank :: model.dp_size]
+    from megatron.core import parallel_state
+
+    with model.ctx.layout(model.name):
+        rank, size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    return rows[rank::size]
 
 
 def _mean_stats(all_stats: list[dict]) -> dict[str, float]:

@@ -7,8 +7,9 @@ is collective: every rank iterates the stream; only global rank 0 (where the eng
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
+import torch
 import torch.distributed as dist
 
 from megatron_rlvr.rollout.types import RolloutEngine
@@ -18,19 +19,22 @@ def push_weights(engine: Optional[RolloutEngine], models: dict) -> int:
     """Stream every model in `models` (name -> TrainableModel) to `engine`; returns the bytes pushed."""
     from megatron_rlvr.convert.live import export_hf_tensors
 
-    pushed = 0
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    pushed = 0
     for name, model in models.items():
-        stream = export_hf_tensors(model.model_chunks, model.shape)
-        if rank0 and engine is not None:
-            def counted():
-                nonlocal pushed
-                for hf_name, tensor in stream:
-                    pushed += tensor.numel() * tensor.element_size()
-                    yield hf_name, tensor
-
-            engine.update_weights(name, counted())
-        else:
-            for _ in stream:  # take part in the collective gathers
-                pass
+        with model.ctx.layout(model.name):  # the gathers run over this model's own TP/PP groups
+            stream = export_hf_tensors(model.model_chunks, model.shape)
+            if rank0 and engine is not None:
+                sizes: list[int] = []
+                engine.update_weights(name, _counted(stream, sizes))
+                pushed += sum(sizes)
+            else:
+                for _ in stream:  # take part in the collective gathers
+                    pass
     return pushed
+
+
+def _counted(stream, sizes: list[int]) -> Iterator[tuple[str, torch.Tensor]]:
+    for hf_name, tensor in stream:
+        sizes.append(tensor.numel() * tensor.element_size())
+        yield hf_name, tensor
