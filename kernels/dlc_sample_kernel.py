@@ -154,7 +154,7 @@ def _finish_row(row, M, L, T, MP, LP, best_score, s2b, p2b, tok, tok_ptr, lp_cal
         tl.store(ent_ptr + row, tl.where(bad, float("nan"), ent))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "lam_val", "temp_val"])
 def dlc_stage1_kernel(
     pol_ptr, mem_ptr, noise_ptr, stride_pol, stride_mem, stride_noise,
     lam_ptr, lam_val, temp_ptr, temp_val,
