@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from megatron_rlvr.launch import main as launch_main
-from megatron_rlvr.launch.spec import container_path
+from megatron_rlvr.launch.spec import LaunchSpec, container_path, job_view
+from megatron_rlvr.recipes import get_recipe
 
 
 @pytest.fixture
@@ -150,7 +151,9 @@ BAD_INPUTS = [
     ("bad time", ["--time", "4h"], "launch error: --time='4h': not a Slurm time limit"),
     ("relative mount", ["--container-mounts", "data:/data"], "launch error: --container-mounts='data:/data'"),
     ("run dir outside the mounts", ["run_dir=/elsewhere/run"],
-     "launch error: run_dir='/elsewhere/run': the run dir is not under any --container-mounts source"),
+     "launch error: run_dir='/elsewhere/run': this path is not under any --container-mounts source"),
+    ("dataset outside the mounts", ["task.path=/etc/hostname"],
+     "launch error: task.path='/etc/hostname': this path is not under any --container-mounts source"),
     ("bad config value", ["rollout.group_size=1"], "config error: rollout.group_size=1"),
     ("unknown recipe", ["--recipe", "qwen3_9b"], "config error: --recipe='qwen3_9b': unknown recipe"),
 ]
@@ -188,6 +191,49 @@ def test_container_path_maps_through_the_longest_matching_mount():
     assert container_path("/lustre", mounts) == "/data"
     assert container_path("/home/u/x", mounts) == "/home/u/x"
     assert container_path("/lustrefs/x", mounts) is None  # a path prefix is not a parent folder
+
+
+def test_job_view_makes_paths_absolute_locally_and_maps_them_through_mounts_on_slurm(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = get_recipe("tiny_cpu")
+    cfg.run_dir, cfg.task.tokenizer = "runs/a", str(tmp_path / "tok")
+    local = job_view(cfg, LaunchSpec(executor="local"))
+    assert local.run_dir == str(tmp_path / "runs" / "a") and local.task.tokenizer == str(tmp_path / "tok")
+    assert local.checkpoint.load == "auto" and local.policy.init_from is None  # keywords and unset paths stay
+    slurm = job_view(cfg, LaunchSpec(executor="slurm", container_mounts=[f"{tmp_path}:/work"]))
+    assert (slurm.run_dir, slurm.task.tokenizer) == ("/work/runs/a", "/work/tok")
+    assert cfg.run_dir == "runs/a"  # the input config is not modified
+
+
+# ----------------------------------------------------------------------------------------------- slurm submission
+FAKE_SBATCH = """#!/bin/bash
+# Stand-in for Slurm's sbatch (no cluster here): keep the submitted script, answer like `sbatch --parsable`.
+cp "${@: -1}" "$FAKE_SBATCH_DIR/submitted.sh"
+echo 4242
+"""
+
+
+def test_slurm_submission_writes_the_config_once_and_sbatches_the_dryrun_script(tmp_path, shared):
+    """Through nemo-run's real submission path; only the sbatch binary is a stand-in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SBATCH_DIR": str(tmp_path),
+           "NEMORUN_HOME": str(tmp_path / "nemo_run_home")}
+    argv = [sys.executable, "-m", "megatron_rlvr.cli", "launch", *_slurm_args(shared, "--recipe",
+            "qwen3_4b_iac_dlc", "--nodes", "2", "--gpus-per-node", "8")]
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted train: slurm_tunnel://nemo_run/4242" in proc.stdout
+    script = (tmp_path / "submitted.sh").read_text()
+    assert "#SBATCH --nodes=2\n" in script and "#SBATCH --ntasks-per-node=8\n" in script
+    assert len(_srun_lines(script)) == 1
+    # the config the ranks read: written once, with the run dir as the container sees it
+    written = (shared / "runs" / "q8" / "launch_config.yaml").read_text()
+    assert "run_dir: /shared/runs/q8\n" in written and "path: /shared/data/train.jsonl\n" in written
+    assert "preset: qwen3-4b" in written
 
 
 # ----------------------------------------------------------------------------------------------- real local run

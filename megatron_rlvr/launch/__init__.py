@@ -24,7 +24,7 @@ from megatron_rlvr.launch.spec import (
     EXECUTORS,
     LaunchError,
     LaunchSpec,
-    container_path,
+    job_view,
     parse_key_values,
     parse_mounts,
     validate_launch,
@@ -123,12 +123,11 @@ def resolve(argv: list[str]) -> ResolvedLaunch:
     if spec.executor == "local" and args.gpus_per_node is not None:
         _check_local_gpus(spec.gpus_per_node)
     validate_launch(cfg, spec)
-    host_run_dir = os.path.abspath(os.path.expanduser(cfg.run_dir))
-    job_run_dir = host_run_dir if spec.executor == "local" else container_path(host_run_dir, spec.container_mounts)
-    # The job may start in another working directory and, on Slurm, sees the run dir through a mount.
+    job_cfg = job_view(cfg, spec)
     return ResolvedLaunch(
-        cfg=dataclasses.replace(cfg, run_dir=job_run_dir), spec=spec,
-        host_config=os.path.join(host_run_dir, CONFIG_NAME), job_config=os.path.join(job_run_dir, CONFIG_NAME),
+        cfg=job_cfg, spec=spec,
+        host_config=os.path.join(os.path.abspath(os.path.expanduser(cfg.run_dir)), CONFIG_NAME),
+        job_config=os.path.join(job_cfg.run_dir, CONFIG_NAME),
     )
 
 

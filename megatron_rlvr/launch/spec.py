@@ -6,6 +6,7 @@ or config field and the fix (`LaunchError`, same format as `ConfigError`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -191,9 +192,40 @@ def validate_launch(cfg: RunConfig, spec: LaunchSpec) -> None:
         _require(bool(spec.container_mounts), "--container-mounts", spec.container_mounts,
                  "the job must read its config from and write its run dir to shared storage",
                  "pass --container-mounts /lustre:/lustre (a shared filesystem holding the run dir)")
-        host_run_dir = os.path.abspath(os.path.expanduser(cfg.run_dir))
-        _require(container_path(host_run_dir, spec.container_mounts) is not None, "run_dir", host_run_dir,
-                 "the run dir is not under any --container-mounts source, so the job could not read its config",
-                 "set run_dir=/shared/path/run or add a mount that contains it")
+    job_view(cfg, spec)  # every path of the config must be reachable from the job
     _check_layout(cfg, spec)
     _check_rollout_placement(cfg, spec)
+
+
+# Config fields holding paths the job reads or writes (dotted, as in overrides).
+PATH_FIELDS = ("run_dir", "replay_dir", "policy.init_from", "memory.init_from", "task.path", "task.tokenizer",
+               "checkpoint.load")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _with(cfg: Any, dotted: str, value: Any) -> Any:
+    head, _, rest = dotted.partition(".")
+    return dataclasses.replace(cfg, **{head: _with(getattr(cfg, head), rest, value) if rest else value})
+
+
+def job_view(cfg: RunConfig, spec: LaunchSpec) -> RunConfig:
+    """The config as the job's ranks see it: every path absolute (they start in another working directory) and,
+    on Slurm, mapped through the container mounts. A path outside every mount is a LaunchError naming its field."""
+    for name in PATH_FIELDS:
+        value = _get(cfg, name)
+        if value is None or (name == "checkpoint.load" and value in ("auto", "none")):
+            continue
+        host = os.path.abspath(os.path.expanduser(value))
+        if spec.executor == "slurm":
+            mapped = container_path(host, spec.container_mounts)
+            _require(mapped is not None, name, host,
+                     "this path is not under any --container-mounts source, so the job could not reach it",
+                     f"use a path on the shared filesystem or add a mount that contains it (e.g. {name}=/shared/...)")
+            host = mapped
+        cfg = _with(cfg, name, host)
+    return cfg
