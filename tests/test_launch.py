@@ -63,11 +63,11 @@ def _srun_lines(script: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------- slurm dry run
 def test_slurm_dryrun_of_paper_recipe_runs_one_srun_task_per_gpu_in_the_container(nemo_home, shared, capsys):
     rc, out, err = _run(_slurm_args(shared, "--recipe", "qwen3_8b_iac_dlc", "--nodes", "4", "--gpus-per-node",
-                                     "8", "--dryrun"), capsys)
+                                     "8", "--sbatch", "qos=high", "--sbatch", "exclusive", "--dryrun"), capsys)
     assert rc == 0, err
-    # node / GPU counts: 4 nodes x 8 tasks, one per GPU
+    # node / GPU counts: 4 nodes x 8 tasks, one per GPU; extra flags as given
     for flag in ("--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--account=rl_team",
-                 "--partition=batch", "--time=12:00:00"):
+                 "--partition=batch", "--time=12:00:00", "--qos=high", "--exclusive"):
         assert f"#SBATCH {flag}\n" in out
     assert "hetjob" not in out
     # one srun step, in the container, running the training task script; srun takes its task layout from sbatch

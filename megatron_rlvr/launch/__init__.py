@@ -27,6 +27,7 @@ from megatron_rlvr.launch.spec import (
     job_view,
     parse_key_values,
     parse_mounts,
+    parse_sbatch_flags,
     validate_launch,
 )
 
@@ -61,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="SRC:DST[:FLAGS] mounts, comma-separated or repeated; must contain the run dir (slurm)")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="environment variable of every rank (repeatable); overrides the NCCL/CUDA defaults")
-    p.add_argument("--sbatch", action="append", default=[], metavar="K=V",
-                   help="extra #SBATCH flag, e.g. --sbatch qos=high --sbatch exclusive=true (repeatable)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="K[=V]",
+                   help="extra #SBATCH flag, e.g. --sbatch qos=high --sbatch exclusive (repeatable)")
     p.add_argument("--rollout-nodes", type=int, default=0,
                    help="dedicated SGLang rollout nodes (implies rollout.placement=dedicated; slurm)")
     p.add_argument("--rollout-port", type=int, default=30000, help="HTTP port of dedicated rollout servers")
@@ -117,7 +118,7 @@ def resolve(argv: list[str]) -> ResolvedLaunch:
         gpus_per_node=args.gpus_per_node if args.gpus_per_node is not None else _default_gpus(args.executor),
         account=args.account, partition=args.partition, time=args.time, container_image=args.container_image,
         container_mounts=parse_mounts(args.container_mounts), env=parse_key_values(args.env, "--env"),
-        sbatch_args=parse_key_values(args.sbatch, "--sbatch"), rollout_nodes=args.rollout_nodes,
+        sbatch_args=parse_sbatch_flags(args.sbatch), rollout_nodes=args.rollout_nodes,
         rollout_port=args.rollout_port, master_port=args.master_port, job_name=args.job_name, dryrun=args.dryrun,
     )
     if spec.executor == "local" and args.gpus_per_node is not None:

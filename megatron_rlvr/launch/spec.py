@@ -63,8 +63,8 @@ class LaunchSpec:
     container_mounts: list[str] = field(default_factory=list)
     # extra environment of every rank, on top of DEFAULT_ENV
     env: dict[str, str] = field(default_factory=dict)
-    # extra #SBATCH flags (e.g. qos, reservation, constraint)
-    sbatch_args: dict[str, str] = field(default_factory=dict)
+    # extra #SBATCH flags (e.g. qos, reservation, constraint); True = a flag without value
+    sbatch_args: dict[str, Any] = field(default_factory=dict)
     # nodes that run only SGLang rollout servers (rollout.placement=dedicated); 0 = none
     rollout_nodes: int = 0
     # HTTP port of each dedicated rollout server
@@ -95,6 +95,19 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, str]:
         _require(bool(sep) and bool(_ENV_NAME.match(key.replace("-", "_"))), flag, item,
                  "expected NAME=VALUE", f"write e.g. {flag} NCCL_DEBUG=INFO")
         out[key] = value
+    return out
+
+
+def parse_sbatch_flags(items: list[str]) -> dict[str, Any]:
+    """["qos=high", "exclusive"] -> {"qos": "high", "exclusive": True}; a bare name is a value-less #SBATCH flag."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" in item:
+            out.update(parse_key_values([item], "--sbatch"))
+        else:
+            _require(bool(_ENV_NAME.match(item.replace("-", "_"))), "--sbatch", item, "expected NAME or NAME=VALUE",
+                     "write e.g. --sbatch qos=high or --sbatch exclusive")
+            out[item] = True
     return out
 
 
