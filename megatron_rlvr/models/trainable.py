@@ -70,6 +70,15 @@ def vocab_parallel_token_stats(
     return torch.nn.functional.pad(-nll, (1, 0)), entropy
 
 
+def _init_sgd_state(opt: torch.optim.Optimizer, config: Any = None) -> None:
+    for group in opt.param_groups:
+        if group.get("momentum", 0) == 0:
+            continue
+        for p in group["params"]:
+            if opt.state[p].get("momentum_buffer") is None:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p.data)
+
+
 # --------------------------------------------------------------------------------------- checkpoint metadata
 def write_model_info(ckpt_dir: str | os.PathLike, preset: str, shape: Qwen3Shape, **extra: Any) -> None:
     """Write ``<ckpt_dir>/model_info.json``: {"preset", "shape": Qwen3Shape fields, **extra}."""
@@ -111,7 +120,9 @@ class TrainableModel:
                 )
             self.layout = lay
             self.dtype = resolve_dtype(cfg.dtype)
-            overrides = {"variable_seq_lengths": True} if lay.pp > 1 else {}
+            # Pipelines send a shape header per micro-batch, so micro-batches may differ in (n, L). (The
+            # dispatcher setting only satisfies a MoE-only check: Qwen3 dense has no experts.)
+            overrides = {"variable_seq_lengths": True, "moe_token_dispatcher_type": "alltoall"} if lay.pp > 1 else {}
             self.config = transformer_config(self.shape, cfg, self.dtype, **overrides)
             set_seed(cfg.init_seed)
             self.model_chunks: list[GPTModel] = self._build_chunks()
@@ -169,7 +180,14 @@ class TrainableModel:
             params_dtype=self.dtype,
             use_distributed_optimizer=self.layout.distributed_optimizer,
         )
-        return get_megatron_optimizer(mcfg, self.ddp_chunks)
+        optimizer = get_megatron_optimizer(mcfg, self.ddp_chunks)
+        if o.optimizer == "sgd":
+            # Megatron only knows how to pre-create Adam's state; loading an SGD checkpoint needs the momentum
+            # buffers to exist. A zero buffer is what torch's SGD starts from (buf = 0 * m + grad = grad).
+            for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+                if sub.init_state_fn is None:
+                    sub.init_state_fn = _init_sgd_state
+        return optimizer
 
     def _build_scheduler(self) -> OptimizerParamScheduler:
         o = self.optim_cfg
