@@ -72,10 +72,24 @@ def seed_everything(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def quiet_library_warnings() -> None:
+    """Megatron-Core and torch warn about optional fused kernels (Apex, TE) at every model build; on a CPU run
+    those are expected and drown the progress display."""
+    import warnings
+
+    for pattern in ("Apex is not installed", ".*[Tt]ransformer[ _-]?[Ee]ngine.*", ".*deprecated.*",
+                    ".*torch.distributed.*", ".*TypedStorage.*", ".*not supported on CPU.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def setup(cfg: RunConfig) -> Run:
     """Process groups, run folder with the resolved config, task and prompt sampler."""
+    quiet_library_warnings()
     from megatron_rlvr.parallel import init_distributed
-    from megatron_rlvr.tasks import PromptSampler, build_task
+    from megatron_rlvr.tasks import build_task
+    from megatron_rlvr.tasks.base import PromptSampler
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_world_size(cfg, world)

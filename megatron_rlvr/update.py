@@ -83,6 +83,9 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     out["policy/ppo_kl_before_update"] = float(first.get("approx_kl", 0.0))
     out["policy/ppo_kl"] = out.pop("policy/approx_kl", 0.0)
     out["policy/clip_frac"] = out.pop("policy/pg_clipfrac", 0.0)
+    # Per-micro-batch losses are globally normalised partial sums: only their total (`loss`) is meaningful.
+    for k in ("policy/pg_loss", "policy/num_tokens"):
+        out.pop(k, None)
     return out
 
 
