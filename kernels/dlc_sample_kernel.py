@@ -4,22 +4,27 @@ Three kernels, all reading the logits in place and never writing combined logits
 
 * ``dlc_stage1_kernel``: the single streaming pass. Grid (rows, vocabulary splits). Each program walks its
   share of the vocabulary once and keeps, per thread, an online log-sum-exp of the calibrated scores, of the
-  policy scores, an entropy accumulator and the winner of an exponential race (Gumbel-max in disguise:
-  argmax exp(s - m) / E with E ~ Exp(1) picks token i with probability softmax(s)_i; the exp is the one the
-  log-sum-exp needs anyway). With one split it writes the final outputs, otherwise eight partial statistics.
+  policy scores and an entropy accumulator (one rescale per 8 ids, all exponentials bare exp2 of scores kept
+  in log2 units, s2 = log2(e) * s). With one split it writes the final outputs, else eight partial statistics.
 * ``dlc_combine_kernel``: merges the per-split partials of a row (the split-vocabulary launch for small batches).
 * ``dlc_threshold_kernel``: only for the optional plausibility mask (tau) and top-k / top-p. It finds per row the
   policy threshold max z + log(tau) and the calibrated-score threshold of top-k / top-p by bisection over the
   order-preserving integer image of the float scores (32 passes at most; top-k/top-p are not single-pass).
 
-All scores are kept in log2 units (s2 = s * log2(e)) so that every exponential is a bare exp2.
+Sampling is a two-level Gumbel-max, exact for pi_cal: the vocabulary is cut into chunks of CHUNK = 1024 global
+ids; the pass draws one Gumbel per chunk and keeps the chunk maximising log(chunk mass) + Gumbel (so a chunk wins
+with probability equal to its mass), then re-reads only the winning chunk (4 KB of bf16 logits) and draws
+the token inside it by Gumbel-max with one Gumbel per id. Per-id noise for the whole vocabulary (Philox costs
+about 25 integer instructions per id) made the one-id-per-Gumbel kernel compute-bound at 37% of copy bandwidth;
+with noise per chunk the pass is memory-bound. Given explicit ``uniform_noise`` (tests) the kernel instead runs a
+one-level exponential race on those uniforms: argmax exp(s - m) / F, F = -log2(u), which is Gumbel-max too.
 
-Random numbers (counter-based, reproducible, independent of the launch shape and of tensor-parallel sharding):
-Philox-4x32-10 keyed by the row's 64-bit seed, counter (quad, offset_lo, offset_hi, 0). The vocabulary is cut
-into chunks of CHUNK = 1024 global ids, each four quarters of QUARTER = 256 ids; the quad index
-chunk * 256 + j feeds one Philox call whose four outputs serve ids chunk*1024 + k*256 + j, k = 0..3. Each
-32-bit output becomes u = ((x >> 9) + 0.5) * 2**-23 in (0, 1) and the race uses F = -log2(u) (a constant
-multiple of Exp(1), which leaves the argmax unchanged). ``philox.py`` holds the same generator in PyTorch.
+Random numbers (counter-based, reproducible, independent of batch, launch shape and of tensor-parallel
+sharding at chunk-aligned boundaries): Philox-4x32-10 keyed by the row's 64-bit seed, counter
+(c0, offset_lo, offset_hi, c3). Chunk noise: c0 = chunk id, c3 = 1 (2 for the right part of a chunk that a
+shard boundary cuts, so both parts get independent keys), first output word. Id noise: c3 = 0 and
+c0 = chunk * 256 + j, whose four words serve ids chunk * 1024 + k * 256 + j, k = 0..3. A 32-bit word x becomes
+u = ((x >> 9) + 0.5) * 2**-23 in (0, 1) and F = -log2(u). ``philox.py`` holds the same generator in PyTorch.
 """
 
 import triton
@@ -34,10 +39,10 @@ PHILOX_ROUNDS = 10
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-_PHILOX_KEY_A: tl.constexpr = 0x9E3779B9
-_PHILOX_KEY_B: tl.constexpr = 0xBB67AE85
-_PHILOX_ROUND_A: tl.constexpr = 0xD2511F53
-_PHILOX_ROUND_B: tl.constexpr = 0xCD9E8D57
+_PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
+_PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
+_PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
+_PHILOX_ROUND_B = tl.constexpr(0xCD9E8D57)
 
 
 @triton.jit
@@ -114,20 +119,55 @@ def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
 
 
 @triton.jit
-def _quarter(pol_row, mem_row, noise_row, local, inb, a, b, greedy, pthr, sthr, x,
-             HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr):
-    """Scores and race divisor of one quarter tile; masked ids get s2 = -inf (NaN is kept so the row is flagged)."""
+def _quarter(pol_row, mem_row, local, inb, a, b, pthr, sthr, HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Policy and calibrated scores of one quarter tile; masked ids get s2 = -inf (NaN is kept: the row is flagged)."""
     zp, p2, s2 = _scores(pol_row, mem_row, local, inb, a, b, HAS_MEMORY)
     if HAS_MASK:
         keep = (zp >= pthr) & (s2 >= sthr)
         s2 = tl.where(keep | (s2 != s2), s2, float("-inf"))
-    if HAS_NOISE:
-        u = tl.load(noise_row + local, mask=inb, other=0.5).to(tl.float32)
-        f = -tl.log2(u)
-    else:
-        f = _race_weight(x)
-    f = tl.where(greedy, 1.0, f)
-    return p2, s2, f
+    return p2, s2
+
+
+@triton.jit
+def _noise_weight(noise_row, local, inb, greedy):
+    """Race divisor F = -log2(u) from caller-given uniforms (1 for greedy rows)."""
+    u = tl.load(noise_row + local, mask=inb, other=0.5).to(tl.float32)
+    return tl.where(greedy, 1.0, -tl.log2(u))
+
+
+@triton.jit
+def _sample_in_chunk(pol_row, mem_row, chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1, c1, c2,
+                     HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """Second level of the sampler: Gumbel-max over the 1024 ids of the winning chunk, element noise (c3 = 0)."""
+    jj = tl.arange(0, 256)
+    cs = tl.maximum(chunk, 0)
+    x0, x1, x2, x3 = _philox4x32((cs * 256 + jj).to(tl.uint32), c1, c2, c1 * 0, k0, k1, N_ROUNDS)
+    # A row with no chunk (everything masked) reads ids past the shard end: all masked off.
+    base = tl.where(chunk >= 0, cs * 1024 - vocab_offset, V) + jj
+    l0 = base
+    l1 = base + 256
+    l2 = base + 512
+    l3 = base + 768
+    _, s0 = _quarter(pol_row, mem_row, l0, (l0 >= 0) & (l0 < V), a, b, pthr, sthr, HAS_MEMORY,
+                     HAS_MASK)
+    _, s1 = _quarter(pol_row, mem_row, l1, (l1 >= 0) & (l1 < V), a, b, pthr, sthr, HAS_MEMORY,
+                     HAS_MASK)
+    _, s2 = _quarter(pol_row, mem_row, l2, (l2 >= 0) & (l2 < V), a, b, pthr, sthr, HAS_MEMORY,
+                     HAS_MASK)
+    _, s3 = _quarter(pol_row, mem_row, l3, (l3 >= 0) & (l3 < V), a, b, pthr, sthr, HAS_MEMORY,
+                     HAS_MASK)
+    g0 = tl.where(greedy, s0, s0 - tl.log2(_race_weight(x0)))
+    g1 = tl.where(greedy, s1, s1 - tl.log2(_race_weight(x1)))
+    g2 = tl.where(greedy, s2, s2 - tl.log2(_race_weight(x2)))
+    g3 = tl.where(greedy, s3, s3 - tl.log2(_race_weight(x3)))
+    best, pos = tl.max(g0, 0, return_indices=True, return_indices_tie_break_left=True)
+    v, i = tl.max(g1, 0, return_indices=True, return_indices_tie_break_left=True)
+    best, pos = _better(best, pos, v, i + 256)
+    v, i = tl.max(g2, 0, return_indices=True, return_indices_tie_break_left=True)
+    best, pos = _better(best, pos, v, i + 512)
+    v, i = tl.max(g3, 0, return_indices=True, return_indices_tie_break_left=True)
+    best, pos = _better(best, pos, v, i + 768)
+    return tl.where((chunk < 0) | (best == float("-inf")), -1, cs * 1024 + pos)
 
 
 @triton.jit
@@ -190,7 +230,6 @@ def dlc_stage1_kernel(
     rr = tl.arange(0, R)[:, None]  # (R, 1): one thread-row of 8 ids per quarter
     ii = tl.arange(0, 8)[None, :]  # (1, 8)
     tile = (rr // 32) * 1024 + (rr % 32) * 8 + ii  # (R, 8) ids of quarter 0 relative to the group start
-    quad = (rr // 32) * 256 + (rr % 32) * 8 + ii  # (R, 8) Philox counter relative to the group's first quad
     row_base = (rr // 32) * 1024 + (rr % 32) * 8  # (R, 1)
 
     m_c = tl.full([R], float("-inf"), tl.float32)
@@ -201,6 +240,8 @@ def dlc_stage1_kernel(
     best = tl.full([R], float("-inf"), tl.float32)
     best_i = tl.full([R], -1, tl.int32)
 
+    best_key = tl.full([], float("-inf"), tl.float32)  # first level (RNG mode): best chunk key and its chunk
+    best_chunk = tl.full([], -1, tl.int32)
     c_begin = chunk_lo + pid_s * chunks_per_split
     c_end = tl.minimum(c_begin + chunks_per_split, chunk_hi)
     for it in range(n_iter):
@@ -208,26 +249,18 @@ def dlc_stage1_kernel(
         g0 = cg * 1024  # global id of this group's first element
         local = g0 - vocab_offset + tile  # (R, 8) shard-local ids of quarter 0
         live = (cg + rr // 32) < c_end
-        if HAS_NOISE:
-            x0 = quad
-            x1 = quad
-            x2 = quad
-            x3 = quad
-        else:
-            ctr = (cg * 256 + quad).to(tl.uint32)
-            x0, x1, x2, x3 = _philox4x32(ctr, c1, c2, c2 * 0, k0, k1, N_ROUNDS)
         l0 = local
         l1 = local + 256
         l2 = local + 512
         l3 = local + 768
-        p0, s0, f0 = _quarter(pol_row, mem_row, noise_row, l0, live & (l0 >= 0) & (l0 < V), a, b, greedy, pthr,
-                              sthr, x0, HAS_MEMORY, HAS_MASK, HAS_NOISE)
-        p1, s1, f1 = _quarter(pol_row, mem_row, noise_row, l1, live & (l1 >= 0) & (l1 < V), a, b, greedy, pthr,
-                              sthr, x1, HAS_MEMORY, HAS_MASK, HAS_NOISE)
-        p2_, s2_, f2 = _quarter(pol_row, mem_row, noise_row, l2, live & (l2 >= 0) & (l2 < V), a, b, greedy, pthr,
-                                sthr, x2, HAS_MEMORY, HAS_MASK, HAS_NOISE)
-        p3, s3, f3 = _quarter(pol_row, mem_row, noise_row, l3, live & (l3 >= 0) & (l3 < V), a, b, greedy, pthr,
-                              sthr, x3, HAS_MEMORY, HAS_MASK, HAS_NOISE)
+        i0 = live & (l0 >= 0) & (l0 < V)
+        i1 = live & (l1 >= 0) & (l1 < V)
+        i2 = live & (l2 >= 0) & (l2 < V)
+        i3 = live & (l3 >= 0) & (l3 < V)
+        p0, s0 = _quarter(pol_row, mem_row, l0, i0, a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
+        p1, s1 = _quarter(pol_row, mem_row, l1, i1, a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
+        p2_, s2_ = _quarter(pol_row, mem_row, l2, i2, a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
+        p3, s3 = _quarter(pol_row, mem_row, l3, i3, a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
 
         # One rescale per thread-row per group, not per element.
         mx = tl.maximum(tl.maximum(tl.max(s0, 1), tl.max(s1, 1)), tl.maximum(tl.max(s2_, 1), tl.max(s3, 1)))
@@ -248,23 +281,45 @@ def dlc_stage1_kernel(
             t_add = tl.sum(tl.where(e0 > 0.0, e0 * d0, 0.0), 1) + tl.sum(tl.where(e1 > 0.0, e1 * d1, 0.0), 1)
             t_add += tl.sum(tl.where(e2 > 0.0, e2 * d2, 0.0), 1) + tl.sum(tl.where(e3 > 0.0, e3 * d3, 0.0), 1)
             t_c = alpha * t_old + t_add
-        l_c = l_c * alpha + ((tl.sum(e0, 1) + tl.sum(e1, 1)) + (tl.sum(e2, 1) + tl.sum(e3, 1)))
+        rs = (tl.sum(e0, 1) + tl.sum(e1, 1)) + (tl.sum(e2, 1) + tl.sum(e3, 1))  # (R,) this group's mass
+        l_c = l_c * alpha + rs
         m_c = m_new
 
-        # Exponential race: the largest e / F wins; positions are global vocabulary ids.
-        q, i = tl.max(e0 / f0, 1, return_indices=True, return_indices_tie_break_left=True)
-        pos = i
-        qn, i = tl.max(e1 / f1, 1, return_indices=True, return_indices_tie_break_left=True)
-        q, pos = _better(q, pos, qn, i + 256)
-        qn, i = tl.max(e2 / f2, 1, return_indices=True, return_indices_tie_break_left=True)
-        q, pos = _better(q, pos, qn, i + 512)
-        qn, i = tl.max(e3 / f3, 1, return_indices=True, return_indices_tie_break_left=True)
-        q, pos = _better(q, pos, qn, i + 768)
-        # Greedy rows compare the exact row maximum, so ties between groups are not decided by rounding.
-        score = tl.where(greedy, mx, ms + tl.log2(q))
-        take = score > best
-        best = tl.where(take, score, best)
-        best_i = tl.where(take, g0 + tl.sum(row_base, 1) + pos, best_i)
+        if HAS_NOISE:
+            # Exponential race on caller-given uniforms: the largest e / F wins.
+            q, i = tl.max(e0 / _noise_weight(noise_row, l0, i0, greedy), 1, return_indices=True,
+                          return_indices_tie_break_left=True)
+            pos = i
+            qn, i = tl.max(e1 / _noise_weight(noise_row, l1, i1, greedy), 1, return_indices=True,
+                           return_indices_tie_break_left=True)
+            q, pos = _better(q, pos, qn, i + 256)
+            qn, i = tl.max(e2 / _noise_weight(noise_row, l2, i2, greedy), 1, return_indices=True,
+                           return_indices_tie_break_left=True)
+            q, pos = _better(q, pos, qn, i + 512)
+            qn, i = tl.max(e3 / _noise_weight(noise_row, l3, i3, greedy), 1, return_indices=True,
+                           return_indices_tie_break_left=True)
+            q, pos = _better(q, pos, qn, i + 768)
+            # Greedy rows compare the exact row maximum, so ties between groups are not decided by rounding.
+            score = tl.where(greedy, mx, ms + tl.log2(q))
+            take = score > best
+            best = tl.where(take, score, best)
+            best_i = tl.where(take, g0 + tl.sum(row_base, 1) + pos, best_i)
+        else:
+            # First level: Gumbel-max over chunks, key = log2(chunk mass) + chunk noise (c3 = 1; 2 for the part
+            # of a chunk that a shard boundary cuts off on the left). No per-element random numbers.
+            ms2 = tl.reshape(ms, (C, 32))
+            ref = tl.max(ms2, 1)
+            mass = tl.sum(tl.reshape(rs, (C, 32)) * tl.exp2(ms2 - ref[:, None]), 1)  # (C,)
+            cid = cg + tl.arange(0, C)
+            c3 = tl.where(cid * 1024 < vocab_offset, 2, 1).to(tl.uint32)
+            y, _, _, _ = _philox4x32(cid.to(tl.uint32), c1, c2, c3, k0, k1, N_ROUNDS)
+            key = tl.where(greedy, tl.max(tl.reshape(mx, (C, 32)), 1),
+                           ref + tl.log2(mass) - tl.log2(_race_weight(y)))
+            kb = tl.max(key, 0)
+            kc = tl.min(tl.where(key == kb, cid, 2147483647), 0)
+            take = kb > best_key
+            best_key = tl.where(take, kb, best_key)
+            best_chunk = tl.where(take, kc, best_chunk)
 
         if SEPARATE_POLICY:
             mpx = tl.maximum(tl.maximum(tl.max(p0, 1), tl.max(p1, 1)), tl.maximum(tl.max(p2_, 1), tl.max(p3, 1)))
@@ -288,10 +343,15 @@ def dlc_stage1_kernel(
     MP = tl.max(m_p, 0)
     MPs = tl.where(MP == float("-inf"), 0.0, MP)
     LP = tl.sum(l_p * tl.exp2(m_p - MPs), 0)
-    bs = tl.max(best, 0)
-    # Smallest id among equal scores, matching torch.argmax of the reference.
-    tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
-    tok = tl.where(tok == 2147483647, -1, tok)
+    if HAS_NOISE:
+        bs = tl.max(best, 0)
+        # Smallest id among equal scores, matching torch.argmax of the reference.
+        tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
+        tok = tl.where(tok == 2147483647, -1, tok)
+    else:
+        bs = best_key
+        tok = _sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1,
+                               c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
 
     # The winner's own scores, recomputed from its two logits.
     tl_local = tl.maximum(tok - vocab_offset, 0).to(tl.int64)

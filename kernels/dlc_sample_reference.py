@@ -5,7 +5,9 @@
 The allowed tokens: all, then the plausibility mask z_policy >= max z_policy + log(tau) (when tau is given),
 then top-k of the calibrated scores (ties at the k-th score all kept), then top-p: the smallest set of highest
 calibrated scores whose renormalised probability reaches top_p (ties at the threshold all kept). The token is
-argmax(s - log(-log u)) (Gumbel-max) with u the uniforms of the kernel's own Philox stream, or ``uniform_noise``.
+drawn like the kernel draws it, with the kernel's own Philox streams: a chunk of 1024 ids by Gumbel-max over
+log(chunk mass), then an id inside it by Gumbel-max (``two_level_sample``); with ``uniform_noise`` instead
+it is argmax(s - log(-log u)) over all ids. Both are exact samplers of pi_cal.
 Temperature 0 means greedy: the token is argmax of the masked calibrated scores (first one on ties) and the
 log-probabilities are reported at T = 1 so that they stay finite.
 
@@ -21,7 +23,7 @@ import torch
 
 from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, raise_on_invalid_rows,
                               row_tensor)
-from .philox import dlc_uniforms
+from .philox import CHUNK, dlc_chunk_uniforms, dlc_uniforms
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -32,15 +34,6 @@ def _row_scales(lam: FloatArg, temperature: FloatArg, rows: int, device: torch.d
     greedy = temp_t <= 0
     inv_t = torch.where(greedy, torch.ones_like(temp_t), 1.0 / torch.where(greedy, torch.ones_like(temp_t), temp_t))
     return lam_t, inv_t, greedy
-
-
-def _noise(uniform_noise: Optional[torch.Tensor], seed: IntArg, offset: IntArg, rows: int, vocab: int,
-           vocab_offset: int, device: torch.device) -> torch.Tensor:
-    if uniform_noise is not None:
-        return uniform_noise.to(torch.float32)
-    ids = torch.arange(vocab, dtype=torch.int64, device=device) + vocab_offset
-    return dlc_uniforms(row_tensor(seed, rows, torch.int64, device), row_tensor(offset, rows, torch.int64, device),
-                        ids)
 
 
 def _mask_top_k_top_p(s: torch.Tensor, allowed: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -55,6 +48,33 @@ def _mask_top_k_top_p(s: torch.Tensor, allowed: torch.Tensor, top_k: int, top_p:
         idx = (cum < top_p * cum[:, -1:]).sum(1, keepdim=True).clamp(max=s.shape[1] - 1)
         allowed = allowed & (s >= ranked.gather(1, idx))
     return allowed
+
+
+def two_level_sample(s2: torch.Tensor, greedy: torch.Tensor, seed: IntArg, offset: IntArg,
+                     vocab_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's RNG-mode draw from scores s2 (B, V) in log2 units (masked ids -inf): global token ids (B,)
+    (-1 if nothing is allowed) and the winning chunk's key log2(mass) - log2(-log2 u) (greedy: its max score)."""
+    rows, vocab = s2.shape
+    device = s2.device
+    seed_t = row_tensor(seed, rows, torch.int64, device)
+    offset_t = row_tensor(offset, rows, torch.int64, device)
+    lead = vocab_offset % CHUNK
+    n_chunks = -(-(lead + vocab) // CHUNK)
+    padded = torch.full((rows, n_chunks * CHUNK), -math.inf, dtype=torch.float32, device=device)
+    padded[:, lead:lead + vocab] = torch.nan_to_num(s2, nan=-math.inf)
+    chunks = padded.view(rows, n_chunks, CHUNK)
+    chunk_ids = torch.arange(n_chunks, device=device) + vocab_offset // CHUNK
+    part = torch.where(chunk_ids * CHUNK < vocab_offset, 2, 1)
+    u_chunk = dlc_chunk_uniforms(seed_t, offset_t, chunk_ids, part)
+    mass = torch.logsumexp(chunks * math.log(2.0), dim=2) * LOG2E  # log2 of each chunk's mass
+    key = torch.where(greedy, chunks.amax(2), mass - torch.log2(-torch.log2(u_chunk)))
+    win = torch.argmax(key, dim=1)  # first maximum: smallest id on ties
+    ids = chunk_ids[win][:, None] * CHUNK + torch.arange(CHUNK, device=device)  # (B, 1024) global ids
+    inside = chunks[torch.arange(rows, device=device), win]
+    race = torch.where(greedy, inside, inside - torch.log2(-torch.log2(dlc_uniforms(seed_t, offset_t, ids))))
+    pick = torch.argmax(race, dim=1, keepdim=True)
+    token = torch.where(race.gather(1, pick)[:, 0] == -math.inf, -1, ids.gather(1, pick)[:, 0])
+    return token, key.gather(1, win[:, None])[:, 0]
 
 
 def dlc_sample_reference(
@@ -90,9 +110,12 @@ def dlc_sample_reference(
 
     logp_cal = torch.log_softmax(s_cal, dim=1)
     logp_pol = torch.log_softmax(zp * inv_t, dim=1)
-    u = _noise(uniform_noise, seed, offset, rows, vocab, vocab_offset, device)
-    race = torch.where(greedy, s_cal, s_cal - torch.log(-torch.log(u)))
-    local = torch.argmax(torch.nan_to_num(race, nan=-math.inf), dim=1)
+    if uniform_noise is not None:
+        race = torch.where(greedy, s_cal, s_cal - torch.log(-torch.log(uniform_noise.to(torch.float32))))
+        local = torch.argmax(torch.nan_to_num(race, nan=-math.inf), dim=1)
+    else:
+        token, _ = two_level_sample(s_cal * LOG2E, greedy, seed, offset, vocab_offset)
+        local = (token - vocab_offset).clamp(min=0)
 
     bad = torch.isnan(s_cal).any(1) | torch.isnan(zp).any(1) | ~torch.isfinite(torch.logsumexp(s_cal, 1))
     bad |= ~torch.isfinite(torch.logsumexp(zp * inv_t, 1))
@@ -147,11 +170,14 @@ def dlc_partials_reference(
 
     m, l, t = stats(s2)
     mp, lp, _ = stats(p2)
-    u = _noise(uniform_noise, seed, offset, rows, vocab, vocab_offset, device)
-    race = torch.where(greedy, s2, s2 - torch.log2(-torch.log2(u)))
-    race = torch.nan_to_num(race, nan=-math.inf)
-    local = torch.argmax(race, dim=1, keepdim=True)
-    best = race.gather(1, local)[:, 0]
-    tok = torch.where(best == -math.inf, torch.full_like(local[:, 0], -1), local[:, 0] + vocab_offset)
+    if uniform_noise is not None:
+        race = torch.where(greedy, s2, s2 - torch.log2(-torch.log2(uniform_noise.to(torch.float32))))
+        race = torch.nan_to_num(race, nan=-math.inf)
+        local = torch.argmax(race, dim=1, keepdim=True)
+        best = race.gather(1, local)[:, 0]
+        tok = torch.where(best == -math.inf, torch.full_like(local[:, 0], -1), local[:, 0] + vocab_offset)
+    else:
+        tok, best = two_level_sample(s2, greedy, seed, offset, vocab_offset)
+        local = (tok - vocab_offset).clamp(min=0)[:, None]
     part = torch.stack([m, l, t, mp, lp, best, s2.gather(1, local)[:, 0], p2.gather(1, local)[:, 0]], dim=-1)
     return part[:, None, :], tok[:, None]

@@ -45,19 +45,36 @@ def _split64(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v & _M32, (v >> 32) & _M32
 
 
-def dlc_uniforms(seed: torch.Tensor, offset: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
-    """Uniforms in (0, 1), float32 of shape (B, V), that the kernel uses for rows (seed, offset) at global ids.
+def _to_uniform(x: torch.Tensor) -> torch.Tensor:
+    # ((x >> 9) + 0.5) * 2**-23: exact in float32, never 0 or 1.
+    return ((x >> 9).to(torch.float32) + 0.5) * (2.0 ** -23)
 
-    seed, offset: (B,) int64; vocab_ids: (V,) int64 global vocabulary ids (a shard adds its vocab offset).
+
+def dlc_uniforms(seed: torch.Tensor, offset: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Per-id uniforms in (0, 1), float32 (B, N), of rows (seed, offset) at global ids (c3 = 0 stream).
+
+    seed, offset: (B,) int64; vocab_ids: (N,) or (B, N) int64 global vocabulary ids.
     """
     k0, k1 = _split64(seed.to(torch.int64).view(-1, 1))
     c1, c2 = _split64(offset.to(torch.int64).view(-1, 1))
-    ids = vocab_ids.to(torch.int64).view(1, -1)
+    ids = vocab_ids.to(torch.int64)
+    ids = ids.view(1, -1) if ids.dim() == 1 else ids
     quad = (ids // CHUNK) * QUARTER + ids % QUARTER
     lane = (ids % CHUNK) // QUARTER
     words = philox4x32(quad, c1, c2, torch.zeros_like(c1), k0, k1)
     x = torch.zeros(seed.numel(), ids.shape[1], dtype=torch.int64, device=seed.device)
     for k, word in enumerate(words):
         x = torch.where(lane == k, word.expand_as(x), x)
-    # ((x >> 9) + 0.5) * 2**-23: exact in float32, never 0 or 1.
-    return ((x >> 9).to(torch.float32) + 0.5) * (2.0 ** -23)
+    return _to_uniform(x)
+
+
+def dlc_chunk_uniforms(seed: torch.Tensor, offset: torch.Tensor, chunk_ids: torch.Tensor,
+                       part: torch.Tensor) -> torch.Tensor:
+    """Per-chunk uniforms (B, C) of the first sampling level: counter (chunk id, offset, part), first word.
+
+    part: (C,) int64, 1 for a whole chunk or its left part, 2 for the right part cut off by a shard boundary.
+    """
+    k0, k1 = _split64(seed.to(torch.int64).view(-1, 1))
+    c1, c2 = _split64(offset.to(torch.int64).view(-1, 1))
+    word = philox4x32(chunk_ids.to(torch.int64).view(1, -1), c1, c2, part.to(torch.int64).view(1, -1), k0, k1)[0]
+    return _to_uniform(word)

@@ -59,16 +59,18 @@ def test_kernel_equals_reference_at_qwen3_vocab_given_explicit_noise(rows):
 
 
 @pytest.mark.parametrize("rows", [1, 99, 989])
-def test_kernel_rng_reproduces_the_reference_philox_stream(rows):
+def test_kernel_rng_reproduces_the_reference_two_level_draw(rows):
     zp, zm = _logits(rows, seed=100 + rows)
     seed = torch.arange(rows, device="cuda") * 7919 + 3
     offset = torch.full((rows,), 12345, device="cuda")
     out = dlc_sample(zp, zm, lam=0.4, seed=seed, offset=offset, return_entropy=True)
     ref = dlc_sample_reference(zp, zm, lam=0.4, seed=seed, offset=offset, return_entropy=True)
-    from megatron_rlvr.kernels.philox import dlc_uniforms
-
-    u = dlc_uniforms(seed, offset, torch.arange(QWEN3_VOCAB, device="cuda"))
-    _assert_matches_reference(out, ref, zp, zm, 0.4, 1.0, u)
+    # Chunk keys are float sums over 1024 ids in another order: a near-tie between two chunks may flip.
+    same = out.tokens == ref.tokens
+    assert int((~same).sum()) <= rows // 500, f"token mismatch in rows {torch.nonzero(~same).flatten().tolist()}"
+    torch.testing.assert_close(out.logprob_cal[same], ref.logprob_cal[same], **LOGPROB_TOL)
+    torch.testing.assert_close(out.logprob_policy[same], ref.logprob_policy[same], **LOGPROB_TOL)
+    torch.testing.assert_close(out.entropy, ref.entropy, **LOGPROB_TOL)
 
 
 def test_same_seed_and_offset_give_the_same_token_in_any_batch():
