@@ -148,7 +148,6 @@ def sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, re
     from megatron_rlvr.kernels import dlc_sample, dlc_sample_kernel, dlc_sample_launcher
 
     settings = [(tile, pps, rounds) for tile in (2, 4, 8) for pps in (1, 2, 4) for rounds in (10,)]
-    settings += [(4, 2, 0), (4, 2, 7)]
     defaults = (dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM,
                 dlc_sample_kernel.PHILOX_ROUNDS)
     print(f"{'B':>5} {'tile':>4} {'prog/SM':>7} {'rounds':>6} {'fused ms':>9} {'TB/s':>6}")
