@@ -83,9 +83,11 @@ class OptimConfig:
     lr: float = 1e-6
     # weight decay (decoupled)
     weight_decay: float = 0.0
-    # Adam betas
+    # Adam beta1 (first-moment decay)
     adam_beta1: float = 0.9
+    # Adam beta2 (second-moment decay)
     adam_beta2: float = 0.999
+    # Adam epsilon
     adam_eps: float = 1e-8
     # SGD momentum
     sgd_momentum: float = 0.0
@@ -213,8 +215,9 @@ class TaskConfig:
     answers_per_query: int = 4
     # seed of the synthetic task and of prompt order
     seed: int = 0
-    # prompt-field and answer-field names for `math` datasets
+    # prompt-field name for `math` datasets
     prompt_key: str = "prompt"
+    # answer-field name for `math` datasets
     answer_key: str = "answer"
     # HF tokenizer folder for `math` (the synthetic task ships its own byte tokenizer)
     tokenizer: Optional[str] = None

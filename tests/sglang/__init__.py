@@ -1,0 +1,1 @@
+"""SGLang rollout-engine tests (SGLang venv only)."""
