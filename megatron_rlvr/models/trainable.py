@@ -160,7 +160,7 @@ class TrainableModel:
         # The schedules call these: grad all-reduce deferred to the last micro-batch, then DP/TP/embedding
         # gradient finalisation (TP-replicated qk-layernorm grads, tied embeddings across pipeline stages).
         self.config.no_sync_func = [c.no_sync for c in ddp] if len(ddp) > 1 else ddp[0].no_sync
-        self.config.finalize_model_grads_func = None if os.environ.get("MUTANT") else finalize_model_grads
+        self.config.finalize_model_grads_func = finalize_model_grads
         return ddp
 
     def _build_optimizer(self):
