@@ -75,7 +75,9 @@ def _reference_worker(tmp: str) -> dict:
     tokens = _tokens()
     lp, ent = pol.forward_logprobs(tokens, temperature=0.7, micro_batch_size=3, with_entropy=True)
     with torch.no_grad():
-        logits = pol.model_chunks[0](tokens, torch.arange(L).expand(N, L), None).float() / 0.7
+        dev = ctx.device
+        logits = pol.model_chunks[0](tokens.to(dev), torch.arange(L, device=dev).expand(N, L), None)
+        logits = logits.float().cpu() / 0.7
     logp = torch.log_softmax(logits, -1)[:, :-1]
     out["direct_lp"] = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
     out["direct_ent"] = -(logp.exp() * logp).sum(-1)

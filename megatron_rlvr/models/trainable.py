@@ -332,10 +332,12 @@ class TrainableModel:
             summary = None
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 keys = sorted(reports[0])
-                sums = torch.tensor([[r[k] for k in keys] for r in reports], dtype=torch.float64).sum(0)
+                sums = torch.tensor([[r[k] for k in keys] for r in reports], dtype=torch.float64,
+                                    device=self.ctx.device).sum(0)
                 dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
-                summary = {k: v / (len(reports) * dp) for k, v in zip(keys, sums.tolist())}
-                summary["loss"] = sums[keys.index("loss")].item()
+                sums = sums.tolist()
+                summary = {k: v / (len(reports) * dp) for k, v in zip(keys, sums)}
+                summary["loss"] = sums[keys.index("loss")]
             summary = self._broadcast_from_last_stage(summary)
             summary.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                            lr=float(self.optimizer.param_groups[0]["lr"]), update_successful=float(bool(ok)))
