@@ -1,0 +1,1 @@
+"""GPU-only tests (marker `gpu`), skipped without CUDA."""
