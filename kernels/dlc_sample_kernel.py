@@ -112,7 +112,9 @@ def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
     p2 = zp * a
     if HAS_MEMORY:
         zm = tl.load(mem_row + offs, mask=inb, other=0.0).to(tl.float32)
-        s2 = p2 - zm * b
+        # An explicit fma pins the rounding: the threshold kernel's top-k/top-p cut, the pass and the winner's
+        # recomputed score then see bit-identical s2 (free contraction could fuse either product).
+        s2 = tl.fma(zm, -b, p2)
     else:
         s2 = p2
     return zp, p2, s2
@@ -307,9 +309,12 @@ def dlc_stage1_kernel(
         else:
             # First level: Gumbel-max over chunks, key = log2(chunk mass) + chunk noise (c3 = 1; 2 for the part
             # of a chunk that a shard boundary cuts off on the left). No per-element random numbers.
-            ms2 = tl.reshape(ms, (C, 32))
-            ref = tl.max(ms2, 1)
-            mass = tl.sum(tl.reshape(rs, (C, 32)) * tl.exp2(ms2 - ref[:, None]), 1)  # (C,)
+            # Chunk mass in the frame of the chunk's largest running max; rows with nothing allowed yet have
+            # m_new = -inf and add 0 (their safe frame 0 must not set the reference, or masses underflow).
+            mn2 = tl.reshape(m_new, (C, 32))
+            ref = tl.max(mn2, 1)
+            ref = tl.where(ref == float("-inf"), 0.0, ref)
+            mass = tl.sum(tl.reshape(rs, (C, 32)) * tl.exp2(mn2 - ref[:, None]), 1)  # (C,)
             cid = cg + tl.arange(0, C)
             c3 = tl.where(cid * 1024 < vocab_offset, 2, 1).to(tl.uint32)
             y, _, _, _ = _philox4x32(cid.to(tl.uint32), c1, c2, c3, k0, k1, N_ROUNDS)
@@ -359,7 +364,7 @@ def dlc_stage1_kernel(
     p2b = zpb * a
     if HAS_MEMORY:
         zmb = tl.load(mem_row + tl_local).to(tl.float32)
-        s2b = p2b - zmb * b
+        s2b = tl.fma(zmb, -b, p2b)
     else:
         s2b = p2b
 

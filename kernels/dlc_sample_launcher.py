@@ -24,9 +24,14 @@ from . import dlc_sample_kernel as _k
 from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, raise_on_invalid_rows)
 from .dlc_sample_reference import dlc_partials_reference, dlc_sample_reference
 
-# Programs per SM the split heuristic aims for, and the largest tile (chunks of 1024 ids per loop iteration).
+# Split heuristic (tuned on an H100 with tools/bench_kernels.py --sweep, see BENCHMARKS.md): aim for
+# PROGRAMS_PER_SM programs per SM, at least MIN_CHUNKS_PER_SPLIT chunks of 1024 ids each (thinner splits cost
+# more in the per-split second sampling level and the combine than they gain), and tiles of up to
+# MAX_TILE_CHUNKS chunks per loop iteration (LARGE_BATCH_TILE_CHUNKS once rows alone fill the GPU 4 times).
 PROGRAMS_PER_SM = 2
+MIN_CHUNKS_PER_SPLIT = 2
 MAX_TILE_CHUNKS = 4
+LARGE_BATCH_TILE_CHUNKS = 2
 
 
 def _interpret() -> bool:
@@ -56,11 +61,12 @@ def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) 
     n_chunks = chunk_hi - chunk_lo
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 1
-    splits = max(1, min(n_chunks, -(-PROGRAMS_PER_SM * sms // rows)))
+    splits = max(1, min(-(-n_chunks // MIN_CHUNKS_PER_SPLIT), -(-PROGRAMS_PER_SM * sms // rows)))
     per_split = -(-n_chunks // splits)
     splits = -(-n_chunks // per_split)
+    max_tile = LARGE_BATCH_TILE_CHUNKS if rows >= 4 * sms else MAX_TILE_CHUNKS
     tile = 1
-    while tile < min(per_split, MAX_TILE_CHUNKS):
+    while tile < min(per_split, max_tile):
         tile *= 2
     if _interpret():  # the interpreter pays per operation, not per element: one big tile
         tile = 1 << max(0, (per_split - 1).bit_length())

@@ -143,13 +143,12 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
 
 
 def sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, replays: int) -> None:
-    """Tuning aid: the fused kernel alone under several launch settings (tile chunks, programs per SM,
-    Philox rounds; rounds other than 10 change the random stream and are for cost attribution only)."""
+    """Tuning aid: the fused kernel alone under several launch settings (tile chunks, programs per SM)."""
     from megatron_rlvr.kernels import dlc_sample, dlc_sample_kernel, dlc_sample_launcher
 
-    settings = [(tile, pps, rounds) for tile in (2, 4, 8) for pps in (1, 2, 4) for rounds in (10,)]
+    settings = [(tile, pps, 10) for tile in (2, 4, 8) for pps in (1, 2, 3)]
     defaults = (dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM,
-                dlc_sample_kernel.PHILOX_ROUNDS)
+                dlc_sample_kernel.PHILOX_ROUNDS, dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS)
     print(f"{'B':>5} {'tile':>4} {'prog/SM':>7} {'rounds':>6} {'fused ms':>9} {'TB/s':>6}")
     for batch in batches:
         set_bytes = 2 * batch * vocab * torch.tensor([], dtype=dtype).element_size()
@@ -158,6 +157,7 @@ def sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, re
                  (torch.randn(batch, vocab, device="cuda") * 3).to(dtype)) for _ in range(n_sets)]
         for tile, pps, rounds in settings:
             dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM = tile, pps
+            dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS = tile
             dlc_sample_kernel.PHILOX_ROUNDS = rounds
             t = time_graph(lambda i, s=sets: dlc_sample(s[i][0], s[i][1], lam=lam, seed=1, offset=i,
                                                         check_nan=False), n_sets, replays)
@@ -165,7 +165,7 @@ def sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, re
         del sets
         torch.cuda.empty_cache()
     (dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM,
-     dlc_sample_kernel.PHILOX_ROUNDS) = defaults
+     dlc_sample_kernel.PHILOX_ROUNDS, dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS) = defaults
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -61,6 +61,7 @@ def test_same_seed_and_offset_give_the_same_token_whatever_the_batch_and_split(m
     zp, zm = _logits(3, 3000, seed=3)
     alone = [dlc_sample(zp[i:i + 1], zm[i:i + 1], lam=0.8, seed=11 + i, offset=9).tokens for i in range(3)]
     monkeypatch.setattr(launcher, "PROGRAMS_PER_SM", 9)  # 3 splits of one chunk instead of 2 of two
+    monkeypatch.setattr(launcher, "MIN_CHUNKS_PER_SPLIT", 1)
     batched = dlc_sample(zp, zm, lam=0.8, seed=torch.arange(11, 14), offset=9).tokens
     assert torch.equal(torch.cat(alone), batched)
     repeat = dlc_sample(zp, zm, lam=0.8, seed=torch.arange(11, 14), offset=9).tokens
