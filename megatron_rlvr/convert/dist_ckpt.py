@@ -14,6 +14,7 @@ enough (a missing or truncated ``*.distcp`` file fails here, not halfway through
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Optional
@@ -157,8 +158,10 @@ class DistCheckpointReader:
             else:  # this layer's slice of the stacked tensor, as a (1, ...) chunk at offset (layer, 0, ...)
                 state[key] = torch.empty((1, *size[1:]), dtype=dtype)
                 offsets[key] = (layer,) + (0,) * (len(size) - 1)
-        dcp.load(state, storage_reader=FileSystemReader(str(self.dir)), planner=_SliceLoadPlanner(offsets),
-                 no_dist=True)
+        with warnings.catch_warnings():  # "torch.distributed is disabled ...": one process is the intent here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=FileSystemReader(str(self.dir)), planner=_SliceLoadPlanner(offsets),
+                     no_dist=True)
         out = {}
         for name in names:
             key, layer = qwen3_map.checkpoint_key(name)

@@ -102,7 +102,8 @@ def export_hf_tensors(
     """Yield (Hugging Face name, full tensor) for the whole model, embedding -> layers -> norm -> lm_head.
 
     `model_chunks` are this rank's model chunks (one per virtual pipeline stage; DDP-wrapped is fine). Tensors are
-    on the model's device, in the parameter dtype unless `dtype` is given. Collective: see the module docstring.
+    on the model's device, all in `dtype`, by default the word embeddings' dtype (Megatron's local spec keeps some
+    norms in fp32 next to bf16 weights). Collective: see the module docstring.
     """
     chunks = list(model_chunks)
     tp_group, pp_group = _groups(chunks)
@@ -123,6 +124,8 @@ def export_hf_tensors(
     else:
         per_stage = [mine]
     pp_rank = dist.get_rank(pp_group) if pp_group is not None else 0
+    embedding = qwen3_map.mcore_names(shape)[0]
+    dtype = dtype or next(held[embedding] for held in per_stage if embedding in held)
     for name in names:
         owner = next((r for r, held in enumerate(per_stage) if name in held), None)
         if owner is None:
@@ -135,7 +138,7 @@ def export_hf_tensors(
         if pp_world > 1:
             dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
         for hf_name, tensor in qwen3_map.mcore_to_hf(shape, name, full):
-            yield hf_name, tensor if dtype is None else tensor.to(dtype)
+            yield hf_name, tensor.to(dtype)
         del full
 
 

@@ -65,15 +65,19 @@ def export_checkpoint(
 ) -> Path:
     """Export one model of a trainer checkpoint to a Hugging Face folder `out` (atomic); returns `out`.
 
+    Every tensor is written in `dtype`, by default the dtype of the word embeddings (Megatron's local layer spec
+    keeps some norms in fp32 next to bf16 weights; Hugging Face folders use one dtype).
+
     Needs no process group: any single rank of a running job may call it alone.
     """
     model_dir, it = resolve_model_dir(ckpt, model, step)
     reader = DistCheckpointReader(model_dir)
+    dtype = dtype or reader.dtype()
     with atomic_output_dir(Path(out), overwrite) as tmp:
         writer = HFFolderWriter(tmp, reader.shape, max_shard_bytes)
         for name, tensor in reader.iter_logical():
             for hf_name, piece in qwen3_map.mcore_to_hf(reader.shape, name, tensor):
-                writer.add(hf_name, piece if dtype is None else piece.to(dtype))
+                writer.add(hf_name, piece.to(dtype))
             del tensor
         writer.finish(tokenizer_files_in(it / "tokenizer"))
     return Path(out).expanduser().absolute()
