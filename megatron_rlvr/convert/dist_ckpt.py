@@ -31,6 +31,8 @@ from megatron_rlvr.convert import ConversionError, qwen3_map
 from megatron_rlvr.models.presets import Qwen3Shape
 
 MODEL_INFO = "model_info.json"
+# Top-level modules of a GPTModel's checkpoint keys (optimizer states live under "optimizer.").
+_MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
 
 
 def read_model_info(model_dir: Path) -> tuple[Optional[str], Qwen3Shape]:
@@ -116,7 +118,14 @@ class DistCheckpointReader:
         return out
 
     def _validate_shapes(self) -> None:
-        for key, (want, _) in self._expected().items():
+        expected = self._expected()
+        model_keys = [k for k in self.metadata if k.startswith(_MODEL_KEY_PREFIXES)]
+        unexpected = sorted(k for k in model_keys if k not in expected)
+        if unexpected:
+            raise ConversionError(
+                f"{self.dir}: the checkpoint holds {unexpected[:3]}, which {MODEL_INFO} (preset {self.preset!r}, "
+                f"tied={self.shape.tie_word_embeddings}) does not have: the model info does not match the checkpoint")
+        for key, (want, _) in expected.items():
             meta = self.metadata.get(key)
             if meta is None:
                 raise ConversionError(

@@ -76,7 +76,10 @@ def shape_from_hf_config(hf_dir: Path) -> tuple[Qwen3Shape, Optional[torch.dtype
             f"this converter handles {qwen3_map.HF_ARCHITECTURE} (model_type 'qwen3') only")
     from transformers import Qwen3Config
 
-    cfg = Qwen3Config.from_pretrained(str(hf_dir))  # normalises old-style rope_theta into rope_parameters
+    try:
+        cfg = Qwen3Config.from_pretrained(str(hf_dir))  # normalises old-style rope_theta into rope_parameters
+    except (ValueError, TypeError) as err:  # transformers validates its configs (e.g. layer_types vs layers)
+        raise ConversionError(f"{path} is not a valid Qwen3 config: {err}") from None
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ConversionError(f"{path}: rope_type {rope.get('rope_type')!r} is not supported (Qwen3 uses default)")
@@ -146,6 +149,11 @@ class HFFolderReader:
             raise ConversionError(f"{self.dir}: weights use dtypes {sorted(map(str, used))}; expected one float dtype")
         self.dtype: torch.dtype = used.pop()
         self._handles: dict[str, object] = {}
+        if "lm_head.weight" in ignorable and "lm_head.weight" in shapes:
+            if not torch.equal(self.get("lm_head.weight"), self.get("model.embed_tokens.weight")):
+                raise ConversionError(
+                    f"{self.dir}: config.json ties the embeddings (tie_word_embeddings=true) but lm_head.weight "
+                    "differs from model.embed_tokens.weight: config.json does not match the weights")
 
     def get(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
