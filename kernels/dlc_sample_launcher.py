@@ -28,7 +28,7 @@ from .dlc_sample_reference import dlc_partials_reference, dlc_sample_reference
 # PROGRAMS_PER_SM programs per SM, at least MIN_CHUNKS_PER_SPLIT chunks of 1024 ids each (thinner splits cost
 # more in the per-split second sampling level and the combine than they gain), and tiles of up to
 # MAX_TILE_CHUNKS chunks per loop iteration (LARGE_BATCH_TILE_CHUNKS once rows alone fill the GPU 4 times).
-PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 3
 MIN_CHUNKS_PER_SPLIT = 2
 MAX_TILE_CHUNKS = 4
 LARGE_BATCH_TILE_CHUNKS = 2
