@@ -79,6 +79,30 @@ def _init_sgd_state(opt: torch.optim.Optimizer, config: Any = None) -> None:
                 opt.state[p]["momentum_buffer"] = torch.zeros_like(p.data)
 
 
+def _patch_torch_adam_step_loading() -> None:
+    """Work around megatron-core 0.16.1 loading a 'fully_reshardable' distributed-optimizer checkpoint into torch's
+    AdamW (the fallback without apex/TE, i.e. every CPU run): ``load_state_dict`` gives each parameter state the
+    per-parameter ``step`` of torch's AdamW, then ``_set_main_param_and_optimizer_states`` copies every state key
+    from the checkpoint tensors, which never hold ``step`` (KeyError). We hand it the step that is already set."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "_rlvr_patched", False):
+        return
+
+    def set_states(self, model_param, tensors):
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")
+            if step is not None:
+                tensors = {**tensors, "step": step}
+        return original(self, model_param, tensors)
+
+    set_states._rlvr_patched = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+
 # --------------------------------------------------------------------------------------- checkpoint metadata
 def write_model_info(ckpt_dir: str | os.PathLike, preset: str, shape: Qwen3Shape, **extra: Any) -> None:
     """Write ``<ckpt_dir>/model_info.json``: {"preset", "shape": Qwen3Shape fields, **extra}."""
@@ -165,6 +189,11 @@ class TrainableModel:
 
     def _build_optimizer(self):
         o = self.optim_cfg
+        if self.layout.distributed_optimizer and o.optimizer != "adam":
+            raise ValueError(
+                f"{self.name}: megatron's distributed optimizer supports only adam, got optimizer={o.optimizer!r}; "
+                f"set optimizer.{self.name}.optimizer=adam or {self.name}.parallel.distributed_optimizer=false"
+            )
         mcfg = MegatronOptimizerConfig(
             optimizer=o.optimizer,
             lr=o.lr,
@@ -356,7 +385,15 @@ class TrainableModel:
             model_sd = self._model_sharded_state_dict()
             out = {"model": model_sd}
             if with_optimizer:
-                out["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+                # 'fully_reshardable': the distributed optimizer saves a canonical per-parameter state (gathered
+                # on DP rank 0), loadable at any layout; megatron's default format fails in 0.16.1. On CPU the
+                # gather must use the gloo groups ("mem_efficient"); the other path calls Tensor.cuda().
+                metadata = {
+                    "distrib_optim_sharding_type": "fully_reshardable",
+                    "distrib_optim_fully_reshardable_mem_efficient": self.ctx.device.type == "cpu",
+                }
+                out["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                                     metadata=metadata)
                 out["scheduler"] = self.scheduler.state_dict()
                 out["steps_done"] = self.steps_done
             return out
@@ -385,6 +422,8 @@ class TrainableModel:
         if load_optimizer and not info.get("has_optimizer", False):
             raise ValueError(f"checkpoint {ckpt_dir} has no optimizer state; pass load_optimizer=False")
         with self.ctx.layout(self.name), torch.no_grad():  # optimizer state loads in place (notes)
+            if load_optimizer:
+                self._materialise_distributed_optimizer_state()
             request = self.sharded_state_dict(with_optimizer=load_optimizer, is_loading=True)
             loaded = dist_checkpointing.load(request, str(ckpt_dir))
             model_sd = loaded["model"]
@@ -400,6 +439,26 @@ class TrainableModel:
             else:
                 # Fresh optimizer on loaded weights: refresh fp32 main copies of low-precision params.
                 self.optimizer.reload_model_params()
+
+    def _materialise_distributed_optimizer_state(self) -> None:
+        """Create Adam state in a fresh distributed optimizer so a checkpoint can be loaded into it.
+
+        With torch's AdamW (no apex/TE), megatron's DistributedOptimizer.state_dict() needs a step count, which
+        only exists after a first step. Megatron's own dummy step (zero grads) is taken with lr = 0, so the
+        weights do not move (AdamW's decoupled decay scales with lr); the loaded state then replaces it.
+        """
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        _patch_torch_adam_step_loading()
+        for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            if isinstance(sub, DistributedOptimizer) and len(sub.optimizer.state) == 0:
+                lrs = [g["lr"] for g in sub.optimizer.param_groups]
+                for g in sub.optimizer.param_groups:
+                    g["lr"] = 0.0
+                with torch.enable_grad():
+                    sub._init_optimizer_states_with_dummy_values()
+                for g, lr in zip(sub.optimizer.param_groups, lrs):
+                    g["lr"] = lr
 
     def parameters(self) -> Iterable[torch.nn.Parameter]:
         """This rank's parameters (all chunks)."""
