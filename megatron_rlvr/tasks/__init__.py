@@ -1,0 +1,55 @@
+"""Data stage: verifiable tasks (prompts, tokenizer, verifier, warm-start data) and the resumable prompt sampler.
+
+`build_task(cfg.task)` returns a `Task`:
+
+- ``synthetic`` (default): the built-in shift-cipher task (`ShiftCipherTask`), made for a tiny Qwen3 on a CPU.
+  A query is three letters from ``abcdefgh`` followed by a colon, e.g. ``"bed:"``. A response names a shift k
+  (one digit) and then writes the query with every letter moved k places forward, cyclically:
+  ``"2dgf"`` (b->d, e->g, d->f). Shifts 1..answers_per_query are allowed, so every query has exactly
+  `answers_per_query` correct answers, its *modes*; the verifier returns (1.0, k - 1) for a correct response and
+  (0.0, -1) for a disallowed shift (0 = copying, or above the allowed range), a slip in a letter, or anything
+  malformed. Responses are 4 characters + EOS, so rollouts are cheap (max_new_tokens 16 leaves room).
+  Queries are coupled the way the paper's analysis assumes: all share one answer vocabulary and the same letter
+  arithmetic, and queries with the same first letter form a *family* that shares which shift the warm start
+  prefers and how often it errs. Reinforcing "shift 2" on one query therefore raises it on its relatives, which
+  is how collapse spreads (semantic coupling). The warm-start data (`warm_start_examples`) weights the allowed
+  shifts of a family by a Zipf law (1/rank: 0.48, 0.24, 0.16, 0.12 for 4 modes) and mixes in incorrect answers
+  (disallowed shifts carried out correctly, and slips) at a per-family rate around `incorrect_fraction`, so RLVR
+  starts from a policy with several modes at different probabilities and uneven success rates.
+- ``math``: prompts and answers from JSONL / parquet files (DeepScaleR, GSM8K, MATH style), scored with
+  math-verify on the response's last \\boxed{} (or its final answer); tokenised with a local Hugging Face
+  tokenizer folder (`task.tokenizer`). Malformed rows raise `DatasetError` naming file, line and field, or are
+  skipped and counted with `task.skip_malformed=true`.
+
+`CharTokenizer` is the character-level tokenizer of the synthetic task: ids < 128 (the tiny presets' vocabulary),
+pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tokenizer for Hugging Face exports.
+"""
+
+from __future__ import annotations
+
+from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
+from megatron_rlvr.tasks.math_task import DatasetError, MathTask, load_math_rows, math_equal
+from megatron_rlvr.tasks.synthetic import ShiftCipherTask
+from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+
+
+def build_task(task_cfg) -> Task:
+    """The task described by a `TaskConfig` (megatron_rlvr.config)."""
+    if task_cfg.name == "synthetic":
+        return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+    if task_cfg.name == "math":
+        if task_cfg.path is None:
+            raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
+                             "task.path=/path/to/train.jsonl (or .parquet)")
+        if task_cfg.tokenizer is None:
+            raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
+                             "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
+        return MathTask(task_cfg.path, HFTokenizer(task_cfg.tokenizer), task_cfg.prompt_key, task_cfg.answer_key,
+                        task_cfg.skip_malformed)
+    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
+
+
+__all__ = [
+    "CharTokenizer", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptSampler", "ShiftCipherTask",
+    "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal", "zipf_weights",
+]

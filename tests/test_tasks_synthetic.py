@@ -1,0 +1,128 @@
+"""Data stage: the built-in shift-cipher task, its verifier and its warm-start data."""
+
+import collections
+import random
+
+import pytest
+
+from megatron_rlvr.config import TaskConfig
+from megatron_rlvr.tasks import ShiftCipherTask, build_task
+from megatron_rlvr.tasks.synthetic import shift_text
+
+
+@pytest.fixture(scope="module")
+def task():
+    return ShiftCipherTask(num_queries=64, answers_per_query=4, seed=0)
+
+
+def test_every_query_has_exactly_answers_per_query_distinct_correct_answers(task):
+    assert len(task.prompts) == 64
+    assert len({ex.prompt for ex in task.prompts}) == 64
+    for ex in task.prompts:
+        answers = ex.metadata["answers"]
+        assert task.num_modes(ex) == 4 and len(set(answers)) == 4
+        assert [task.score_text(ex, a) for a in answers] == [(1.0, m) for m in range(4)]
+
+
+def test_shift_wraps_around_the_alphabet():
+    assert shift_text("abh", 1) == "bca"
+    assert shift_text("bed", 2) == "dgf"
+    assert shift_text("hhh", 7) == "ggg"
+
+
+def test_verifier_rejects_disallowed_shifts_slips_and_malformed_text(task):
+    ex = task.prompts[5]
+    q = ex.metadata["query"]
+    for k in (0, 5, 6, 7):
+        assert task.score_text(ex, f"{k}{shift_text(q, k)}") == (0.0, -1)
+        assert task.describe_response(ex, f"{k}{shift_text(q, k)}") == f"wrong shift {k}"
+    good = ex.metadata["answers"][1]
+    slip = good[:-1] + shift_text(good[-1], 1)
+    assert task.score_text(ex, slip) == (0.0, -1)
+    assert task.describe_response(ex, slip) == "slip"
+    for text in ("", "2", good + "a", good.upper(), "x" + good):
+        assert task.score_text(ex, text) == (0.0, -1)
+    assert task.score_text(ex, f"  {good}\n") == (1.0, 1)  # surrounding whitespace is not an error
+
+
+def test_score_reads_token_ids_up_to_the_first_eos(task):
+    tok = task.tokenizer
+    ex = task.prompts[0]
+    ids = tok.encode(ex.metadata["answers"][2], add_eos=True) + tok.encode("zz")
+    assert task.score(ex, ids) == (1.0, 2)
+    assert task.score(ex, tok.encode(ex.metadata["answers"][2] + "a")) == (0.0, -1)
+
+
+def test_prompts_start_with_bos_and_responses_fit_in_eight_tokens(task):
+    tok = task.tokenizer
+    for ex in task.prompts:
+        assert ex.prompt_ids[0] == tok.bos_id and tok.decode(ex.prompt_ids) == ex.prompt
+        assert all(len(tok.encode(a, add_eos=True)) <= 8 for a in ex.metadata["answers"])
+    for _, resp in task.warm_start_examples(500, 0.3, random.Random(1)):
+        assert len(resp) <= 8 and resp[-1] == tok.eos_id and max(resp) < 128
+
+
+def test_task_is_a_pure_function_of_its_seed():
+    a, b, c = (ShiftCipherTask(32, 3, s) for s in (7, 7, 8))
+    assert [e.prompt for e in a.prompts] == [e.prompt for e in b.prompts]
+    assert [e.metadata for e in a.prompts] == [e.metadata for e in b.prompts]
+    assert [e.prompt for e in a.prompts] != [e.prompt for e in c.prompts]
+
+
+def test_queries_of_a_family_share_mode_preferences_and_difficulty(task):
+    by_family = collections.defaultdict(list)
+    for ex in task.prompts:
+        by_family[ex.metadata["family"]].append(ex)
+    assert len(by_family) >= 4
+    for members in by_family.values():
+        assert len({tuple(e.metadata["mode_weights"]) for e in members}) == 1
+        assert len({e.metadata["difficulty"] for e in members}) == 1
+    dominant = {max(range(4), key=lambda m: ms[0].metadata["mode_weights"][m]) for ms in by_family.values()}
+    assert len(dominant) >= 2  # families disagree on the preferred shift
+
+
+def test_warm_start_mixes_incorrect_answers_and_unevenly_weighted_modes(task):
+    data = task.warm_start_examples(8000, 0.3, random.Random(0))
+    by_prompt = {tuple(ex.prompt_ids): ex for ex in task.prompts}
+    modes_per_family = collections.defaultdict(collections.Counter)
+    incorrect = 0
+    for prompt_ids, resp in data:
+        ex = by_prompt[tuple(prompt_ids)]
+        reward, mode = task.score(ex, resp)
+        if reward == 0:
+            incorrect += 1
+        else:
+            modes_per_family[ex.metadata["family"]][mode] += 1
+    assert 0.25 < incorrect / len(data) < 0.35
+    for family, counts in modes_per_family.items():
+        weights = next(e.metadata["mode_weights"] for e in task.prompts if e.metadata["family"] == family)
+        total = sum(counts.values())
+        assert sorted(weights, reverse=True) == pytest.approx([0.48, 0.24, 0.16, 0.12], abs=0.005)
+        for m, w in enumerate(weights):  # observed shares follow the Zipf weights of the family
+            assert counts[m] / total == pytest.approx(w, abs=0.08)
+
+
+def test_warm_start_incorrect_answers_include_wrong_strategies_and_slips(task):
+    data = task.warm_start_examples(2000, 0.5, random.Random(3))
+    by_prompt = {tuple(ex.prompt_ids): ex for ex in task.prompts}
+    kinds = collections.Counter(
+        task.describe_response(by_prompt[tuple(p)], task.tokenizer.decode(r)).split(" ")[0] for p, r in data
+    )
+    assert kinds["wrong"] > 100 and kinds["slip"] > 50 and kinds["mode"] > 500 and kinds["malformed"] == 0
+
+
+def test_bad_task_sizes_raise_with_the_field_and_fix():
+    with pytest.raises(ValueError, match=r"task.answers_per_query=9.*fix: use 1..6"):
+        ShiftCipherTask(8, 9)
+    with pytest.raises(ValueError, match=r"task.num_queries=600.*\[1, 512\]"):
+        ShiftCipherTask(600, 4)
+    with pytest.raises(ValueError, match=r"incorrect_fraction=1.0"):
+        ShiftCipherTask(8, 2).warm_start_examples(4, 1.0, random.Random(0))
+
+
+def test_build_task_reads_the_task_config():
+    t = build_task(TaskConfig(name="synthetic", num_queries=16, answers_per_query=3, seed=2))
+    assert isinstance(t, ShiftCipherTask) and len(t.prompts) == 16
+    assert all(t.num_modes(e) == 3 for e in t.prompts)
+    with pytest.raises(ValueError, match="task.name='nope'"):
+        build_task(TaskConfig(name="nope"))
