@@ -38,7 +38,7 @@ def _train(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--recipe", help="start from a recipe in megatron_rlvr.recipes / examples (e.g. tiny_cpu)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may sit on both sides of a flag
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path:  # only overrides were given
         overrides.insert(0, config_path)
