@@ -4,7 +4,9 @@ One reference process trains the tiny policy (SGD with momentum, so weight chang
 and the tiny memory model (cross-entropy, Adam); multi-rank runs load the reference's initial checkpoint into
 their own layout (which also exercises resharding) and train on the same batch. Compared: per-step losses and grad
 norms, final log-probs, and the weight change of every parameter (= the accumulated gradients) read from the
-saved dist-checkpoints. The NCCL twin of these tests is tests/gpu/test_parallel_gpu.py.
+saved dist-checkpoints. Also covered: the interleaved pipeline (PP=2 x 2 virtual stages), checkpoints written at one
+layout and loaded at another (weights, and optimizer state for a resumed step, incl. the distributed optimizer),
+and bit-reproducibility on CPU. The NCCL twin of these tests is tests/gpu/test_parallel_gpu.py.
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ def _pp2_worker(tmp: str) -> dict:
     pol = TrainableModel("policy", _policy_cfg(ParallelConfig(pp=2), f"{tmp}/init"), OptimConfig(**POLICY_OPT), ctx)
     out = {"policy": _train(pol, "policy", ctx, STEPS, _policy_loss, True, {STEPS: f"{tmp}/pp2_3"})}
     out["policy_lp"] = pol.forward_logprobs(_tokens(), 1.0, MBS)[0]
+    # Uneven micro-batches (3+3+2) and a shorter sequence length travel through the pipeline too.
+    out["policy_lp_mbs3"] = pol.forward_logprobs(_tokens(), 1.0, 3)[0]
+    out["policy_lp_prefix"] = pol.forward_logprobs(_tokens()[:, :7], 1.0, 3)[0]
     final = TrainableModel("dense", _policy_cfg(ParallelConfig(), f"{tmp}/tp2_3"), OptimConfig(**POLICY_OPT), ctx)
     out["tp2_loaded_at_tp1_lp"] = final.forward_logprobs(_tokens(), 1.0, MBS)[0]
     resumed = TrainableModel("dense", _policy_cfg(ParallelConfig()), OptimConfig(**POLICY_OPT), ctx)
@@ -245,6 +250,13 @@ def test_pipeline_parallel_2_matches_single_process_losses_and_gradients(runs):
         _assert_steps_match(rank_out["policy"], runs["ref"]["policy"])
         torch.testing.assert_close(rank_out["policy_lp"], runs["ref"]["policy_lp"], rtol=0, atol=2e-5)
     _assert_same_weight_updates(runs["tmp"], "pp2_3")
+
+
+def test_pipeline_forward_handles_uneven_micro_batches_and_other_lengths(runs):
+    for rank_out in runs["pp2"]:
+        torch.testing.assert_close(rank_out["policy_lp_mbs3"], rank_out["policy_lp"], rtol=0, atol=1e-6)
+        # causal attention: log-probs of a prefix do not depend on what follows it
+        torch.testing.assert_close(rank_out["policy_lp_prefix"], rank_out["policy_lp"][:, :7], rtol=0, atol=1e-5)
 
 
 def test_memory_model_on_its_own_layout_trains_like_its_single_process_run(runs):

@@ -28,6 +28,7 @@ def runs(tmp_path_factory):
     out = {"tmp": tmp, "ref": run_distributed(parity._reference_worker, 1, args=(tmp,), timeout=600)[0]}
     out["tp2"] = run_distributed(parity._tp2_worker, 2, args=(tmp,), timeout=600)
     out["pp2"] = run_distributed(parity._pp2_worker, 2, args=(tmp,), timeout=600)
+    out["vpp"] = run_distributed(parity._vpp_distopt_worker, 2, args=(tmp,), timeout=600)
     return out
 
 
@@ -53,3 +54,15 @@ def test_nccl_checkpoint_saved_at_tp2_loads_at_tp1_with_identical_logits(runs):
 
 def test_nccl_resume_with_optimizer_state_across_layouts_continues_identically(runs):
     parity.test_resume_with_optimizer_state_across_layouts_continues_identically(runs)
+
+
+def test_nccl_pipeline_forward_handles_uneven_micro_batches_and_other_lengths(runs):
+    parity.test_pipeline_forward_handles_uneven_micro_batches_and_other_lengths(runs)
+
+
+def test_nccl_interleaved_pipeline_matches_single_gpu(runs):
+    parity.test_interleaved_pipeline_matches_single_process(runs)
+
+
+def test_nccl_distributed_optimizer_resumes_at_another_data_parallel_size(runs):
+    parity.test_distributed_optimizer_resumes_at_another_data_parallel_size(runs)
