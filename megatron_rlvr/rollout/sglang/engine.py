@@ -1,0 +1,406 @@
+"""Rollout stage, SGLang engine: the `RolloutEngine` of rollout.engine=sglang (DLC inside SGLang).
+
+    engine = SGLangEngine(model_path, policy_shape=P, memory_shape=M)          # in-process sglang.Engine
+    engine = SGLangEngine(server_urls=["http://10.0.0.5:30000"], ...)          # attach to running servers
+    gens = engine.generate(prompts, SamplingParams(lam=0.5, ...))             # Generation records
+    engine.update_weights("policy", hf_named_tensors)                          # after each training step
+    engine.release_memory(); ...train...; engine.resume_memory()              # colocated placement
+
+The model folder comes from `build_model_dir` (model_dir.py). Every generated token carries log pi_cal and
+log pi_policy from the fused DLC sampler (sampler.py); they come back in SGLang's meta_info.
+
+Failures: a start-up failure raises `SGLangEngineError` naming the cause; if an SGLang child process dies later,
+the next call raises `SGLangEngineError` instead of SGLang's default of killing the whole process tree (the
+trainer's included), so the trainer can report it and stop with its last checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+
+from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.rollout.sglang import remote
+from megatron_rlvr.rollout.sglang.protocol import (
+    MODEL_PACKAGE, MODEL_PREFIXES, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
+    PARAM_TAU, SAMPLER_BACKEND,
+)
+from megatron_rlvr.rollout.sglang.weights import buckets, prefixed
+from megatron_rlvr.rollout.types import Generation, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+# Defaults for SGLang on a CPU: SGLang's CPU path needs these (shared/SGLANG-NOTES.md), and a small KV pool keeps
+# start-up fast (by default SGLang sizes it from free RAM: gigabytes for a tiny model).
+CPU_DEFAULTS = dict(attention_backend="torch_native", disable_cuda_graph=True, dtype="float32",
+                    max_total_tokens=16384)
+
+
+class SGLangEngineError(RuntimeError):
+    """The SGLang engine failed to start, died, or rejected a request."""
+
+
+def request_seed(base_seed: int, index: int) -> int:
+    """Per-sequence RNG seed: the same (base seed, prompt index) always gives the same draws."""
+    return (base_seed * 1_000_003 + index * 7_919 + 17) % (2**62)
+
+
+def sglang_sampling_params(sampling: SamplingParams, seed: int) -> dict:
+    """SGLang's per-request sampling_params dict for our SamplingParams (DLC options in custom_params)."""
+    params = {
+        "max_new_tokens": int(sampling.max_new_tokens),
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+        "top_k": int(sampling.top_k) if sampling.top_k > 0 else -1,
+        "custom_params": {PARAM_LAM: float(sampling.lam), PARAM_TAU: sampling.tau, PARAM_SEED: int(seed)},
+    }
+    if sampling.stop_token_ids:
+        params["stop_token_ids"] = [int(t) for t in sampling.stop_token_ids]
+    return params
+
+
+def to_generation(prompt: Sequence[int], out: dict) -> Generation:
+    """A Generation record from one SGLang output dict (token ids + meta_info)."""
+    meta = out["meta_info"]
+    reason = (meta.get("finish_reason") or {}).get("type")
+    if reason not in ("stop", "length"):
+        raise SGLangEngineError(f"SGLang finished a request with reason {meta.get('finish_reason')!r} "
+                                "(aborted or failed); see the SGLang log above")
+    ids = [int(t) for t in out["output_ids"]]
+    missing = [k for k in (OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY) if k not in meta]
+    if missing:
+        raise SGLangEngineError(
+            f"SGLang output lacks {missing}: the engine is not serving the DLC model with the DLC sampler "
+            "(was it started from build_model_dir's folder with SGLANG_EXTERNAL_MODEL_PACKAGE set?)")
+    lp_cal, lp_pol = meta[OUT_LOGPROB_CAL], meta[OUT_LOGPROB_POLICY]
+    if len(lp_cal) != len(ids) or len(lp_pol) != len(ids):
+        raise SGLangEngineError(f"SGLang returned {len(ids)} tokens but {len(lp_cal)}/{len(lp_pol)} log-probs")
+    ent = meta.get(OUT_ENTROPY)
+    return Generation(prompt_ids=list(prompt), response_ids=ids, logprob_cal=[float(x) for x in lp_cal],
+                      logprob_policy=[float(x) for x in lp_pol], finish_reason=reason,
+                      entropy_cal=None if ent is None else [float(x) for x in ent])
+
+
+class SGLangEngine:
+    """RolloutEngine backed by SGLang serving the DLC model (policy + memory stacks, fused DLC sampler).
+
+    Args:
+        model_path: folder from `build_model_dir` (in-process mode; ignored when `server_urls` is given).
+        server_urls: attach to running SGLang servers (started with `remote.server_command`) instead.
+        policy_shape, memory_shape: Qwen3 shapes, used to check weight names in `update_weights`.
+        placement: "colocated" (release/resume GPU memory around training) or "dedicated".
+        weight_bucket_mb: size of one weight-update message.
+        sglang: extra sglang.Engine / ServerArgs options, passed through verbatim (rollout.sglang).
+        device: "cuda" or "cpu"; default cuda when available.
+    """
+
+    def __init__(
+        self,
+        model_path: Optional[str] = None,
+        *,
+        server_urls: Sequence[str] = (),
+        policy_shape: Optional[Qwen3Shape] = None,
+        memory_shape: Optional[Qwen3Shape] = None,
+        placement: str = "colocated",
+        weight_bucket_mb: int = 512,
+        sglang: Optional[dict] = None,
+        device: Optional[str] = None,
+    ) -> None:
+        if placement not in ("colocated", "dedicated"):
+            raise ValueError(f"placement must be colocated or dedicated, got {placement!r}")
+        if weight_bucket_mb < 1:
+            raise ValueError(f"weight_bucket_mb must be >= 1, got {weight_bucket_mb}")
+        self.shapes = {"policy": policy_shape, "memory": memory_shape}
+        self.placement = placement
+        self.bucket_bytes = int(weight_bucket_mb) << 20
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._engine = None
+        self._failure: Optional[str] = None
+        self._released = False
+        self.server_urls = [u.rstrip("/") for u in server_urls]
+        if self.server_urls:
+            remote.check_servers(self.server_urls)
+        else:
+            if model_path is None:
+                raise ValueError("SGLangEngine needs model_path (a build_model_dir folder) or server_urls")
+            self._start(str(model_path), dict(sglang or {}))
+
+    @classmethod
+    def from_config(cls, cfg, model_path: Optional[str] = None) -> "SGLangEngine":
+        """Build from a RunConfig: rollout.{server_urls, placement, weight_bucket_mb, sglang}, both shapes."""
+        r = cfg.rollout
+        return cls(model_path, server_urls=list(r.server_urls), policy_shape=cfg.policy.shape(),
+                   memory_shape=cfg.memory.shape(), placement=r.placement, weight_bucket_mb=r.weight_bucket_mb,
+                   sglang=dict(r.sglang))
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def _start(self, model_path: str, extra: dict) -> None:
+        pkg = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
+        if pkg and pkg != MODEL_PACKAGE:
+            raise SGLangEngineError(
+                f"SGLANG_EXTERNAL_MODEL_PACKAGE={pkg!r} is set, but the DLC model lives in {MODEL_PACKAGE!r}; "
+                "unset it (SGLang loads one external package) or point it at the DLC package")
+        # Inherited by SGLang's spawned children, each of which then registers the DLC model and sampler.
+        os.environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = MODEL_PACKAGE
+        args: dict[str, Any] = dict(model_path=model_path, skip_tokenizer_init=True,
+                                    enable_custom_logit_processor=True, device=self.device,
+                                    custom_sigquit_handler=_log_child_failure)
+        if self.device == "cpu":
+            os.environ["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's rotary embedding imports vllm
+            args.update(CPU_DEFAULTS)
+        else:
+            args.update(sampling_backend=SAMPLER_BACKEND, enable_memory_saver=self.placement == "colocated")
+        args.update(extra)
+        import sglang
+
+        import megatron_rlvr.rollout.sglang.models  # noqa: F401  (registers the sampler in this process too)
+
+        try:
+            self._engine = sglang.Engine(**args)
+        except BaseException as e:  # SGLang raises RuntimeError / SystemExit / custom errors while launching
+            raise SGLangEngineError(
+                f"SGLang engine failed to start from {model_path!r} ({type(e).__name__}: {e}); the SGLang log "
+                "above names the failing process. Check the model folder (build_model_dir), the rollout.sglang "
+                "options and free memory") from e
+        self._child_pids = list(self._engine.get_all_child_pids())
+        self._install_failure_handler()
+
+    def _install_failure_handler(self) -> None:
+        """Route SGLang's child-failure SIGQUIT to an error on the next call instead of killing this process."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        eng = self._engine
+        async def create_handle_loop():
+            # Inside the running loop, as SGLang itself does on the first request: called outside, SGLang would
+            # attach its output-handling task to a fresh event loop that never runs, and requests would hang.
+            eng.tokenizer_manager.auto_create_handle_loop()  # installs SGLang's SIGQUIT handler; ours replaces it
+
+        eng.loop.run_until_complete(create_handle_loop())
+
+        def on_child_failure(*_):
+            self._failure = "an SGLang child process failed (SIGQUIT); see the SGLang log above"
+            eng.loop.stop()  # ends a pending run_until_complete with RuntimeError
+
+        eng.loop.add_signal_handler(signal.SIGQUIT, on_child_failure)
+
+    def _check_alive(self) -> None:
+        if self._engine is None and not self.server_urls:
+            raise SGLangEngineError("the SGLang engine was shut down")
+        if self._failure is None and self._engine is not None:
+            dead = [p for p in self._child_pids if not _pid_alive(p)]
+            if dead:
+                self._failure = f"SGLang child processes {dead} exited"
+        if self._failure is not None:
+            raise SGLangEngineError(f"SGLang engine died: {self._failure}; restart the run from its last checkpoint")
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        self._check_alive()
+        try:
+            return fn(*args, **kwargs)
+        except SGLangEngineError:
+            raise
+        except Exception as e:
+            if self._failure is not None or not all(_pid_alive(p) for p in getattr(self, "_child_pids", [])):
+                self._failure = self._failure or f"child process exited during {what}"
+                raise SGLangEngineError(f"SGLang engine died during {what}: {self._failure}") from e
+            raise SGLangEngineError(f"SGLang {what} failed: {type(e).__name__}: {e}") from e
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            try:
+                self._engine.shutdown()
+            finally:
+                self._engine = None
+
+    def __enter__(self) -> "SGLangEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(self, prompts: Sequence[list[int]], sampling: SamplingParams) -> list[Generation]:
+        """One response per prompt, sampled from pi_cal; both log-probs and the finish reason per record."""
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        params = [sglang_sampling_params(sampling, request_seed(sampling.seed, i)) for i in range(len(prompts))]
+        ids = [[int(t) for t in p] for p in prompts]
+        if self.server_urls:
+            outs = self._call("generate", remote.generate, self.server_urls, ids, params)
+        else:
+            from megatron_rlvr.rollout.sglang.sampler import DLCRequestParams
+
+            carrier = DLCRequestParams().to_str()
+            outs = self._call("generate", self._engine.generate, input_ids=ids, sampling_params=params,
+                              custom_logit_processor=[carrier] * len(ids))
+        return [to_generation(p, o) for p, o in zip(ids, outs)]
+
+    # ----------------------------------------------------------------------------------------- weights
+    def update_weights(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights of "policy" or "memory" (HF Qwen3 names) into the running engine, bucketed.
+
+        Generation is paused (running requests are retracted) and the prefix cache is flushed afterwards, since
+        cached KV was computed with the old weights.
+        """
+        if model not in MODEL_PREFIXES:
+            raise ValueError(f"model must be one of {MODEL_PREFIXES}, got {model!r}")
+        self.pause_generation()
+        try:
+            for bucket in buckets(prefixed(model, named_tensors, self.shapes[model]), self.bucket_bytes):
+                if self.server_urls:
+                    self._call("update_weights_from_tensor", remote.update_weights_from_tensor, self.server_urls,
+                               bucket)
+                else:
+                    res = self._call("update_weights_from_tensor", self._engine.update_weights_from_tensor,
+                                     bucket, flush_cache=False)
+                    _raise_unless_ok("update_weights_from_tensor", res)
+            self.flush_cache()
+        finally:
+            self.continue_generation()
+
+    def init_weight_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
+                               group_name: str = "dlc_weight_sync", backend: str = "nccl") -> None:
+        """Engine side of the NCCL group for `update_weights_from_distributed` (disaggregated engines).
+
+        The trainer side joins the same group with `remote.trainer_weight_sync_group(...)` as rank 0.
+        """
+        if self.server_urls:
+            remote.post_all(self.server_urls, "init_weights_update_group", dict(
+                master_address=master_address, master_port=master_port, rank_offset=rank_offset,
+                world_size=world_size, group_name=group_name, backend=backend))
+        else:
+            res = self._call("init_weights_update_group", self._engine.init_weights_update_group, master_address,
+                             master_port, rank_offset, world_size, group_name, backend)
+            _raise_unless_ok("init_weights_update_group", res)
+
+    def update_weights_from_distributed(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                                        group, group_name: str = "dlc_weight_sync") -> None:
+        """Push weights over the NCCL group: the engine receives while this (trainer rank 0) broadcasts.
+
+        `group` is the trainer's handle of the group from `remote.trainer_weight_sync_group`; tensors must be on
+        the trainer's GPU. Bucketed like `update_weights`; generation paused and caches flushed around it.
+        """
+        import torch.distributed as dist
+
+        self.pause_generation()
+        try:
+            for bucket in buckets(prefixed(model, named_tensors, self.shapes[model]), self.bucket_bytes):
+                names = [n for n, _ in bucket]
+                dtypes = [str(t.dtype).replace("torch.", "") for _, t in bucket]
+                shapes = [list(t.shape) for _, t in bucket]
+                result: dict = {}
+
+                def receive():
+                    try:
+                        if self.server_urls:
+                            remote.post_all(self.server_urls, "update_weights_from_distributed", dict(
+                                names=names, dtypes=dtypes, shapes=shapes, group_name=group_name,
+                                flush_cache=False))
+                        else:
+                            result["res"] = self._engine.update_weights_from_distributed(
+                                names, dtypes, shapes, group_name, flush_cache=False)
+                    except Exception as e:  # re-raised in the caller's thread
+                        result["err"] = e
+
+                th = threading.Thread(target=receive, daemon=True)
+                th.start()
+                for _, t in bucket:
+                    dist.broadcast(t.contiguous(), src=0, group=group)
+                th.join()
+                if "err" in result:
+                    raise SGLangEngineError(f"update_weights_from_distributed failed: {result['err']}")
+                if "res" in result:
+                    _raise_unless_ok("update_weights_from_distributed", result["res"])
+            self.flush_cache()
+        finally:
+            self.continue_generation()
+
+    # ----------------------------------------------------------------------------------------- control
+    def pause_generation(self) -> None:
+        """Stop scheduling; running requests are retracted to the queue (their KV may then be flushed)."""
+        if self.server_urls:
+            remote.post_all(self.server_urls, "pause_generation", {"mode": "retract"})
+            return
+        from sglang.srt.managers.io_struct import PauseGenerationReqInput
+
+        tm = self._engine.tokenizer_manager
+        self._call("pause_generation", self._engine.loop.run_until_complete,
+                   tm.pause_generation(PauseGenerationReqInput(mode="retract")))
+
+    def continue_generation(self) -> None:
+        if self.server_urls:
+            remote.post_all(self.server_urls, "continue_generation", {})
+            return
+        if self._engine is None or self._failure is not None:
+            return  # nothing to resume; the error that got us here is already propagating
+        from sglang.srt.managers.io_struct import ContinueGenerationReqInput
+
+        tm = self._engine.tokenizer_manager
+        self._engine.loop.run_until_complete(tm.continue_generation(ContinueGenerationReqInput()))
+
+    def flush_cache(self) -> None:
+        """Drop the radix (prefix) cache: cached KV belongs to the weights it was computed with."""
+        if self.server_urls:
+            remote.post_all(self.server_urls, "flush_cache", None)
+            return
+        res = self._call("flush_cache", self._engine.flush_cache)
+        if not getattr(res, "success", True):
+            raise SGLangEngineError(f"SGLang flush_cache failed: {getattr(res, 'message', res)}")
+
+    def release_memory(self) -> None:
+        """Colocated placement: free the engine's GPU memory (weights + KV) for training. No-op otherwise."""
+        if self.placement != "colocated" or self.device != "cuda" or self._released:
+            return
+        if self.server_urls:
+            remote.post_all(self.server_urls, "release_memory_occupation", {})
+        else:
+            self._call("release_memory_occupation", self._engine.release_memory_occupation)
+        self._released = True
+
+    def resume_memory(self) -> None:
+        """Re-occupy the memory freed by `release_memory` (weights must be pushed again if they changed)."""
+        if not self._released:
+            return
+        if self.server_urls:
+            remote.post_all(self.server_urls, "resume_memory_occupation", {})
+        else:
+            self._call("resume_memory_occupation", self._engine.resume_memory_occupation)
+        self._released = False
+
+
+def _log_child_failure(signum=None, frame=None) -> None:
+    """Launch-phase SIGQUIT from a failing SGLang child: SGLang's default kills this whole process tree (the
+    trainer included); logging is enough, since the launch itself then raises and becomes SGLangEngineError."""
+    logger.error("an SGLang child process failed during start-up (SIGQUIT); see the SGLang log above")
+
+
+def _raise_unless_ok(what: str, res) -> None:
+    """SGLang's control calls return (success, message[, ...]) tuples or objects with .success."""
+    ok, msg = True, ""
+    if isinstance(res, tuple) and res and isinstance(res[0], bool):
+        ok, msg = res[0], (res[1] if len(res) > 1 else "")
+    elif hasattr(res, "success"):
+        ok, msg = bool(res.success), getattr(res, "message", "")
+    if not ok:
+        raise SGLangEngineError(f"SGLang {what} failed: {msg}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited but is not yet reaped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,56 @@
+"""Rollout stage, SGLang: names shared by the engine (trainer side) and the model/sampler (SGLang side).
+
+Pure data and checks, importable without SGLang, so the trainer, the model folder builder and the tests agree
+on one spelling of every key that crosses the process boundary.
+"""
+
+from __future__ import annotations
+
+ARCHITECTURE = "DLCQwen3ForCausalLM"
+# The package SGLang imports (SGLANG_EXTERNAL_MODEL_PACKAGE) to find the architecture; it holds only models.
+MODEL_PACKAGE = "megatron_rlvr.rollout.sglang.models"
+# config.json key holding the memory model's own Qwen3 config (the top level is the policy's).
+MEMORY_CONFIG_KEY = "dlc_memory_config"
+# Weight-name prefixes of the two stacks: "policy.model.layers.0.mlp.up_proj.weight", ...
+MODEL_PREFIXES = ("policy", "memory")
+
+# Model -> sampler: the memory model's next-token logits ride in LogitsProcessorOutput.customized_info.
+MEMORY_LOGITS_KEY = "_dlc_memory_logits"
+# Sampler -> caller: per-token outputs, returned by SGLang in meta_info under these keys.
+OUT_LOGPROB_CAL = "dlc_logprob_cal"
+OUT_LOGPROB_POLICY = "dlc_logprob_policy"
+OUT_ENTROPY = "dlc_entropy"
+# Caller -> sampler: per-request DLC options, carried in SGLang's sampling_params["custom_params"].
+PARAM_LAM = "dlc_lam"
+PARAM_TAU = "dlc_tau"
+PARAM_SEED = "dlc_seed"
+
+# Sampling-backend names the DLC sampler is registered under. On CPU SGLang forces "pytorch" whatever is asked
+# for (server_args._handle_cpu_backends), so the sampler must answer to that name there; elsewhere the engine
+# asks for "dlc" explicitly.
+SAMPLER_BACKEND = "dlc"
+CPU_SAMPLER_BACKEND = "pytorch"
+
+
+def _head_dim(shape: dict) -> int:
+    hd = shape.get("head_dim")
+    return int(hd) if hd else int(shape["hidden_size"]) // int(shape["num_attention_heads"])
+
+
+def check_stack_compat(policy: dict, memory: dict) -> None:
+    """Raise ValueError unless the two Qwen3 configs can share SGLang's one KV pool and one vocabulary."""
+    if policy["vocab_size"] != memory["vocab_size"]:
+        raise ValueError(
+            f"memory vocab_size {memory['vocab_size']} != policy vocab_size {policy['vocab_size']}: DLC subtracts "
+            "logits token by token; use a memory model over the policy's vocabulary"
+        )
+    if _head_dim(policy) != _head_dim(memory):
+        raise ValueError(
+            f"memory head_dim {_head_dim(memory)} != policy head_dim {_head_dim(policy)}: SGLang's single KV pool "
+            "has one head_dim; pick a memory shape with the policy's head_dim (all Qwen3 presets use 128)"
+        )
+    if policy["num_key_value_heads"] != memory["num_key_value_heads"]:
+        raise ValueError(
+            f"memory num_key_value_heads {memory['num_key_value_heads']} != policy's {policy['num_key_value_heads']}:"
+            " SGLang's single KV pool has one KV-head count; pick a memory shape with the policy's KV heads"
+        )

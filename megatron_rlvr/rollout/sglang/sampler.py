@@ -1,0 +1,169 @@
+"""Rollout stage, SGLang sampler: DLC token sampling inside SGLang through `megatron_rlvr.kernels.dlc_sample`.
+
+The DLC model (models/dlc_qwen3.py) hands the memory model's next-token logits to this sampler next to the
+policy's. Per row the sampler draws y ~ pi_cal = softmax((z_policy - lam * z_memory) / T) with the fused kernel
+(its PyTorch reference on CPU) and returns, per generated token, log pi_cal(y), log pi_policy(y) at the same
+temperature and the entropy of pi_cal. Those ride back to the caller in SGLang's `meta_info` (keys in
+protocol.py), since SGLang's own `output_token_logprobs` has room for one distribution only.
+
+Per-request options (lam, tau, seed) travel in SGLang's `custom_params`, which SGLang only forwards to the
+sampler for requests that carry a custom logit processor: `DLCRequestParams` is that carrier, a processor
+that leaves logits unchanged (the engine starts SGLang with enable_custom_logit_processor=True).
+
+Batches without memory logits (any plain model in the same process) go to SGLang's stock sampler unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from sglang.srt.layers.sampler import Sampler, register_sampler_backend
+from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+from sglang.srt.sampling.sampling_params import TOP_K_ALL
+
+from megatron_rlvr.rollout.sglang.protocol import (
+    CPU_SAMPLER_BACKEND, MEMORY_LOGITS_KEY, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
+    PARAM_TAU, SAMPLER_BACKEND,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DLCRequestParams(CustomLogitProcessor):
+    """Carrier of per-request DLC options in `custom_params`; leaves the logits as they are."""
+
+    def __call__(self, logits: torch.Tensor, custom_param_list: Optional[List[Dict[str, Any]]] = None) -> torch.Tensor:
+        return logits
+
+
+def _row_options(custom_params: Optional[List[Optional[dict]]], rows: int, generator_seed: int):
+    """(lam, tau, seed) per row; requests without DLC options sample the policy alone (lam = 0)."""
+    lam, tau, seed = [0.0] * rows, [None] * rows, [None] * rows
+    if custom_params is not None:
+        for i, p in enumerate(custom_params[:rows]):
+            if p:
+                lam[i] = float(p.get(PARAM_LAM, 0.0))
+                t = p.get(PARAM_TAU)
+                tau[i] = None if t is None else float(t)
+                s = p.get(PARAM_SEED)
+                seed[i] = None if s is None else int(s)
+    missing = [i for i, s in enumerate(seed) if s is None]
+    if missing:  # unseeded requests still get independent draws
+        g = torch.Generator().manual_seed(generator_seed)
+        fresh = torch.randint(0, 2**62, (len(missing),), generator=g).tolist()
+        for i, s in zip(missing, fresh):
+            seed[i] = s
+    return lam, tau, seed
+
+
+class DLCSampler(Sampler):
+    """SGLang Sampler that samples DLC batches with `dlc_sample` and delegates every other batch to SGLang's."""
+
+    def __init__(self):
+        super().__init__()
+        self._draws = 0
+
+    def forward(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
+                positions):
+        info = logits_output.customized_info
+        if not info or MEMORY_LOGITS_KEY not in info:
+            return super().forward(logits_output, sampling_info, return_logprob, top_logprobs_nums,
+                                   token_ids_logprobs, positions)
+        from megatron_rlvr.kernels import dlc_sample  # the kernel package imports triton: load lazily
+
+        policy = logits_output.next_token_logits  # (B, V), after SGLang's penalties, grammar mask and logit bias
+        rows = policy.shape[0]
+        memory = info[MEMORY_LOGITS_KEY][:rows]  # CUDA-graph buffers are padded to the captured batch size
+        policy = self._apply_foreign_processors(policy, sampling_info)
+
+        self._draws += 1
+        lam, tau, seed = _row_options(sampling_info.custom_params, rows, self._draws)
+        device = policy.device
+        # SGLang encodes greedy as top_k == 1 (temperature 0 is rewritten to top_k=1, T=1); dlc_sample as T <= 0.
+        top_ks = sampling_info.top_ks.tolist()
+        top_ps = sampling_info.top_ps.tolist()
+        greedy = torch.tensor([k == 1 for k in top_ks], device=device)
+        temperature = torch.where(greedy, torch.zeros((), device=device),
+                                  sampling_info.temperatures.view(-1).to(torch.float32))
+        lam_t = torch.tensor(lam, dtype=torch.float32, device=device)
+        seed_t = torch.tensor(seed, dtype=torch.int64, device=device)
+        offset_t = positions.view(-1)[:rows].to(torch.int64)
+
+        tokens = torch.empty(rows, dtype=torch.int64, device=device)
+        lp_cal = torch.empty(rows, dtype=torch.float32, device=device)
+        lp_pol = torch.empty(rows, dtype=torch.float32, device=device)
+        ent = torch.empty(rows, dtype=torch.float32, device=device)
+        # dlc_sample takes tau / top-k / top-p per call: one launch per distinct setting (one in practice).
+        groups: Dict[tuple, List[int]] = {}
+        for i in range(rows):
+            k = 0 if (top_ks[i] >= TOP_K_ALL or top_ks[i] <= 1) else int(top_ks[i])
+            groups.setdefault((tau[i], k, float(top_ps[i])), []).append(i)
+        for (g_tau, g_k, g_p), idx in groups.items():
+            sel = None if len(idx) == rows else torch.tensor(idx, device=device)
+            pick = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
+            out = dlc_sample(pick(policy), pick(memory), lam=pick(lam_t), temperature=pick(temperature),
+                             seed=pick(seed_t), offset=pick(offset_t), tau=g_tau, top_k=g_k, top_p=g_p,
+                             return_entropy=True)
+            if sel is None:
+                tokens, lp_cal, lp_pol, ent = out.tokens, out.logprob_cal, out.logprob_policy, out.entropy
+            else:
+                tokens[sel], lp_cal[sel], lp_pol[sel], ent[sel] = (out.tokens, out.logprob_cal,
+                                                                  out.logprob_policy, out.entropy)
+
+        # A new dict: under CUDA graphs the incoming one is the captured output, reused by every replay.
+        logits_output.customized_info = {
+            OUT_LOGPROB_CAL: lp_cal.tolist(), OUT_LOGPROB_POLICY: lp_pol.tolist(), OUT_ENTROPY: ent.tolist(),
+        }
+        if return_logprob:
+            self._write_sglang_logprobs(logits_output, policy, memory, lam_t, temperature, tokens,
+                                        top_logprobs_nums, token_ids_logprobs)
+        batch_next_token_ids = tokens.to(torch.int32)
+        self._sync_token_ids_across_tp(batch_next_token_ids, sampling_info)
+        return batch_next_token_ids
+
+    def compute_logprobs_only(self, logits_output, sampling_info, top_logprobs_nums, token_ids_logprobs) -> None:
+        # Prefill-only scoring requests never sample: drop the memory logits so they are not returned as info.
+        if logits_output.customized_info:
+            logits_output.customized_info.pop(MEMORY_LOGITS_KEY, None)
+        super().compute_logprobs_only(logits_output, sampling_info, top_logprobs_nums, token_ids_logprobs)
+
+    @staticmethod
+    def _apply_foreign_processors(policy: torch.Tensor, sampling_info) -> torch.Tensor:
+        """Apply any custom logit processor other than the DLC carrier (to the policy logits)."""
+        procs = sampling_info.custom_logit_processor if sampling_info.has_custom_logit_processor else None
+        if not procs:
+            return policy
+        for processor, mask in procs.values():
+            if isinstance(processor, DLCRequestParams):
+                continue
+            idx = mask.nonzero(as_tuple=True)[0]
+            if idx.numel():
+                policy[mask] = processor(policy[mask], [sampling_info.custom_params[i] for i in idx.tolist()])
+        return policy
+
+    def _write_sglang_logprobs(self, logits_output, policy, memory, lam, temperature, tokens, top_logprobs_nums,
+                               token_ids_logprobs) -> None:
+        """SGLang's own logprob fields (only when a request asks for return_logprob): log pi_cal, unmasked.
+
+        Same convention as SGLang's sampler: log_softmax of the (calibrated) logits / T before truncation, at
+        T = 1 for greedy rows. This materialises (B, V) and is off the rollout path.
+        """
+        t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).view(-1, 1)
+        z = (policy.float() - lam.view(-1, 1) * memory.float()) / t
+        logprobs = torch.log_softmax(z, dim=-1)
+        result = self.output_logprob_processor.compute_logprobs(logprobs, top_logprobs_nums, token_ids_logprobs,
+                                                                tokens)
+        result.write_output_to(logits_output)
+
+
+def register() -> None:
+    """Install DLCSampler as SGLang's sampler under "dlc" and (for the CPU engine) "pytorch". Idempotent."""
+    from sglang.srt.layers import sampler as sgl_sampler
+
+    for name in (SAMPLER_BACKEND, CPU_SAMPLER_BACKEND):
+        factory = sgl_sampler._CUSTOM_SAMPLER_FACTORIES.get(name)
+        if factory is not DLCSampler:
+            register_sampler_backend(name, DLCSampler)
