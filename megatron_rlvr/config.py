@@ -468,6 +468,9 @@ def _validate_model(name: str, m: ModelConfig) -> Qwen3Shape:
     _require(shape.num_attention_heads % par.tp == 0, f"{name}.parallel.tp", par.tp,
              f"tensor-parallel size must divide the {shape.num_attention_heads} attention heads of {m.preset}",
              f"use a tp that divides {shape.num_attention_heads}")
+    _require(shape.vocab_size % par.tp == 0, f"{name}.parallel.tp", par.tp,
+             f"tensor-parallel size must divide the vocabulary ({shape.vocab_size}) of {m.preset}",
+             "use a tp that divides the vocabulary size")
     layers_per = par.pp * par.vpp
     _require(shape.num_hidden_layers % layers_per == 0, f"{name}.parallel.pp", par.pp,
              f"pp * vpp = {layers_per} must divide the {shape.num_hidden_layers} layers of {m.preset}",
@@ -578,6 +581,12 @@ def validate_config(cfg: RunConfig) -> None:
 
     _validate_optim("optimizer.policy", cfg.optimizer.policy)
     _validate_optim("optimizer.memory", cfg.optimizer.memory)
+    for name in ("policy", "memory"):
+        if getattr(cfg, name).parallel.distributed_optimizer:
+            o = getattr(cfg.optimizer, name).optimizer
+            _require(o == "adam", f"{name}.parallel.distributed_optimizer", True,
+                     f"Megatron's distributed optimizer supports only adam, not {o}",
+                     f"set optimizer.{name}.optimizer=adam or {name}.parallel.distributed_optimizer=false")
 
     t = cfg.task
     _require(t.name in ("synthetic", "math"), "task.name", t.name, "unknown task", "use synthetic or math")
