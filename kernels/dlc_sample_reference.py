@@ -23,7 +23,7 @@ import torch
 
 from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, raise_on_invalid_rows,
                               row_tensor)
-from .philox import CHUNK, dlc_chunk_uniforms, dlc_uniforms
+from .philox import CHUNK, dlc_chunk_uniforms, dlc_uniforms_in_chunk
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -71,7 +71,8 @@ def two_level_sample(s2: torch.Tensor, greedy: torch.Tensor, seed: IntArg, offse
     win = torch.argmax(key, dim=1)  # first maximum: smallest id on ties
     ids = chunk_ids[win][:, None] * CHUNK + torch.arange(CHUNK, device=device)  # (B, 1024) global ids
     inside = chunks[torch.arange(rows, device=device), win]
-    race = torch.where(greedy, inside, inside - torch.log2(-torch.log2(dlc_uniforms(seed_t, offset_t, ids))))
+    u_ids = dlc_uniforms_in_chunk(seed_t, offset_t, chunk_ids[win])
+    race = torch.where(greedy, inside, inside - torch.log2(-torch.log2(u_ids)))
     pick = torch.argmax(race, dim=1, keepdim=True)
     token = torch.where(race.gather(1, pick)[:, 0] == -math.inf, -1, ids.gather(1, pick)[:, 0])
     return token, key.gather(1, win[:, None])[:, 0]

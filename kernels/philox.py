@@ -68,6 +68,15 @@ def dlc_uniforms(seed: torch.Tensor, offset: torch.Tensor, vocab_ids: torch.Tens
     return _to_uniform(x)
 
 
+def dlc_uniforms_in_chunk(seed: torch.Tensor, offset: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """Per-id uniforms (B, 1024) of the ids chunk * 1024 + 0..1023 of each row's chunk (B,): one Philox call per
+    quad serves ids chunk * 1024 + k * 256 + j, so the four output words laid end to end are the chunk in order."""
+    k0, k1 = _split64(seed.to(torch.int64).view(-1, 1))
+    c1, c2 = _split64(offset.to(torch.int64).view(-1, 1))
+    quad = chunk.to(torch.int64).view(-1, 1) * QUARTER + torch.arange(QUARTER, device=chunk.device)
+    return _to_uniform(torch.cat(philox4x32(quad, c1, c2, torch.zeros_like(c1), k0, k1), dim=1))
+
+
 def dlc_chunk_uniforms(seed: torch.Tensor, offset: torch.Tensor, chunk_ids: torch.Tensor,
                        part: torch.Tensor) -> torch.Tensor:
     """Per-chunk uniforms (B, C) of the first sampling level: counter (chunk id, offset, part), first word.

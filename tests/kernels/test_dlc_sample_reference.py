@@ -46,12 +46,12 @@ def test_philox_matches_the_random123_known_answer_vectors():
 
 @pytest.mark.parametrize("lam,temperature,tau", [(0.0, 1.0, None), (0.7, 0.8, None), (1.5, 1.2, 0.05)])
 def test_reference_draws_follow_pi_cal(lam, temperature, tau):
-    """~49k draws over a 2500-id vocabulary (3 chunks of the two-level sampler) vs the exact softmax."""
+    """16384 draws over a 2500-id vocabulary (3 chunks of the two-level sampler) vs the exact softmax."""
     g = torch.Generator().manual_seed(3)
     zp = torch.randn(1, 2500, generator=g) - 4.0
     zp[0, torch.randperm(2500, generator=g)[:24]] += 4.0 + 2 * torch.rand(24, generator=g)
     zm = torch.randn(1, 2500, generator=g) * 2
-    counts = _draw_counts(zp, zm, 12 * 4096, lam=lam, temperature=temperature, tau=tau)
+    counts = _draw_counts(zp, zm, 4 * 4096, lam=lam, temperature=temperature, tau=tau)
     s = (zp - lam * zm) / temperature
     if tau is not None:
         s = torch.where(zp >= zp.amax() + math.log(tau), s, -math.inf)
