@@ -148,20 +148,20 @@ class HFFolderReader:
         if len(used) != 1 or None in used:
             raise ConversionError(f"{self.dir}: weights use dtypes {sorted(map(str, used))}; expected one float dtype")
         self.dtype: torch.dtype = used.pop()
-        self._handles: dict[str, object] = {}
         if "lm_head.weight" in ignorable and "lm_head.weight" in shapes:
             if not torch.equal(self.get("lm_head.weight"), self.get("model.embed_tokens.weight")):
                 raise ConversionError(
                     f"{self.dir}: config.json ties the embeddings (tie_word_embeddings=true) but lm_head.weight "
                     "differs from model.embed_tokens.weight: config.json does not match the weights")
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, index: Optional[tuple[slice, ...]] = None) -> torch.Tensor:
+        """Tensor `name`, or only ``tensor[index]`` (safetensors reads just those bytes)."""
         from safetensors import safe_open
 
-        fname = self.location[name]
-        if fname not in self._handles:
-            self._handles[fname] = safe_open(str(self.dir / fname), framework="pt")
-        return self._handles[fname].get_tensor(name)
+        # Opened per call: safetensors memory-maps the file, and pages read through a kept-open handle stay
+        # mapped (resident) until it closes, which would add the whole input's size to the peak memory.
+        with safe_open(str(self.dir / self.location[name]), framework="pt") as f:
+            return f.get_tensor(name) if index is None else f.get_slice(name)[index]
 
     def tokenizer_files(self) -> list[Path]:
         return [p for p in sorted(self.dir.iterdir()) if p.is_file() and _is_tokenizer_file(p)]

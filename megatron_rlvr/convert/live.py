@@ -15,7 +15,7 @@ one logical tensor (and its HF pieces) at a time beyond the model itself.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -145,12 +145,14 @@ def export_hf_tensors(
 def load_hf_tensors(
     model_chunks: Iterable[torch.nn.Module],
     shape: Qwen3Shape,
-    get_hf,
+    get_hf: Callable[..., torch.Tensor],
 ) -> None:
-    """Inverse of :func:`export_hf_tensors` for this rank: fill its shards from full Hugging Face tensors.
+    """Inverse of :func:`export_hf_tensors` for this rank: fill its shards from Hugging Face tensors.
 
-    `get_hf(hf_name)` returns a full HF tensor (e.g. from safetensors). Not collective: each rank reads what its
-    shards need, one logical tensor at a time.
+    ``get_hf(hf_name)`` returns a full HF tensor, ``get_hf(hf_name, index)`` only ``tensor[index]`` (safetensors
+    reads just that part). Tensors that are plain renames (embeddings, lm_head, o_proj, down_proj, norms) are read
+    as this rank's slice in blocks of rows (<= 64 MiB), so no rank ever holds a whole embedding matrix; the fused
+    ones (QKV, gate/up: one layer's worth) are assembled in full, then sliced. Not collective.
     """
     chunks = list(model_chunks)
     local = local_shards(chunks)
@@ -158,7 +160,25 @@ def load_hf_tensors(
         for name in qwen3_map.mcore_names(shape):
             if name not in local:
                 continue
+            rule, _ = qwen3_map.resolve_mcore(name)
+            if rule.split == "copy":
+                (hf_name,) = qwen3_map.hf_sources(name)
+                for sh in local[name]:
+                    _copy_in_row_blocks(sh.data, _region(sh), hf_name, get_hf)
+                continue
             full = qwen3_map.hf_to_mcore(shape, name, get_hf)
             for sh in local[name]:
                 sh.data.copy_(full[_region(sh)])
             del full
+
+
+_BLOCK_BYTES = 64 * 1024**2
+
+
+def _copy_in_row_blocks(dest: torch.Tensor, region: tuple[slice, ...], hf_name: str, get_hf) -> None:
+    rows = region[0]
+    row_bytes = dest[0].numel() * dest.element_size() if dest.dim() > 1 else dest.element_size()
+    step = max(1, _BLOCK_BYTES // row_bytes)
+    for start in range(rows.start, rows.stop, step):
+        stop = min(start + step, rows.stop)
+        dest[start - rows.start:stop - rows.start].copy_(get_hf(hf_name, (slice(start, stop),) + region[1:]))

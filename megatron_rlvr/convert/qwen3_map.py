@@ -117,6 +117,12 @@ def checkpoint_key(name: str) -> tuple[str, Optional[int]]:
     return (rule.mcore.replace("{i}.", ""), layer) if rule.per_layer else (name, None)
 
 
+def hf_sources(name: str) -> list[str]:
+    """The Hugging Face names Megatron tensor `name` is made of (one for a plain rename)."""
+    rule, layer = resolve_mcore(name)
+    return [_fill(h, layer) for h in rule.hf]
+
+
 def mcore_layer_names(shape: Qwen3Shape, layer: int) -> list[str]:
     """Logical names of transformer layer `layer`, in Hugging Face order."""
     return [_fill(r.mcore, layer) for r in _rules(shape) if r.per_layer]
