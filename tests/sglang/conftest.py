@@ -79,7 +79,12 @@ def engine(tmp_path_factory, shapes, hf_models):
     policy_shape, memory_shape = shapes
     path = build_model_dir(tmp_path_factory.mktemp("dlc_model"), policy_shape, memory_shape,
                            hf_models["policy"].state_dict(), hf_models["memory"].state_dict(), dtype="float32")
-    eng = SGLangEngine(str(path), policy_shape=policy_shape, memory_shape=memory_shape, device="cpu",
-                       weight_bucket_mb=1, sglang={"log_level": "warning", "random_seed": 0})
+    # CPU everywhere but the GPU machine (tools/gpu_sglang.sh test), where the same checks run on CUDA in fp32.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    extra = {"log_level": "warning", "random_seed": 0}
+    if device == "cuda":
+        extra.update(dtype="float32", attention_backend="triton", mem_fraction_static=0.3)
+    eng = SGLangEngine(str(path), policy_shape=policy_shape, memory_shape=memory_shape, device=device,
+                       weight_bucket_mb=1, sglang=extra)
     yield eng
     eng.shutdown()

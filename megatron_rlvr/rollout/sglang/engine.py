@@ -16,6 +16,7 @@ trainer's included), so the trainer can report it and stop with its last checkpo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,8 +28,8 @@ import torch
 from megatron_rlvr.models.presets import Qwen3Shape
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
-    MODEL_PACKAGE, MODEL_PREFIXES, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
-    PARAM_TAU, SAMPLER_BACKEND,
+    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, MODEL_PREFIXES, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
+    PARAM_TAU, SAMPLER_BACKEND, check_stack_compat,
 )
 from megatron_rlvr.rollout.sglang.weights import buckets, prefixed
 from megatron_rlvr.rollout.types import Generation, SamplingParams
@@ -86,6 +87,24 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
                       entropy_cal=None if ent is None else [float(x) for x in ent])
 
 
+def check_model_dir(model_path: str) -> None:
+    """Fail fast, before SGLang spawns anything, if `model_path` is not a DLC model folder."""
+    cfg_path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise SGLangEngineError(f"{cfg_path} not found: SGLangEngine needs the folder written by build_model_dir")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("architectures") != [ARCHITECTURE] or not isinstance(cfg.get(MEMORY_CONFIG_KEY), dict):
+        raise SGLangEngineError(
+            f"{cfg_path} is not a DLC model config (architectures={cfg.get('architectures')}, "
+            f"{MEMORY_CONFIG_KEY} {'present' if MEMORY_CONFIG_KEY in cfg else 'missing'}); build it with "
+            "build_model_dir(policy_shape, memory_shape, ...)")
+    try:
+        check_stack_compat(cfg, cfg[MEMORY_CONFIG_KEY])
+    except ValueError as e:
+        raise SGLangEngineError(f"{cfg_path}: {e}") from e
+
+
 class SGLangEngine:
     """RolloutEngine backed by SGLang serving the DLC model (policy + memory stacks, fused DLC sampler).
 
@@ -140,6 +159,8 @@ class SGLangEngine:
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def _start(self, model_path: str, extra: dict) -> None:
+        if extra.get("load_format") != "dummy" or os.path.isdir(model_path):
+            check_model_dir(model_path)
         pkg = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
         if pkg and pkg != MODEL_PACKAGE:
             raise SGLangEngineError(

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Rollout stage, GPU validation of the SGLang DLC engine (issue 5) on the lent machine (no network there).
+#
+#   bash tools/gpu_sglang.sh fetch            # HERE: download cp312 wheels, trim sglang-kernel, split into parts
+#   bash tools/gpu_sglang.sh install          # DEVICE: reassemble the parts and pip install them offline
+#   bash tools/gpu_sglang.sh test             # DEVICE: the DLC engine on CUDA against transformers (quick)
+#   bash tools/gpu_sglang.sh bench [args]     # DEVICE: python -m megatron_rlvr.rollout.sglang.bench [args]
+#
+# Carrying (the device tool uploads at most 64 MiB per call; untracked ignored paths must be named in
+# `carry`, and a path not carried again stays on the device's disk between consecutive warm calls):
+# `fetch` prints one line per call, e.g.  carry=[".whl/sglang-gpu/p1"]  run: true
+# then the last call:                     carry=[".whl/sglang-gpu/p3"]  run: bash tools/gpu_sglang.sh install && ...
+#
+# What is carried (fetch writes the list to .whl/sglang-gpu/WHEELS.txt): sglang==0.5.17 for Python 3.12
+# (it pins torch 2.11.0, the image's torch), sglang-kernel==0.4.5 without its FA3 flash-attention library
+# (~350 MB of the 383 MB wheel; the DLC engine runs attention_backend="triton" and never loads it), and the small
+# pure-Python / small native dependencies that SGLang's import chain needs. Unverified on the device so far:
+# check `pip list` there first and drop from SGLANG_SMALL_DEPS what the image already has.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+D=.whl/sglang-gpu
+PART_MB=60
+SGLANG_SMALL_DEPS=(
+  "transformers==5.12.1" "apache-tvm-ffi==0.1.11" "xgrammar==0.2.1" "openai==2.6.1" "IPython" "dill"
+  "sentencepiece" "compressed-tensors" "gguf" "partial-json-parser" "msgspec" "pybase64" "setproctitle" "orjson"
+  "uvloop" "pyzmq" "fastapi" "uvicorn" "python-multipart" "interegular" "llguidance>=1.7.6,<2.0.0" "xxhash"
+  "blobfile==3.0.0" "nvidia-ml-py" "torch_memory_saver" "einops" "pytest" "pytest-timeout"
+)
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+fetch)
+  PY=${PYTHON:-python3}
+  rm -rf "$D" && mkdir -p "$D/full" "$D/trim"
+  plat=(--python-version 3.12 --only-binary=:all: --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
+  "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$D/full" "sglang==0.5.17" "sglang-kernel==0.4.5"
+  # The small deps with their own dependencies, minus what the image has (torch, triton, numpy, ...).
+  "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "${SGLANG_SMALL_DEPS[@]}" "torch==2.11.0" 2>&1 | tail -3 || true
+  rm -f "$D"/full/torch-* "$D"/full/nvidia_* "$D"/full/triton-* "$D"/full/cuda_* "$D"/full/numpy-* "$D"/full/sympy-*
+  # Trim sglang-kernel: drop libraries over 100 MB (the FA3 flash-attention build), keep every other op.
+  "$PY" - "$D" <<'EOF'
+import pathlib, subprocess, sys, shutil
+d = pathlib.Path(sys.argv[1])
+whl = next((d / "full").glob("sglang_kernel-*.whl"))
+work = d / "unpacked"
+subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(work), str(whl)], check=True)
+root = next(work.iterdir())
+for f in root.rglob("*.so*"):
+    if f.stat().st_size > 100 * 2**20:
+        print(f"[gpu_sglang] dropping {f.relative_to(root)} ({f.stat().st_size >> 20} MiB)")
+        f.unlink()
+subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(d / "trim"), str(root)], check=True)
+whl.unlink()
+shutil.rmtree(work)
+EOF
+  mv "$D"/trim/*.whl "$D/full/"
+  ls -la "$D/full" | awk '{print $5, $9}' > "$D/WHEELS.txt"
+  # Pack wheels into parts of at most PART_MB (a wheel larger than that is split and re-joined on install).
+  "$PY" - "$D" "$PART_MB" <<'EOF'
+import pathlib, sys
+d, cap = pathlib.Path(sys.argv[1]), int(sys.argv[2]) << 20
+parts, cur, size = [], [], 0
+for f in sorted((d / "full").glob("*.whl"), key=lambda p: -p.stat().st_size):
+    data = f.read_bytes()
+    chunks = [data[i:i + cap] for i in range(0, len(data), cap)]
+    for k, c in enumerate(chunks):
+        name = f.name if len(chunks) == 1 else f"{f.name}.chunk{k:02d}"
+        if size + len(c) > cap and cur:
+            parts.append(cur); cur, size = [], 0
+        cur.append((name, c)); size += len(c)
+if cur:
+    parts.append(cur)
+for i, items in enumerate(parts, 1):
+    p = d / f"p{i}"
+    p.mkdir()
+    for name, c in items:
+        (p / name).write_bytes(c)
+    mb = sum(len(c) for _, c in items) / 2**20
+    print(f'[gpu_sglang] call {i}: carry=[".whl/sglang-gpu/p{i}"]  ({mb:.1f} MiB)')
+EOF
+  rm -rf "$D/full"
+  echo "[gpu_sglang] then on the device, in the last call: bash tools/gpu_sglang.sh install && bash tools/gpu_sglang.sh test"
+  ;;
+install)
+  mkdir -p "$D/wheels"
+  for p in "$D"/p*; do cp "$p"/* "$D/wheels/" 2>/dev/null || true; done
+  for first in "$D"/wheels/*.chunk00; do
+    [[ -e "$first" ]] || continue
+    base="${first%.chunk00}"
+    cat "$base".chunk* > "$base" && rm -f "$base".chunk*
+  done
+  python -m pip list 2>/dev/null | grep -i -E "^(torch|triton|transformers|sglang|numpy) " || true
+  python -m pip install -q --no-index --no-deps "$D"/wheels/*.whl
+  python -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || python -m pip install -q --no-deps -e .
+  python -c "import sglang, sgl_kernel, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)"
+  ;;
+test)
+  python -m pytest tests/sglang -q -x "$@"
+  ;;
+bench)
+  out="${OUT:-.}"
+  python -m megatron_rlvr.rollout.sglang.bench "$@" | tee "$out/sglang_bench.txt"
+  ;;
+*)
+  sed -n '2,9p' "$0"
+  exit 2
+  ;;
+esac
