@@ -31,13 +31,9 @@ import triton
 import triton.language as tl
 
 CHUNK = 1024
-QUARTER = 256
-VEC = 8  # contiguous ids per thread per quarter: one 16-byte load for bf16/fp16
-ROWS_PER_CHUNK = QUARTER // VEC  # 32: one warp covers a quarter of a chunk
+QUARTER = 256  # a chunk's four quarters each hold 32 thread-rows of 8 contiguous ids (one 16-byte bf16 load)
 PHILOX_ROUNDS = 10
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 _PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
 _PHILOX_KEY_B = tl.constexpr(0xBB67AE85)

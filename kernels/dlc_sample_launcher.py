@@ -34,6 +34,10 @@ MAX_TILE_CHUNKS = 4
 LARGE_BATCH_TILE_CHUNKS = 2
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -118,7 +122,7 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     if has_mask:
         pthr = torch.empty(rows, dtype=torch.float32, device=device)
         sthr = torch.empty(rows, dtype=torch.float32, device=device)
-        block = min(triton_next_pow2(vocab), 8192 if _interpret() else 4096)
+        block = min(_next_pow2(vocab), 8192 if _interpret() else 4096)
         _k.dlc_threshold_kernel[(rows,)](
             policy, mem, policy.stride(0), mem.stride(0), lam_p, lam_v, temp_p, temp_v,
             pthr, sthr, policy_max if policy_max is not None else dummy_f, vocab,
@@ -152,13 +156,9 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     if not finalize:
         _k.dlc_combine_kernel[(rows,)](
             part_f, part_i, tokens, lp_cal, lp_pol, entropy, splits,
-            BLOCK_S=triton_next_pow2(splits), RETURN_ENTROPY=return_entropy, num_warps=1 if splits <= 64 else 4,
+            BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy, num_warps=1 if splits <= 64 else 4,
         )
     return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy if return_entropy else None)
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def dlc_sample(
@@ -220,7 +220,7 @@ def dlc_partials(policy_logits: torch.Tensor, memory_logits: Optional[torch.Tens
         return dlc_partials_reference(policy_logits, memory_logits, lam, temperature, seed, offset, vocab_offset,
                                       uniform_noise, policy_threshold)
     # The threshold kernel turns a given max into max + log(tau); hand it the threshold with log(tau) = 0.
-    return _launch(policy_logits, memory_logits, lam, temperature, seed, offset,
-                   1.0 if policy_threshold is not None else None, 0, 1.0, vocab_offset, return_entropy, uniform_noise,
-                   policy_threshold.to(torch.float32).contiguous() if policy_threshold is not None else None,
-                   partials_only=True)
+    tau = None if policy_threshold is None else 1.0
+    policy_max = None if policy_threshold is None else policy_threshold.to(torch.float32).contiguous()
+    return _launch(policy_logits, memory_logits, lam, temperature, seed, offset, tau, 0, 1.0, vocab_offset,
+                   return_entropy, uniform_noise, policy_max, partials_only=True)

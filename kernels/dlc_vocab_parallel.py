@@ -3,9 +3,12 @@
 Each tensor-parallel rank holds a contiguous vocabulary shard [vocab_offset, vocab_offset + V_local) of both
 models' logits. Every rank runs the one-pass kernel on its shard (the RNG is keyed by global ids, so each id
 sees the noise it would see unsharded), merges its splits into one partial per row, and one all_gather of
-(B, 10) float64 values (eight statistics, the winner's id, the shard start) lets every rank merge the shards in id order.
-The result is the unsharded sampler's: same distribution, and the same token for equal noise up to float
-rounding of near-ties. With tau, one extra all_reduce(MAX) of (B,) policy maxima comes first.
+(B, 10) float64 values (eight statistics, the winner's id, the shard start) lets every rank merge the shards
+in id order. The result is distributed as the unsharded sampler's. It is also the same token, up to float
+rounding of near-ties, given explicit uniform_noise, or with the RNG when the shard boundaries are multiples
+of 1024 ids (Qwen3's 151936 / TP 2 is not: the chunk cut by a boundary draws independent noise for its right
+part, which keeps the distribution exact but changes which token a given seed yields). With tau, one extra
+all_reduce(MAX) of (B,) policy maxima comes first.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import torch
 
 from megatron_rlvr.kernels import DLCInvalidRowError, dlc_sample, dlc_sample_reference
 from megatron_rlvr.kernels import dlc_sample_launcher as launcher
+from megatron_rlvr.kernels.dlc_sample_args import finalize_partials, merge_partials
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
@@ -157,3 +158,19 @@ def test_bad_arguments_name_the_problem():
         dlc_sample(zp, temperature=-1.0)
     with pytest.raises(ValueError, match="backend"):
         dlc_sample(zp, backend="cuda")
+
+
+@pytest.mark.parametrize("use_noise", [False, True])
+def test_kernel_shard_partials_merge_to_the_unsharded_result(use_noise):
+    """The partials a tensor-parallel rank computes with the kernel (chunk-aligned cut, tau from the global
+    max) merge into the unsharded reference's sample."""
+    zp, zm = _logits(3, 3000, seed=12)
+    u = _noise(3, 3000) if use_noise else None
+    kwargs = dict(lam=0.6, seed=torch.arange(3), offset=2, tau=0.2, uniform_noise=u, return_entropy=True)
+    full = dlc_sample_reference(zp, zm, **kwargs)
+    threshold = zp.amax(1) + torch.tensor(math.log(0.2), dtype=torch.float32)
+    parts = [launcher.dlc_partials(zp[:, a:b], zm[:, a:b], 0.6, 1.0, torch.arange(3), 2, a,
+                                   None if u is None else u[:, a:b], threshold, return_entropy=True)
+             for a, b in ((0, 2048), (2048, 3000))]
+    merged, tokens = merge_partials(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
+    _assert_same(finalize_partials(merged, tokens, return_entropy=True), full)
