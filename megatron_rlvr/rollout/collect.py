@@ -30,11 +30,20 @@ def step_seed(cfg: RunConfig, step: int, round_: int) -> int:
     return (cfg.seed * 1_000_003 + step * 1009 + round_) % (2**31 - 1)
 
 
+def score(task, example, response_ids) -> tuple[float, int]:
+    """Verifier reward and mode; a response holding ids beyond the tokenizer (a model's padded vocabulary, as
+    Qwen3's 151936 rows vs its tokenizer's 151669 tokens) is simply incorrect."""
+    vocab = getattr(task.tokenizer, "vocab_size", None)
+    if vocab is not None and any(int(t) >= vocab for t in response_ids):
+        return 0.0, -1
+    return task.score(example, response_ids)
+
+
 def _score_round(engine: RolloutEngine, task, examples: list, cfg: RunConfig, seed: int, first_group: int):
     G = cfg.rollout.group_size
     prompts = [ex.prompt_ids for ex in examples for _ in range(G)]
     gens: list[Generation] = engine.generate(prompts, sampling_params(cfg, task, seed))
-    scored = [task.score(ex, g.response_ids) for ex, g in zip((e for e in examples for _ in range(G)), gens)]
+    scored = [score(task, ex, g.response_ids) for ex, g in zip((e for e in examples for _ in range(G)), gens)]
     rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
     modes = [int(s[1]) for s in scored]
     groups = [first_group + i // G for i in range(len(gens))]
@@ -110,7 +119,7 @@ def evaluate(engine: Optional[RolloutEngine], task, cfg: RunConfig, step: int) -
     sp = sampling_params(cfg, task, seed=(cfg.seed * 7 + 11) % (2**31 - 1))  # same draws every eval: less noise
     sp.lam, sp.tau, sp.temperature = 0.0, None, e.temperature
     gens = engine.generate([ex.prompt_ids for ex in examples for _ in range(G)], sp)
-    scored = [task.score(ex, g.response_ids) for ex, g in zip((x for x in examples for _ in range(G)), gens)]
+    scored = [score(task, ex, g.response_ids) for ex, g in zip((x for x in examples for _ in range(G)), gens)]
     batch = pack_generations(gens, [s[0] for s in scored], [i // G for i in range(len(gens))],
                              task.tokenizer.pad_id, modes=[int(s[1]) for s in scored])
     m = rollout_metrics(batch)
