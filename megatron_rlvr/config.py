@@ -354,6 +354,11 @@ def _coerce(path: str, value: Any, tp) -> Any:
             raise ConfigError(path, value, "expected an integer", "give a whole number")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, value, "expected a number", "give a number such as 0.5 or 1e-6")
         return float(value)

@@ -23,6 +23,11 @@ def test_yaml_then_overrides_take_precedence(tmp_path):
     assert cfg.algorithm.estimator == "rloo" and cfg.rollout.sglang == {"mem_fraction_static": 0.5}
 
 
+def test_scientific_notation_without_a_dot_is_a_number():
+    cfg = load_config(None, ["optimizer.policy.lr=2e-4", "algorithm.std_eps=1e-8"])
+    assert cfg.optimizer.policy.lr == 2e-4 and cfg.algorithm.std_eps == 1e-8
+
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(None, ["dlc.plausibility_tau=0.01", "memory.parallel.tp=1"])
     path = tmp_path / "resolved.yaml"
