@@ -17,6 +17,9 @@ fetch)
 esac
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# Run from the source tree without installing (no network for a build): make `megatron_rlvr.kernels` resolve to
+# the top-level kernels/ folder as setup.py's package_dir does.
+[ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
 if [ "${1:-all}" != bench ]; then
