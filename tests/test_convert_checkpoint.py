@@ -3,9 +3,9 @@
 One module-scoped pipeline, so the expensive multi-rank launches happen once:
   1. a Hugging Face folder written by transformers (bf16, several shards, a tokenizer file)
   2. `convert from-hf --tp 2 --pp 2` (4 ranks)
-  3. a 2-rank job with the trainer's TrainableModel under three layouts (TP=2, TP=1 x DP=2, PP=2): it loads (2)
-     into TP=2 and streams it live, saves trainer checkpoints of fresh tiny / tiny-tied models under each layout,
-     writes their live exports, and records Megatron's logits.
+  3. a 2-rank job with the trainer's TrainableModel under four layouts (TP=2, TP=1 x DP=2, PP=2, PP=2 x VPP=2):
+     it loads (2) into TP=2 and streams it live, saves trainer checkpoints of fresh tiny / tiny-tied (and
+     tiny-deep for VPP) models under each layout, writes their live exports, and records Megatron's logits.
 The tests then compare files and tensors in this process.
 """
 
@@ -46,7 +46,8 @@ def _distributed_job(root: str, imported: str) -> dict:
     from megatron_rlvr.parallel import init_distributed
 
     root = Path(root)
-    layouts = {"tp2": ParallelConfig(tp=2), "tp1": ParallelConfig(tp=1), "pp2": ParallelConfig(pp=2)}
+    layouts = {"tp2": ParallelConfig(tp=2), "tp1": ParallelConfig(tp=1), "pp2": ParallelConfig(pp=2),
+               "vpp": ParallelConfig(pp=2, vpp=2)}
     ctx = init_distributed(layouts)
 
     def build(lay: str, preset: str) -> TrainableModel:
@@ -74,6 +75,11 @@ def _distributed_job(root: str, imported: str) -> dict:
                     with torch.no_grad():
                         local = chunk(tokens, pos, None)  # (b, s, V / tp)
                         logits[preset] = tensor_parallel.gather_from_tensor_model_parallel_region(local)
+    # interleaved pipeline: 4 layers in 2 stages x 2 virtual chunks (rank 0 holds layers 0 and 2)
+    model = build("vpp", "tiny-deep")
+    model.save_checkpoint(root / "tiny-deep" / "vpp" / "policy", with_optimizer=False)
+    with ctx.layout("vpp"):
+        save_hf_from_live(model.model_chunks, model.shape, root / "tiny-deep" / "live_vpp")
     ctx.destroy()
     return logits
 
@@ -136,14 +142,17 @@ def test_exports_from_tp1_and_tp2_checkpoints_and_the_live_stream_are_identical_
     assert ("lm_head.weight" in _tensors(tp2)) == (preset == "tiny")
 
 
-def test_live_stream_of_a_pipeline_parallel_model_equals_its_offline_export(pipeline):
+@pytest.mark.parametrize("preset,layout", [("tiny", "pp2"), ("tiny-deep", "vpp")])
+def test_live_stream_of_a_pipeline_parallel_model_equals_its_offline_export(pipeline, preset, layout):
     from megatron_rlvr.convert.to_hf import export_checkpoint
 
-    root = pipeline["root"] / "tiny"
-    offline = export_checkpoint(root / "pp2", root / "hf_pp2")
+    root = pipeline["root"] / preset
+    offline = export_checkpoint(root / layout, root / f"hf_{layout}")
     names = sorted(p.name for p in offline.iterdir())
-    match, mismatch, errors = filecmp.cmpfiles(offline, root / "live_pp2", names, shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(offline, root / f"live_{layout}", names, shallow=False)
     assert mismatch == [] and errors == [] and len(match) == len(names)
+    layers = {int(n.split(".")[2]) for n in _tensors(offline) if n.startswith("model.layers.")}
+    assert layers == set(range(get_preset(preset).num_hidden_layers))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-tied"])
