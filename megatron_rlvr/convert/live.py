@@ -124,8 +124,7 @@ def export_hf_tensors(
     else:
         per_stage = [mine]
     pp_rank = dist.get_rank(pp_group) if pp_group is not None else 0
-    embedding = qwen3_map.mcore_names(shape)[0]
-    dtype = dtype or next(held[embedding] for held in per_stage if embedding in held)
+    dtype = dtype or next(held[names[0]] for held in per_stage if names[0] in held)  # names[0]: the embedding
     for name in names:
         owner = next((r for r, held in enumerate(per_stage) if name in held), None)
         if owner is None:
