@@ -91,6 +91,10 @@ def test_from_hf_checks_the_preset_and_the_parallel_layout(sources, tmp_path):
         import_hf(sources / "hf", tmp_path / "out", tp=3)
     with pytest.raises(ConversionError, match=r"--pp 4 does not divide num_hidden_layers=2"):
         import_hf(sources / "hf", tmp_path / "out", pp=4)
+    from megatron_rlvr.convert.from_hf import check_layout
+
+    with pytest.raises(ConversionError, match=r"tied embeddings.*use --pp 1"):
+        check_layout(get_preset("tiny-tied"), tp=1, pp=2)
     _assert_no_output(tmp_path / "out")
 
 

@@ -60,6 +60,11 @@ def check_layout(shape: Qwen3Shape, tp: int, pp: int) -> None:
                 problems.append(f"--tp {tp} does not divide {what}={n}")
         if shape.num_hidden_layers % pp:
             problems.append(f"--pp {pp} does not divide num_hidden_layers={shape.num_hidden_layers}")
+        if shape.tie_word_embeddings and pp > 1:
+            # The ranks run on CPU, where megatron-core 0.16.1's LanguageModule moves the last stage's copy of tied
+            # embeddings with Tensor.cuda() (setup_embeddings_and_output_layer) and fails.
+            problems.append(f"--pp {pp} with tied embeddings cannot be written on CPU ranks; use --pp 1 (the "
+                            "checkpoint still loads under any pipeline layout)")
     if problems:
         raise ConversionError("; ".join(problems))
 
