@@ -352,8 +352,9 @@ class SGLangEngine:
         from sglang.srt.managers.io_struct import PauseGenerationReqInput
 
         tm = self._engine.tokenizer_manager
-        self._call("pause_generation", self._engine.loop.run_until_complete,
-                   tm.pause_generation(PauseGenerationReqInput(mode="retract")))
+        # A lambda, so that no coroutine is created when the liveness check in _call fails first.
+        self._call("pause_generation", lambda: self._engine.loop.run_until_complete(
+            tm.pause_generation(PauseGenerationReqInput(mode="retract"))))
 
     def continue_generation(self) -> None:
         if self.server_urls:
