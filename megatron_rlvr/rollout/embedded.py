@@ -3,9 +3,11 @@
 The policy and (optionally) the memory model are transformers `Qwen3ForCausalLM`s with KV caches. A chunk of up
 to `batch_size` prompts is left-padded (attention mask + explicit position ids, so every row sees positions
 0..len-1 as if alone), prefilled once, then decoded one token per step with both models stepped in lockstep on the
-same token. Each step samples with `megatron_rlvr.kernels.dlc_sample` (the Triton kernel on CUDA, its float32
-PyTorch reference on CPU) from pi_cal = softmax((z_policy - lam * z_memory) / T). The RNG stream of a response is
-(seed of the request, decode position): a request draws the same tokens whatever chunk or batch it lands in.
+same token (with lam = 0 the memory model contributes nothing and is not run). Each step samples with
+`megatron_rlvr.kernels.dlc_sample` (the Triton kernel on CUDA, its float32 PyTorch reference on CPU) from
+pi_cal = softmax((z_policy - lam * z_memory) / T). The RNG stream of a response is (seed of the request, index of
+the token within the response), the seed being `sequence_seed(sampling.seed, request index)`: a request draws the
+same tokens whatever chunk or batch it lands in and however long the other prompts are.
 Rows that finished (stop token or length) leave the batch and their KV cache rows are dropped.
 """
 
@@ -27,7 +29,7 @@ _MASK64 = (1 << 64) - 1
 def sequence_seed(base_seed: int, index: int) -> int:
     """The RNG seed of request `index` of a `generate` call: SplitMix64 of (base_seed, index), kept in 63 bits so
     it fits an int64 tensor. Requests of one call get decorrelated streams; equal inputs give equal seeds."""
-    z = ((int(base_seed) & 0xFFFFFFFF) * 0x9E3779B97F4A7C15 + (int(index) + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((int(base_seed) & _MASK64) * 0x9E3779B97F4A7C15 + (int(index) + 1) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) >> 1

@@ -81,7 +81,7 @@ def _check_row(row: Any, path: str, line: int, prompt_key: str, answer_key: str,
 
 def _records(path: str) -> list[tuple[int, Any, Optional[str]]]:
     """(line or row number, record or None, JSON error) for every non-blank line / row of `path`."""
-    if path.endswith(".jsonl") or path.endswith(".json"):
+    if path.endswith(".jsonl"):
         out = []
         with open(path, encoding="utf-8") as f:
             for lineno, text in enumerate(f, start=1):
