@@ -167,6 +167,14 @@ class TrainableModel:
             post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
             chunk = build_gpt_model(self.shape, self.cfg, pre_process=pre, post_process=post, vp_stage=vp,
                                     config=self.config)
+            if self.dtype != torch.float32:
+                # Megatron-LM casts whole models with Float16Module; without it the local spec's torch norms stay
+                # fp32 inside a bf16 model, and the mixed-precision optimizer's checkpoint (which maps only its
+                # bf16 params) fails with "Param id N does not match any model sharded param". Parameters only:
+                # buffers such as RoPE frequencies keep their precision.
+                for p in chunk.parameters():
+                    if p.is_floating_point() and p.dtype != self.dtype:
+                        p.data = p.data.to(self.dtype)
             chunks.append(chunk.to(self.ctx.device))
         return chunks
 
