@@ -79,8 +79,8 @@ class OptimConfig:
 
     # adam (AdamW with decoupled weight decay) or sgd
     optimizer: str = "adam"
-    # peak learning rate
-    lr: float = 1e-6
+    # peak learning rate (suits the tiny embedded run; recipes for Qwen3 sizes use 1e-6)
+    lr: float = 2e-4
     # weight decay (decoupled)
     weight_decay: float = 0.0
     # Adam beta1 (first-moment decay)
@@ -104,7 +104,7 @@ class OptimizerConfig:
     # optimizer of the policy
     policy: OptimConfig = field(default_factory=OptimConfig)
     # optimizer of the memory model (trained with cross-entropy on each step's rollouts)
-    memory: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    memory: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
 
 
 # ----------------------------------------------------------------------------------------------- rollout
@@ -192,8 +192,9 @@ class DLCConfig:
 
     # train a memory model and calibrate rollouts with it
     enabled: bool = True
-    # balance factor lambda >= 0 (0 = plain sampling, memory still trained)
-    lam: float = 0.5
+    # balance factor lambda >= 0 (0 = plain sampling, memory still trained). While the memory model matches the
+    # policy, lambda acts like temperature 1 / (1 - lambda) on every token; the plausibility tau below limits that
+    lam: float = 0.3
     # plausibility constraint tau in (0, 1]: only tokens with z >= max z + log(tau) may be sampled; null = off
     plausibility_tau: Optional[float] = None
 
@@ -230,7 +231,7 @@ class WarmStartConfig:
     # run the warm start when no checkpoint/init_from is given
     enabled: bool = True
     # supervised optimizer steps
-    steps: int = 200
+    steps: int = 300
     # learning rate of the warm start
     lr: float = 3e-3
     # sequences per step
