@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -152,15 +153,36 @@ def build_engine(run: Run) -> None:
     memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.rollout.engine == "sglang":
-        from megatron_rlvr.rollout.sglang import SGLangEngine
+        from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
 
-        run.engine = SGLangEngine.from_config(cfg, tokenizer=run.task.tokenizer)
+        model_path = None
+        if not cfg.rollout.server_urls:
+            # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start.
+            model_path = str(build_model_dir(run.run_dir / "sglang_model", get_preset(cfg.policy.preset),
+                                             get_preset(cfg.memory.preset), tokenizer=run.task.tokenizer,
+                                             dtype="bfloat16" if device == "cuda" else "float32"))
+            cfg.rollout.sglang.setdefault("load_format", "dummy")
+        run.engine = SGLangEngine.from_config(cfg, model_path)
     else:
         from megatron_rlvr.rollout.embedded import EmbeddedEngine
 
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=dtype,
                                     batch_size=cfg.rollout.batch_size)
+
+
+@contextmanager
+def engine_offloaded(run: Run) -> Iterator[None]:
+    """Colocated SGLang engines give their GPU memory back while Megatron trains, and take it again after."""
+    engine = run.engine if run.cfg.rollout.placement == "colocated" else None
+    release = getattr(engine, "release_memory", None)
+    if release is not None:
+        release()
+    try:
+        yield
+    finally:
+        if release is not None:
+            engine.resume_memory()
 
 
 def finish(run: Run, final_step: int, history: list[dict]) -> None:

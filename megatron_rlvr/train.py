@@ -58,15 +58,16 @@ def main(cfg: RunConfig) -> int:
                 mask = batch.response_mask
                 metrics["policy/entropy"] = float(entropy[mask].mean())
                 metrics["rollout/logprob_abs_diff"] = float((old_lp - batch.logprob_rollout_policy)[mask].abs().mean())
-                with timer("policy_update"):
-                    metrics.update(update_policy(policy, batch, old_lp, cfg, step, ref_logprobs=ref_lp))
-                if step == 0 and metrics["policy/ppo_kl_before_update"] > STEP0_PPO_KL_TOLERANCE:
-                    raise RuntimeError(
-                        f"step-0 invariant violated: PPO KL(pi_old || pi_theta) = "
-                        f"{metrics['policy/ppo_kl_before_update']:.3g} before any update (expected ~0)")
-                if memory is not None:
-                    with timer("memory_update"):
-                        metrics.update(update_memory(memory, batch, cfg))
+                with runtime.engine_offloaded(run):  # colocated SGLang frees its GPU memory meanwhile
+                    with timer("policy_update"):
+                        metrics.update(update_policy(policy, batch, old_lp, cfg, step, ref_logprobs=ref_lp))
+                    if step == 0 and metrics["policy/ppo_kl_before_update"] > STEP0_PPO_KL_TOLERANCE:
+                        raise RuntimeError(
+                            f"step-0 invariant violated: PPO KL(pi_old || pi_theta) = "
+                            f"{metrics['policy/ppo_kl_before_update']:.3g} before any update (expected ~0)")
+                    if memory is not None:
+                        with timer("memory_update"):
+                            metrics.update(update_memory(memory, batch, cfg))
                 with timer("weight_push"):
                     if cfg.mode != "train_only":
                         metrics["sync/bytes"] = push_weights(run.engine, run.models)

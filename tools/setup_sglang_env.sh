@@ -31,8 +31,10 @@ SGLANG_IMPORT_DEPS=(
   "watchfiles" "packaging" "pydantic" "blobfile==3.0.0" "llguidance>=1.7.6,<2.0.0" "tiktoken" "distro"
   "nvidia-ml-py" "soundfile==0.13.1" "pytest" "pytest-timeout"
 )
-# What megatron_rlvr imports at module level (no megatron-core: the rollout package does not need it).
-PROJECT_DEPS=("pyyaml" "safetensors" "rich")
+# What megatron_rlvr needs to train with `rollout.engine=sglang` in this interpreter (megatron-core supports
+# torch >= 2.6, so it sits beside SGLang's torch 2.11).
+PROJECT_DEPS=("pyyaml" "safetensors" "rich" "megatron-core==0.16.1" "tensorboard" "matplotlib" "math-verify"
+              "pyarrow")
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[setup_sglang_env] creating $VENV with $PYTHON"
@@ -70,6 +72,7 @@ SGLANG_USE_CPU_ENGINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$STUB_PATH" \
 import torch, transformers, sglang
 from sglang.srt.entrypoints.engine import Engine  # noqa: F401  (the whole engine import chain)
 import megatron_rlvr.rollout.sglang  # noqa: F401
+import megatron.core, megatron_rlvr.train  # noqa: F401  (the trainer runs here with rollout.engine=sglang)
 print('sglang', sglang.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)
 "
 echo "[setup_sglang_env] ready: $VENV"
