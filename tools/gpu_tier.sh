@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 WHEELS=(megatron-core==0.16.1 psutil rich markdown-it-py mdurl pygments pyyaml)
 case "${1:-all}" in
 fetch)
-  mkdir -p .whl
+  mkdir -p .whl/base
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform any -d .whl "${WHEELS[@]}"
-  ls -la .whl; exit 0 ;;
+    --platform any -d .whl/base "${WHEELS[@]}"
+  ls -la .whl/base; exit 0 ;;
 esac
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
 # Run from the source tree without installing (no network for a build): make `megatron_rlvr.kernels` resolve to
 # the top-level kernels/ folder as setup.py's package_dir does.
 [ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
