@@ -220,7 +220,7 @@ class TaskConfig:
     prompt_key: str = "prompt"
     # answer-field name for `math` datasets
     answer_key: str = "answer"
-    # HF tokenizer folder for `math` (the synthetic task ships its own byte tokenizer)
+    # HF tokenizer folder for `math` (the synthetic task ships its own character tokenizer)
     tokenizer: Optional[str] = None
 
 

@@ -37,4 +37,6 @@ def push_weights(engine: Optional[RolloutEngine], models: dict) -> int:
 def _counted(stream, sizes: list[int]) -> Iterator[tuple[str, torch.Tensor]]:
     for hf_name, tensor in stream:
         sizes.append(tensor.numel() * tensor.element_size())
-        yield hf_name, tensor
+        # Live parameters (TP=1 streams hand them out unchanged) carry autograd state, which engines in other
+        # processes (SGLang) refuse to receive.
+        yield hf_name, tensor.detach()

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 . .venv/bin/activate
+# One thread per process: the multi-rank tests start several processes on a 2-core machine, and oversubscribed
+# OpenMP threads made them 10-40x slower (measured).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m pytest -q "$@"
 if [ -f tools/setup_sglang_env.sh ] && [ -d tests/sglang ] && [ -z "${SKIP_SGLANG:-}" ]; then
   bash tools/setup_sglang_env.sh

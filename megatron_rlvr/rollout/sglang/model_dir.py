@@ -73,5 +73,7 @@ def build_model_dir(
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-        tokenizer.save_pretrained(str(out))
+        # The project's tokenizers (megatron_rlvr.tasks) write HF-loadable files with `save`; HF ones with
+        # `save_pretrained`. The engine itself never loads them (skip_tokenizer_init): they document the folder.
+        (tokenizer.save if hasattr(tokenizer, "save") else tokenizer.save_pretrained)(str(out))
     return out
