@@ -44,11 +44,14 @@ def run_one(method: str, seed: int, out: Path, common: list[str]) -> Path:
     done = run_dir / "metrics.jsonl"
     if (run_dir / "DONE").is_file():
         return done
+    # Each run keeps its own warm-start cache: parallel runs sharing one would race on it. The warm start is a
+    # pure function of the seed, so every method of a seed still starts from the same policy.
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", f"seed={seed}",
-           "checkpoint.load=none", *common, *METHODS[method]]
+           "checkpoint.load=none", f"warm_start.cache_dir={run_dir / 'warm_start'}", *common, *METHODS[method]]
     t0 = time.time()
     print(f"[{method} seed {seed}] {' '.join(cmd[3:])}", flush=True)
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         sys.stderr.write(res.stdout[-3000:] + res.stderr[-3000:])
         raise SystemExit(f"run {method} seed {seed} failed (exit {res.returncode})")
@@ -129,13 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", type=int, default=2, help="average the final N evaluations")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
     ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
+    ap.add_argument("--runs-only", action="store_true", help="train the runs, write no report")
     args = ap.parse_args(argv)
     out = Path(args.out).absolute()
     common = [f"steps={args.steps}", "logging.progress=false", "logging.tensorboard=false", "logging.plots=false",
               "checkpoint.export_hf=false", "checkpoint.save_interval=0", "eval.interval=5", *args.extra]
     t0 = time.time()
-    curves = {m: [load(run_one(m, s, out, common)) for s in args.seeds] for m in args.methods}
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(m, s) for m in args.methods for s in args.seeds]
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        paths = list(pool.map(lambda job: run_one(job[0], job[1], out, common), jobs))
     wall = time.time() - t0
+    if args.runs_only:
+        return 0
+    curves: dict[str, list] = {m: [] for m in args.methods}
+    for (m, _), path in zip(jobs, paths):
+        curves[m].append(load(path))
     table = {m: {label: mean_std([final_eval(rows, key, args.last) for rows in runs]) for label, key in REPORTED}
              for m, runs in curves.items()}
     doc = Path(args.doc)
