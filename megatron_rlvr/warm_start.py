@@ -32,7 +32,9 @@ def cache_key(cfg: RunConfig) -> str:
     parts = {
         "v": CACHE_VERSION, "warm_start": w, "task": asdict(cfg.task), "seed": cfg.seed,
         "policy": [cfg.policy.preset, cfg.policy.init_seed, cfg.policy.dtype],
-        "memory": [cfg.memory.preset, cfg.memory.init_seed, cfg.memory.dtype] if cfg.dlc.enabled else None,
+        # The memory model is always warm-started (cheap beside the policy), so runs with and without DLC share
+        # one cached start and differ only in what RL does.
+        "memory": [cfg.memory.preset, cfg.memory.init_seed, cfg.memory.dtype],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -58,7 +60,7 @@ def ensure_warm_start(cfg: RunConfig, task, build_model: Callable, log: Callable
     if (root / "DONE").is_file():
         log(f"warm start: cached at {root}")
         return root
-    names = ["policy"] + (["memory"] if cfg.dlc.enabled else [])
+    names = ["policy", "memory"]
     log(f"warm start: {ws.steps} supervised steps for {', '.join(names)} (cached afterwards in {root})")
     tmp = root.with_name(root.name + ".tmp")
     if rank0:

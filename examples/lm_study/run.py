@@ -44,10 +44,11 @@ def run_one(method: str, seed: int, out: Path, common: list[str]) -> Path:
     done = run_dir / "metrics.jsonl"
     if (run_dir / "DONE").is_file():
         return done
-    # Each run keeps its own warm-start cache: parallel runs sharing one would race on it. The warm start is a
-    # pure function of the seed, so every method of a seed still starts from the same policy.
+    # One warm-start cache per seed: every method of a seed starts from the same policy, and the methods of a
+    # seed run one after another, so no two processes ever write the same cache.
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", f"seed={seed}",
-           "checkpoint.load=none", f"warm_start.cache_dir={run_dir / 'warm_start'}", *common, *METHODS[method]]
+           "checkpoint.load=none", f"warm_start.cache_dir={out / f'warm_start_seed{seed}'}", *common,
+           *METHODS[method]]
     t0 = time.time()
     print(f"[{method} seed {seed}] {' '.join(cmd[3:])}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", type=int, default=2, help="average the final N evaluations")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
     ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds in parallel (one core each)")
     ap.add_argument("--runs-only", action="store_true", help="train the runs, write no report")
     args = ap.parse_args(argv)
     out = Path(args.out).absolute()
@@ -142,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     jobs = [(m, s) for m in args.methods for s in args.seeds]
-    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        paths = list(pool.map(lambda job: run_one(job[0], job[1], out, common), jobs))
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:  # seeds in parallel, methods in sequence
+        per_seed = dict(zip(args.seeds, pool.map(
+            lambda s: {m: run_one(m, s, out, common) for m in args.methods}, args.seeds)))
+    paths = [per_seed[s][m] for m, s in jobs]
     wall = time.time() - t0
     env_file = out / "runs_env.json"
     if wall > 60 or not env_file.is_file():  # where and how long the runs themselves took
