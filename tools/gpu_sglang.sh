@@ -38,7 +38,12 @@ fetch)
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
   "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$D/full" "sglang==0.5.17" "sglang-kernel==0.4.5"
   # The small deps with their own dependencies, minus what the image has (torch, triton, numpy, ...).
-  "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "${SGLANG_SMALL_DEPS[@]}" "torch==2.11.0" 2>&1 | tail -3 || true
+  # One at a time: a dependency with no wheel for these platform tags (llguidance>=1.7.6 had none on
+  # 2026-11-23) must not abort the others; what was skipped is printed and must be found on the device.
+  for dep in "${SGLANG_SMALL_DEPS[@]}"; do
+    "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "$dep" "torch==2.11.0" >/dev/null 2>&1 \
+      || echo "[gpu_sglang] no wheel for $dep (skipped)"
+  done
   rm -f "$D"/full/torch-* "$D"/full/nvidia_* "$D"/full/triton-* "$D"/full/cuda_* "$D"/full/numpy-* "$D"/full/sympy-*
   # Trim sglang-kernel: drop libraries over 100 MB (the FA3 flash-attention build), keep every other op.
   "$PY" - "$D" <<'EOF'
@@ -94,7 +99,9 @@ install)
   done
   python -m pip list 2>/dev/null | grep -i -E "^(torch|triton|transformers|sglang|numpy) " || true
   python -m pip install -q --no-index --no-deps "$D"/wheels/*.whl
-  python -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || python -m pip install -q --no-deps -e .
+  # No network there for a build: use the source tree, with megatron_rlvr.kernels mapped as setup.py does.
+  [ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import sglang, sgl_kernel, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)"
   ;;
 test)
