@@ -125,11 +125,12 @@ def build_models(run: Run) -> None:
         log(f"resumed from {resume} at step {run.start_step}")
     else:
         for name in names:
-            src = Path(getattr(cfg, name).init_from).expanduser() if getattr(cfg, name).init_from else None
-            src = src / name if src is not None and (src / name).is_dir() else src
-            if src is None and resume is not None and (resume / name).is_dir():
-                src = resume / name  # a models-only checkpoint (e.g. from `convert from-hf`) given as checkpoint.load
-            if src is None and warm is not None:
+            if getattr(cfg, name).init_from:
+                continue  # TrainableModel loaded it at construction
+            src = None
+            if resume is not None and (resume / name).is_dir():
+                src = resume / name  # a models-only checkpoint (e.g. `convert from-hf` output) as checkpoint.load
+            elif warm is not None:
                 src = warm / name
             if src is not None:
                 run.models[name].load_checkpoint(src, load_optimizer=False)
