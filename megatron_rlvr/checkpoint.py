@@ -65,8 +65,8 @@ def find_checkpoint(root: Path, load: str) -> Optional[Path]:
     if load == "none":
         return None
     base = root if load == "auto" else Path(load).expanduser()
-    if (base / "trainer_state.pt").is_file() or (base / "policy").is_dir():
-        return base
+    if (base / "trainer_state.pt").is_file() or (base / "policy").is_dir() or (base / "model_info.json").is_file():
+        return base  # a trainer checkpoint, or models only (a `convert from-hf` folder holds model_info.json)
     latest = base / LATEST
     if latest.is_file():
         target = base / latest.read_text().strip()

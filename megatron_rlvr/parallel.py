@@ -144,9 +144,11 @@ def _init_torch_distributed(backend: Optional[str], timeout_minutes: int) -> tor
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     else:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(backend, rank=0, world_size=1, timeout=timeout)
+        # A single process: always a fresh port, passed directly rather than through the environment. An inherited
+        # MASTER_PORT (e.g. from a parent that initialised its own group) may still be bound, and exporting ours
+        # would hand the same stale port to every child process (seen in CI: EADDRINUSE in all trainer runs).
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
     return device
 
 

@@ -128,7 +128,9 @@ def build_models(run: Run) -> None:
             if getattr(cfg, name).init_from:
                 continue  # TrainableModel loaded it at construction
             src = None
-            if resume is not None and (resume / name).is_dir():
+            if resume is not None and name == "policy" and (resume / "model_info.json").is_file():
+                src = resume  # one model folder (`convert from-hf --out DIR`) given as checkpoint.load=DIR
+            elif resume is not None and (resume / name).is_dir():
                 src = resume / name  # a models-only checkpoint (e.g. `convert from-hf` output) as checkpoint.load
             elif warm is not None:
                 src = warm / name
