@@ -1,9 +1,9 @@
 """Fixtures for the kernel tests: run the Triton kernels on the CPU through TRITON_INTERPRET=1.
 
 Triton decides between compiled and interpreted functions when ``@triton.jit`` runs, for its own standard
-library too, i.e. when triton is first imported. So on a machine without a GPU this conftest imports triton
-(and the kernels) with TRITON_INTERPRET=1 and then restores the variable: other tests keep the CPU reference
-path of ``dlc_sample``. If triton was already imported compiled by an earlier test module, the interpreter
+library too, i.e. when triton is first imported. On a machine without a GPU the root tests/conftest.py imports
+triton (and the kernels) with TRITON_INTERPRET=1 and then restores the variable: other tests keep the CPU
+reference path of ``dlc_sample``. If triton was already imported compiled by an earlier test module, the interpreter
 tests of a module run once in a subprocess with the variable set, and each test reports that run's outcome.
 """
 
@@ -14,21 +14,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 _REPO = Path(__file__).resolve().parents[2]
-
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    import triton  # noqa: F401  (decorates Triton's standard library for the interpreter)
-    import megatron_rlvr.kernels  # noqa: F401
-
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
-
 
 def _interpreter_in_process() -> bool:
     from megatron_rlvr.kernels import dlc_sample_kernel
