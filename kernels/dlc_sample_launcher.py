@@ -5,8 +5,8 @@ the split-vocabulary grid (small batches spread each row over many programs so t
 logits; large batches use one program per row and finish in the same launch) and the tile size, then runs:
 
     [dlc_threshold_kernel]   only with tau / top-k / top-p
-    dlc_stage1_kernel        one pass over policy + memory logits
-    [dlc_combine_kernel]     only when a row is split over several programs
+    dlc_stage1_kernel        one pass over policy + memory logits (the last program of a split row merges it)
+    [dlc_combine_kernel]     only for a split row launched without an arrival counter (see _arrival_counters)
 
 Memory use: (B, S, 8) float32 + (B, S) int32 partials for the split launch, nothing of size V.
 """
@@ -77,6 +77,30 @@ def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) 
     return chunk_lo, chunk_hi, splits, per_split, tile
 
 
+_COUNTERS: dict = {}
+
+
+def _arrival_counters(rows: int, device: torch.device) -> Optional[torch.Tensor]:
+    """A zeroed int32 arrival counter per row for split launches, one buffer per device; None if unavailable.
+
+    The kernel's last program of a row resets its counter, so the buffer is zeroed once and reused by every later
+    call and CUDA-graph replay. One buffer per device (not per stream) so that a graph captured on a side stream
+    after an eager warm-up uses it too; the price: calls on one device must not run concurrently on two streams
+    (a decode loop calls the sampler on one stream). A graph capture that finds no buffer large enough falls back
+    to the separate combine kernel, since a new buffer cannot be zeroed outside the graph.
+    """
+    if device.type != "cuda":
+        return None if not _interpret() else torch.zeros(rows, dtype=torch.int32, device=device)
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < rows:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def _scalar_or_ptr(value, dtype: torch.dtype, device: torch.device, dummy: torch.Tensor):
     """(pointer, scalar, is_tensor) kernel arguments for a per-row parameter."""
     if isinstance(value, torch.Tensor):
@@ -139,21 +163,25 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     lp_pol = torch.empty(rows, dtype=torch.float32, device=device)
     entropy = torch.empty(rows, dtype=torch.float32, device=device) if return_entropy else dummy_f
     part_f = part_i = dummy_f
+    counters = None
     if not finalize:
         part_f = torch.empty(rows, splits, 8, dtype=torch.float32, device=device)
         part_i = torch.empty(rows, splits, dtype=torch.int32, device=device)
+        if not partials_only:
+            counters = _arrival_counters(rows, device)
     _k.dlc_stage1_kernel[(rows, splits)](
         policy, mem, noise, policy.stride(0), mem.stride(0), noise.stride(0),
         lam_p, lam_v, temp_p, temp_v, seed_p, seed_lo, seed_hi, off_p, off_lo, off_hi,
-        pthr, sthr, part_f, part_i, tokens, lp_cal, lp_pol, entropy,
+        pthr, sthr, part_f, part_i, counters if counters is not None else dummy_i, tokens, lp_cal, lp_pol, entropy,
         vocab, vocab_offset, chunk_lo, chunk_hi, per_split, -(-per_split // tile),
         HAS_MEMORY=memory is not None, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
         HAS_MASK=has_mask, HAS_NOISE=uniform_noise is not None, RETURN_ENTROPY=return_entropy,
-        FINALIZE=finalize, C=tile, N_ROUNDS=_k.PHILOX_ROUNDS, num_warps=tile,
+        FINALIZE=finalize, COUNTER=counters is not None, BLOCK_S=_next_pow2(splits), C=tile,
+        N_ROUNDS=_k.PHILOX_ROUNDS, num_warps=tile,
     )
     if partials_only:
         return part_f, part_i.to(torch.int64)
-    if not finalize:
+    if not finalize and counters is None:
         _k.dlc_combine_kernel[(rows,)](
             part_f, part_i, tokens, lp_cal, lp_pol, entropy, splits,
             BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy, num_warps=1 if splits <= 64 else 4,

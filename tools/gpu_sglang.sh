@@ -12,21 +12,16 @@
 # then the last call:                     carry=[".whl/sglang-gpu/p3"]  run: bash tools/gpu_sglang.sh install && ...
 #
 # What is carried (fetch writes the list to .whl/sglang-gpu/WHEELS.txt): sglang==0.5.17 for Python 3.12
-# (it pins torch 2.11.0, the image's torch), sglang-kernel==0.4.5 without its FA3 flash-attention library
-# (~350 MB of the 383 MB wheel; the DLC engine runs attention_backend="triton" and never loads it), and the small
-# pure-Python / small native dependencies that SGLang's import chain needs. Unverified on the device so far:
-# check `pip list` there first and drop from SGLANG_SMALL_DEPS what the image already has.
+# (it pins torch 2.11.0, the image's torch), sglang-kernel==0.4.5 (built for CUDA 13, like the image's torch)
+# without its FA3 flash-attention library (1.1 GB unpacked; the DLC engine runs attention_backend="triton" and
+# never loads it), and the import closure pinned in tools/sglang_gpu_wheels.txt (what works in .venv-sglang,
+# minus what the image has). They install into /tmp/site, which later calls put first on PYTHONPATH.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 D=.whl/sglang-gpu
 PART_MB=60
-SGLANG_SMALL_DEPS=(
-  "transformers==5.12.1" "apache-tvm-ffi==0.1.11" "xgrammar==0.2.1" "openai==2.6.1" "IPython" "dill"
-  "sentencepiece" "compressed-tensors" "gguf" "partial-json-parser" "msgspec" "pybase64" "setproctitle" "orjson"
-  "uvloop" "pyzmq" "fastapi" "uvicorn" "python-multipart" "interegular" "llguidance>=1.7.6,<2.0.0" "xxhash"
-  "blobfile==3.0.0" "nvidia-ml-py" "torch_memory_saver" "einops" "pytest" "pytest-timeout"
-)
+WHEEL_LIST=tools/sglang_gpu_wheels.txt  # pinned import closure, one NAME==VERSION per line
 
 cmd="${1:-}"
 shift || true
@@ -34,18 +29,24 @@ case "$cmd" in
 fetch)
   PY=${PYTHON:-python3}
   rm -rf "$D" && mkdir -p "$D/full" "$D/trim"
-  plat=(--python-version 3.12 --only-binary=:all: --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
-  "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$D/full" "sglang==0.5.17" "sglang-kernel==0.4.5"
-  # The small deps with their own dependencies, minus what the image has (torch, triton, numpy, ...).
-  # One at a time: a dependency with no wheel for these platform tags (llguidance>=1.7.6 had none on
-  # 2026-11-23) must not abort the others; what was skipped is printed and must be found on the device.
-  for dep in "${SGLANG_SMALL_DEPS[@]}"; do
-    "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "$dep" "torch==2.11.0" >/dev/null 2>&1 \
-      || echo "[gpu_sglang] no wheel for $dep (skipped)"
-  done
-  rm -f "$D"/full/torch-* "$D"/full/nvidia_* "$D"/full/triton-* "$D"/full/cuda_* "$D"/full/numpy-* "$D"/full/sympy-*
-  # Trim sglang-kernel: drop libraries over 100 MB (the FA3 flash-attention build), keep every other op.
+  plat=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_34_x86_64
+        --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+        --platform manylinux1_x86_64 --platform any)
+  "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "sglang==0.5.17" "sglang-kernel==0.4.5"
+  # --no-deps with exact pins: resolving dependencies for cp312 would pull torch's CUDA wheels (some, e.g.
+  # nvidia-cudnn-cu13, are not on the registry here) and fail the whole download.
+  missing=()
+  while read -r req; do
+    [[ -z "$req" || "$req" == \#* ]] && continue
+    "$PY" -m pip download -q "${plat[@]}" -d "$D/full" "$req" >/dev/null 2>&1 || missing+=("$req")
+  done < "$WHEEL_LIST"
+  if (( ${#missing[@]} )); then
+    echo "[gpu_sglang] no cp312 wheel for: ${missing[*]}" >&2
+    exit 1
+  fi
+  # Trim sglang-kernel: drop libraries over 100 MB (the FA3 flash-attention build) and the Blackwell (sm100)
+  # build of the common ops (the lent GPUs are Hopper), keep every other op.
   "$PY" - "$D" <<'EOF'
 import pathlib, subprocess, sys, shutil
 d = pathlib.Path(sys.argv[1])
@@ -54,7 +55,7 @@ work = d / "unpacked"
 subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(work), str(whl)], check=True)
 root = next(work.iterdir())
 for f in root.rglob("*.so*"):
-    if f.stat().st_size > 100 * 2**20:
+    if f.stat().st_size > 100 * 2**20 or "sm100" in f.parts:
         print(f"[gpu_sglang] dropping {f.relative_to(root)} ({f.stat().st_size >> 20} MiB)")
         f.unlink()
 subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(d / "trim"), str(root)], check=True)
@@ -67,17 +68,19 @@ EOF
   "$PY" - "$D" "$PART_MB" <<'EOF'
 import pathlib, sys
 d, cap = pathlib.Path(sys.argv[1]), int(sys.argv[2]) << 20
-parts, cur, size = [], [], 0
+parts = []  # first-fit decreasing: [[size, [(name, bytes), ...]], ...]
 for f in sorted((d / "full").glob("*.whl"), key=lambda p: -p.stat().st_size):
     data = f.read_bytes()
     chunks = [data[i:i + cap] for i in range(0, len(data), cap)]
     for k, c in enumerate(chunks):
         name = f.name if len(chunks) == 1 else f"{f.name}.chunk{k:02d}"
-        if size + len(c) > cap and cur:
-            parts.append(cur); cur, size = [], 0
-        cur.append((name, c)); size += len(c)
-if cur:
-    parts.append(cur)
+        part = next((p for p in parts if p[0] + len(c) <= cap), None)
+        if part is None:
+            part = [0, []]
+            parts.append(part)
+        part[0] += len(c)
+        part[1].append((name, c))
+parts = [items for _, items in parts]
 for i, items in enumerate(parts, 1):
     p = d / f"p{i}"
     p.mkdir()
@@ -98,10 +101,12 @@ install)
     cat "$base".chunk* > "$base" && rm -f "$base".chunk*
   done
   python -m pip list 2>/dev/null | grep -i -E "^(torch|triton|transformers|sglang|numpy) " || true
-  python -m pip install -q --no-index --no-deps "$D"/wheels/*.whl
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$D"/wheels/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   # No network there for a build: use the source tree, with megatron_rlvr.kernels mapped as setup.py does.
   [ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
-  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$REPO:$PYTHONPATH"
   python -c "import sglang, sgl_kernel, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)"
   ;;
 test)

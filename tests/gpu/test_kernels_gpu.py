@@ -147,3 +147,23 @@ def test_distribution_of_a_million_draws_matches_pi_cal(lam, tau):
     p_value = torch.special.gammaincc(torch.tensor(63 / 2, dtype=torch.float64), chi2.cpu() / 2)
     assert p_value > 1e-3, f"chi2={chi2.item():.1f} on 63 dof, p={p_value.item():.2e}"
     assert counts[p == 0].sum() == 0  # masked ids never drawn
+
+
+@pytest.mark.parametrize("rows", [1, 32, 256])
+def test_split_rows_merged_in_kernel_equal_the_combine_kernel_and_leave_counters_at_zero(rows, monkeypatch):
+    from megatron_rlvr.kernels import dlc_sample_launcher as launcher
+
+    zp, zm = _logits(rows, seed=rows)
+    assert launcher._split_plan(rows, QWEN3_VOCAB, 0, zp.device)[2] > 1
+    seed = torch.arange(rows, device="cuda", dtype=torch.int64) * 7 + 1
+    kwargs = dict(lam=0.5, temperature=1.0, seed=seed, offset=9, return_entropy=True)
+    fused = [dlc_sample(zp, zm, **kwargs) for _ in range(3)]  # repeated calls reuse the self-resetting counters
+    assert all(int(buf.abs().sum()) == 0 for buf in launcher._COUNTERS.values())
+    with monkeypatch.context() as m:
+        m.setattr(launcher, "_arrival_counters", lambda r, d: None)
+        separate = dlc_sample(zp, zm, **kwargs)
+    for out in fused:
+        assert torch.equal(out.tokens, separate.tokens)
+        assert torch.equal(out.logprob_cal, separate.logprob_cal)
+        assert torch.equal(out.logprob_policy, separate.logprob_policy)
+        assert torch.equal(out.entropy, separate.entropy)

@@ -174,3 +174,15 @@ def test_kernel_shard_partials_merge_to_the_unsharded_result(use_noise):
              for a, b in ((0, 2048), (2048, 3000))]
     merged, tokens = merge_partials(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
     _assert_same(finalize_partials(merged, tokens, return_entropy=True), full)
+
+
+def test_last_program_of_a_split_row_merges_it_like_the_separate_combine_kernel(monkeypatch):
+    # V = 4099 spans 5 chunks: the interpreter launch splits one row over 3 programs.
+    zp, zm = _logits(1, 4099, seed=3)
+    assert launcher._split_plan(1, 4099, 0, zp.device)[2] > 1
+    kwargs = dict(lam=0.5, temperature=1.0, seed=11, offset=4, return_entropy=True)
+    fused = dlc_sample(zp, zm, **kwargs)
+    monkeypatch.setattr(launcher, "_arrival_counters", lambda rows, device: None)
+    separate = dlc_sample(zp, zm, **kwargs)
+    _assert_same(fused, separate)
+    _assert_same(fused, dlc_sample_reference(zp, zm, **kwargs))

@@ -5,6 +5,9 @@
 
 Random weights (SGLang's load_format=dummy), bf16, random prompts of --prompt-len tokens, --new-tokens decoded
 per sequence with no stop token. Each configuration: one warm-up, then the median of --repeats timed runs.
+All three use the same attention backend (--attention-backend, default triton: it needs nothing beyond
+sglang-kernel's common ops) and CUDA graphs as SGLang configures them by default; (a) and (c) sample with
+SGLang's own PyTorch sampler, (b) with the fused DLC sampler.
 Prints one line per row and, last, one JSON object with every row.
 """
 
@@ -47,11 +50,16 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_policy_only(model_dir: Path, batches, prompt_len, new_tokens, repeats, vocab, mem_frac):
+def _engine_kwargs(attention_backend: str, mem_frac: float) -> dict:
+    return dict(load_format="dummy", mem_fraction_static=mem_frac, log_level="warning", dtype="bfloat16",
+                attention_backend=attention_backend)
+
+
+def bench_policy_only(model_dir: Path, batches, prompt_len, new_tokens, repeats, vocab, mem_frac, attn):
     import sglang
 
-    eng = sglang.Engine(model_path=str(model_dir), load_format="dummy", skip_tokenizer_init=True,
-                        mem_fraction_static=mem_frac, log_level="warning", dtype="bfloat16")
+    eng = sglang.Engine(model_path=str(model_dir), skip_tokenizer_init=True, sampling_backend="pytorch",
+                        **_engine_kwargs(attn, mem_frac))
     rows = []
     try:
         for b in batches:
@@ -68,12 +76,11 @@ def bench_policy_only(model_dir: Path, batches, prompt_len, new_tokens, repeats,
     return rows
 
 
-def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, repeats, mem_frac, lam):
+def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, repeats, mem_frac, lam, attn):
     from megatron_rlvr.rollout.sglang import SGLangEngine
 
     eng = SGLangEngine(str(model_dir), policy_shape=policy, memory_shape=memory, placement="dedicated",
-                       sglang={"load_format": "dummy", "mem_fraction_static": mem_frac, "log_level": "warning",
-                               "dtype": "bfloat16"})
+                       sglang=_engine_kwargs(attn, mem_frac))
     rows = []
     try:
         for b in batches:
@@ -91,14 +98,13 @@ def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, 
     return rows
 
 
-def bench_naive(policy_dir: Path, memory_dir: Path, batches, prompt_len, new_tokens, repeats, vocab, lam):
+def bench_naive(policy_dir: Path, memory_dir: Path, batches, prompt_len, new_tokens, repeats, vocab, lam, attn):
     """Two engines; every step asks both for the full next-token distribution and combines them in Python."""
     import sglang
 
     from megatron_rlvr.kernels import dlc_sample
 
-    kw = dict(load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=0.35, log_level="warning",
-              dtype="bfloat16")
+    kw = dict(skip_tokenizer_init=True, sampling_backend="pytorch", **_engine_kwargs(attn, 0.35))
     pe, me = sglang.Engine(model_path=str(policy_dir), **kw), sglang.Engine(model_path=str(memory_dir), **kw)
     rows = []
     try:
@@ -140,24 +146,27 @@ def main(argv=None) -> None:
                     help="batches for (c); it moves full-vocabulary distributions through Python every step")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--naive-new-tokens", type=int, default=16)
+    ap.add_argument("--naive-new-tokens", type=int, default=8)
+    ap.add_argument("--naive-repeats", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
+    ap.add_argument("--attention-backend", default="triton")
     args = ap.parse_args(argv)
     policy, memory = get_preset(args.policy), get_preset(args.memory)
     work = Path(tempfile.mkdtemp(prefix="dlc_bench_"))
     rows = []
     if "a" not in args.skip:
         rows += bench_policy_only(_plain_model_dir(policy, work / "policy"), args.batch, args.prompt_len,
-                                  args.new_tokens, args.repeats, policy.vocab_size, 0.8)
+                                  args.new_tokens, args.repeats, policy.vocab_size, 0.8, args.attention_backend)
     if "b" not in args.skip:
         rows += bench_dlc(build_model_dir(work / "dlc", policy, memory), policy, memory, args.batch,
-                          args.prompt_len, args.new_tokens, args.repeats, 0.8, args.lam)
+                          args.prompt_len, args.new_tokens, args.repeats, 0.8, args.lam, args.attention_backend)
     if "c" not in args.skip and args.naive_batch:
         rows += [(n, b, t * args.new_tokens / args.naive_new_tokens) for n, b, t in bench_naive(
             _plain_model_dir(policy, work / "p"), _plain_model_dir(memory, work / "m"), args.naive_batch,
-            args.prompt_len, args.naive_new_tokens, args.repeats, policy.vocab_size, args.lam)]
+            args.prompt_len, args.naive_new_tokens, args.naive_repeats, policy.vocab_size, args.lam,
+            args.attention_backend)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     ratio = memory.num_parameters() / policy.num_parameters()
     out = []
