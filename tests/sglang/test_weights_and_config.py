@@ -86,3 +86,14 @@ def test_aborted_or_non_dlc_outputs_raise_instead_of_returning_wrong_records():
     g = to_generation([1], {"output_ids": [3, 4], "meta_info": {
         "finish_reason": {"type": "length"}, "dlc_logprob_cal": [-1.0, -2.0], "dlc_logprob_policy": [-1.5, -2.5]}})
     assert g.response_ids == [3, 4] and g.logprob_policy == [-1.5, -2.5] and g.entropy_cal is None
+
+
+def test_a_token_the_sampler_could_not_draw_fails_the_response_with_the_cause():
+    import numpy as np
+
+    from megatron_rlvr.rollout.sglang.engine import SGLangEngineError
+
+    meta = {"finish_reason": {"type": "length"}, "dlc_logprob_cal": [np.float32(-1.0), np.float32("nan")],
+            "dlc_logprob_policy": [np.float32(-1.5), np.float32("nan")]}
+    with pytest.raises(SGLangEngineError, match="response token 1 .*NaN/inf"):
+        to_generation([1], {"output_ids": [3, 0], "meta_info": meta})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -82,9 +83,15 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
     if len(lp_cal) != len(ids) or len(lp_pol) != len(ids):
         raise SGLangEngineError(f"SGLang returned {len(ids)} tokens but {len(lp_cal)}/{len(lp_pol)} log-probs")
     ent = meta.get(OUT_ENTROPY)
-    return Generation(prompt_ids=list(prompt), response_ids=ids, logprob_cal=[float(x) for x in lp_cal],
-                      logprob_policy=[float(x) for x in lp_pol], finish_reason=reason,
-                      entropy_cal=None if ent is None else [float(x) for x in ent])
+    lp_cal, lp_pol = [float(x) for x in lp_cal], [float(x) for x in lp_pol]
+    bad = next((i for i, (a, b) in enumerate(zip(lp_cal, lp_pol)) if math.isnan(a) or math.isnan(b)), None)
+    if bad is not None:
+        raise SGLangEngineError(
+            f"the DLC sampler could not draw response token {bad} (NaN log-probability): the policy or memory "
+            "logits held NaN/inf at that step, or tau/top-k/top-p allowed no token; check both models' weights "
+            "(a diverged update?) and the rollout sampling options")
+    return Generation(prompt_ids=list(prompt), response_ids=ids, logprob_cal=lp_cal, logprob_policy=lp_pol,
+                      finish_reason=reason, entropy_cal=None if ent is None else [float(x) for x in ent])
 
 
 def check_model_dir(model_path: str) -> None:
