@@ -162,8 +162,10 @@ def test_split_rows_merged_in_kernel_equal_the_combine_kernel_and_leave_counters
     with monkeypatch.context() as m:
         m.setattr(launcher, "_arrival_counters", lambda r, d: None)
         separate = dlc_sample(zp, zm, **kwargs)
+    # Same tokens; floats to rounding (the in-kernel merge is compiled with the pass's warp count, so its
+    # reductions may associate differently from the one-warp combine kernel's: 1-ulp entropy differences seen).
     for out in fused:
         assert torch.equal(out.tokens, separate.tokens)
-        assert torch.equal(out.logprob_cal, separate.logprob_cal)
-        assert torch.equal(out.logprob_policy, separate.logprob_policy)
-        assert torch.equal(out.entropy, separate.entropy)
+        for a, b in [(out.logprob_cal, separate.logprob_cal), (out.logprob_policy, separate.logprob_policy),
+                     (out.entropy, separate.entropy)]:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
