@@ -15,7 +15,9 @@
 # (it pins torch 2.11.0, the image's torch), sglang-kernel==0.4.5 (built for CUDA 13, like the image's torch)
 # without its FA3 flash-attention library (1.1 GB unpacked; the DLC engine runs attention_backend="triton" and
 # never loads it), and the import closure pinned in tools/sglang_gpu_wheels.txt (what works in .venv-sglang,
-# minus what the image has). They install into /tmp/site, which later calls put first on PYTHONPATH.
+# minus what the image has, plus flashinfer-python and torch_memory_saver, which the CUDA path imports). They
+# install into /tmp/site, which later calls put first on PYTHONPATH. Verified on a lent H100 and H200
+# (2026-11-23): five parts of <= 60 MiB, carried two at a time where they fit; see BENCHMARKS.md.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -109,7 +111,13 @@ install)
   export PYTHONPATH="$REPO:$PYTHONPATH"
   python -c "import sglang, sgl_kernel, torch; print('sglang', sglang.__version__, 'torch', torch.__version__)"
   ;;
+test|bench)
+  [ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
+  export PYTHONPATH="$REPO:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  ;;&
 test)
+  # Needs float32 (exact comparisons with transformers); sgl_kernel's CUDA rmsnorm has no fp32 kernel, so on a GPU
+  # these fail at engine start-up. They run on CPU in CI; the GPU check is the bf16 benchmark.
   python -m pytest tests/sglang -q -x "$@"
   ;;
 bench)
