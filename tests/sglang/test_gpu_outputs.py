@@ -43,7 +43,9 @@ def test_at_lambda_zero_both_returned_logprobs_are_equal_and_valid_for_every_tok
     gens = bf16_engine.generate(prompts, SamplingParams(max_new_tokens=24, temperature=1.0, lam=0.0, seed=3))
     for g in gens:
         assert len(g.response_ids) == 24
-        assert g.logprob_cal == g.logprob_policy  # lam = 0: pi_cal is the policy, bit for bit
+        # lam = 0: pi_cal is the policy. The kernel sums the two log-sum-exps separately, which may round
+        # differently (4.8e-7 seen on an H200); stale or uninitialised host memory would be off by far more.
+        assert g.logprob_cal == pytest.approx(g.logprob_policy, abs=1e-5)
         assert all(math.isfinite(x) and x <= 0.0 for x in g.logprob_cal)
         assert all(math.isfinite(h) and h >= 0.0 for h in g.entropy_cal)
 
