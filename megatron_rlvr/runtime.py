@@ -166,6 +166,9 @@ def build_engine(run: Run) -> None:
                                              dtype="bfloat16" if device == "cuda" else "float32"))
             cfg.rollout.sglang.setdefault("load_format", "dummy")
         run.engine = SGLangEngine.from_config(cfg, model_path)
+        if cfg.rollout.server_urls and cfg.rollout.placement == "dedicated":
+            # Servers on their own nodes cannot map this process's tensors: weights go over a process group.
+            run.engine.connect_weight_sync()
     else:
         from megatron_rlvr.rollout.embedded import EmbeddedEngine
 

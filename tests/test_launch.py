@@ -120,19 +120,6 @@ def test_local_dryrun_prints_the_torchrun_command_with_one_rank_per_device(nemo_
     assert not run_dir.exists()
 
 
-def test_dedicated_rollout_server_module_missing_is_a_warning_in_dryrun_only(nemo_home, shared, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("megatron_rlvr.rollout.server") is not None:
-        pytest.skip("megatron_rlvr.rollout.server exists in this install")
-    argv = _slurm_args(shared, "--recipe", "qwen3_8b_iac_dlc", "--nodes", "4", "--rollout-nodes", "1")
-    rc, _, err = _run(argv + ["--dryrun"], capsys)
-    assert rc == 0 and err.count("warning (dry run): launch error: --rollout-nodes=1") == 1
-    rc, _, err = _run(argv, capsys)
-    assert rc == 2 and err.strip().startswith("launch error: --rollout-nodes=1")
-    assert not (shared / "runs").exists()
-
-
 # ----------------------------------------------------------------------------------------------- bad input
 BAD_INPUTS = [
     # (name, extra argv on top of a valid 8B Slurm launch, text the one-line error must contain)

@@ -30,6 +30,7 @@ SGLANG_IMPORT_DEPS=(
   "setproctitle" "requests" "tqdm" "pillow" "einops" "interegular" "xxhash" "zstandard" "scipy"
   "watchfiles" "packaging" "pydantic" "blobfile==3.0.0" "llguidance>=1.7.6,<2.0.0" "tiktoken" "distro"
   "nvidia-ml-py" "soundfile==0.13.1" "pytest" "pytest-timeout"
+  "jsonschema"  # sglang.launch_server (dedicated rollout servers: python -m megatron_rlvr.rollout.server)
 )
 # What megatron_rlvr needs to train with `rollout.engine=sglang` in this interpreter (megatron-core supports
 # torch >= 2.6, so it sits beside SGLang's torch 2.11).

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import sys
 from typing import Optional
@@ -151,16 +150,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     from megatron_rlvr.launch import nemo
 
-    if launch.spec.rollout_nodes > 0 and importlib.util.find_spec(nemo.ROLLOUT_SERVER_MODULE) is None:
-        # The servers run this module from the container image; an install without it cannot serve rollouts.
-        msg = LaunchError("--rollout-nodes", launch.spec.rollout_nodes,
-                          f"dedicated rollout nodes run `python -m {nemo.ROLLOUT_SERVER_MODULE}`, which this "
-                          "megatron-rlvr install does not have",
-                          "use rollout.placement=colocated, or install a megatron-rlvr that provides it")
-        if not launch.spec.dryrun:
-            print(str(msg), file=sys.stderr)
-            return 2
-        print(f"warning (dry run): {msg}", file=sys.stderr)
     if launch.spec.dryrun:
         sys.stdout.write(nemo.dryrun_text(launch.spec, launch.job_config))
         return 0

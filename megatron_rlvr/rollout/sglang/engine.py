@@ -4,6 +4,7 @@
     engine = SGLangEngine(server_urls=["http://10.0.0.5:30000"], ...)          # attach to running servers
     gens = engine.generate(prompts, SamplingParams(lam=0.5, ...))             # Generation records
     engine.update_weights("policy", hf_named_tensors)                          # after each training step
+    engine.connect_weight_sync()        # servers on other hosts: later updates travel over NCCL (gloo on CPU)
     engine.release_memory(); ...train...; engine.resume_memory()              # colocated placement
 
 The model folder comes from `build_model_dir` (model_dir.py). Every generated token carries log pi_cal and
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from typing import Any, Iterable, Optional, Sequence
 
@@ -148,6 +150,7 @@ class SGLangEngine:
         self._engine = None
         self._failure: Optional[str] = None
         self._released = False
+        self._sync_group = None  # (process group, group name) once connect_weight_sync has run
         self.server_urls = [u.rstrip("/") for u in server_urls]
         if self.server_urls:
             remote.check_servers(self.server_urls)
@@ -279,6 +282,10 @@ class SGLangEngine:
         """
         if model not in MODEL_PREFIXES:
             raise ValueError(f"model must be one of {MODEL_PREFIXES}, got {model!r}")
+        if self._sync_group is not None:
+            group, name = self._sync_group
+            self.update_weights_from_distributed(model, named_tensors, group, name)
+            return
         self.pause_generation()
         try:
             for bucket in buckets(prefixed(model, named_tensors, self.shapes[model]), self.bucket_bytes):
@@ -292,6 +299,55 @@ class SGLangEngine:
             self.flush_cache()
         finally:
             self.continue_generation()
+
+    def connect_weight_sync(self, master_address: Optional[str] = None, backend: Optional[str] = None,
+                            group_name: str = "dlc_weight_sync", timeout_s: float = 600.0) -> None:
+        """Attached servers on other hosts: make every later `update_weights` a broadcast over a process group.
+
+        Tensor handles (the default path to attached servers) only work on the same host. Here this process joins a
+        new group as rank 0 and server k's tensor-parallel ranks take the ranks after the earlier servers'. NCCL
+        when this process has a GPU (the pushed tensors must then be on it), gloo otherwise. `master_address` must
+        be reachable from the servers: default $MASTER_ADDR (the launcher sets it to the first training node),
+        else this host's name.
+        """
+        if not self.server_urls:
+            raise SGLangEngineError("connect_weight_sync is for attached servers (rollout.server_urls); an in-process "
+                                    "engine receives tensors directly")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        address = master_address or os.environ.get("MASTER_ADDR") or socket.gethostname()
+        with socket.socket() as sock:  # a free port on this host for the group's rendezvous
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        sizes = [remote.tp_size(u) for u in self.server_urls]
+        world = 1 + sum(sizes)
+        errors: list[str] = []
+
+        def join(url: str, rank_offset: int) -> None:
+            try:
+                remote.post(url, "init_weights_update_group", dict(
+                    master_address=address, master_port=port, rank_offset=rank_offset, world_size=world,
+                    group_name=group_name, backend=backend))
+            except Exception as e:  # reported below, after the rendezvous gave up or completed
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=join, args=(u, 1 + sum(sizes[:k])), daemon=True)
+                   for k, u in enumerate(self.server_urls)]
+        for t in threads:
+            t.start()
+        try:
+            group = remote.trainer_weight_sync_group(address, port, world, group_name, backend, timeout_s)
+        except Exception as e:
+            raise SGLangEngineError(
+                f"weight-sync group with {self.server_urls} failed at {address}:{port} ({backend}): {e}; "
+                f"{errors or 'no server reported an error'}. The servers must reach this host at that address "
+                "(set MASTER_ADDR to an address they can reach)") from e
+        finally:
+            for t in threads:
+                t.join(timeout=timeout_s)
+        if errors:
+            raise SGLangEngineError(f"SGLang servers could not join the weight-sync group: {errors}")
+        self._sync_group = (group, group_name)
+        logger.info("weight sync: %s group of %d ranks via %s:%d", backend, world, address, port)
 
     def init_weight_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
                                group_name: str = "dlc_weight_sync", backend: str = "nccl") -> None:

@@ -37,6 +37,20 @@ def _post(url: str, path: str, payload: Optional[dict], timeout: float = HTTP_TI
         return r.text
 
 
+def post(url: str, path: str, payload: Optional[dict]):
+    """POST one control request to one server; raise SGLangServerError if it fails or reports no success."""
+    res = _post(url, path, payload)
+    if isinstance(res, dict) and res.get("success") is False:
+        raise SGLangServerError(f"SGLang server {url} /{path} failed: {res.get('message')}")
+    return res
+
+
+def tp_size(url: str) -> int:
+    """Tensor-parallel size of a running server (its number of weight-receiving ranks)."""
+    info = _get(url, "server_info")
+    return int(info.get("tp_size", 1)) if isinstance(info, dict) else 1
+
+
 def check_servers(urls: Sequence[str], timeout: float = 30.0) -> None:
     """Raise SGLangServerError naming every server that does not answer /health."""
     import requests
@@ -87,8 +101,7 @@ def update_weights_from_tensor(urls: Sequence[str], named_tensors: list) -> None
     from sglang.srt.utils.common import MultiprocessingSerializer
 
     for url in urls:
-        info = _get(url, "server_info")
-        tp = int(info.get("tp_size", 1)) if isinstance(info, dict) else 1
+        tp = tp_size(url)
         payload = MultiprocessingSerializer.serialize(named_tensors, output_str=True)
         res = _post(url, "update_weights_from_tensor",
                     {"serialized_named_tensors": [payload] * tp, "flush_cache": False})
@@ -105,9 +118,11 @@ def _get(url: str, path: str):
         raise SGLangServerError(f"SGLang server {url} /{path} failed: {e}") from e
 
 
-def server_env() -> dict:
-    """Environment a DLC server needs (the model package; SGLang's CPU switch when there is no GPU)."""
+def server_env(device: str = "cuda") -> dict:
+    """Environment a DLC server needs: the model package, and SGLang's CPU switch for device="cpu"."""
     env = {"SGLANG_EXTERNAL_MODEL_PACKAGE": MODEL_PACKAGE}
+    if device == "cpu":
+        env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's rotary embedding imports vllm
     return env
 
 
@@ -125,17 +140,20 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", device: 
 
 
 def trainer_weight_sync_group(master_address: str, master_port: int, world_size: int,
-                              group_name: str = "dlc_weight_sync", backend: str = "nccl"):
+                              group_name: str = "dlc_weight_sync", backend: str = "nccl", timeout_s: float = 600.0):
     """Trainer side (rank 0) of the weight-sync group the engines join via `init_weight_sync_group`.
 
     Call it concurrently with the engines' `init_weight_sync_group` (the rendezvous waits for all ranks).
     """
+    from datetime import timedelta
+
     from sglang.srt.utils.common import init_custom_process_group
 
     return init_custom_process_group(backend=backend, init_method=f"tcp://{master_address}:{master_port}",
-                                     world_size=world_size, rank=0, group_name=group_name)
+                                     world_size=world_size, rank=0, group_name=group_name,
+                                     timeout=timedelta(seconds=timeout_s))
 
 
-__all__ = ["SGLangServerError", "check_servers", "generate", "post_all", "server_command", "server_env",
-           "trainer_weight_sync_group", "update_weights_from_tensor"]
+__all__ = ["SGLangServerError", "check_servers", "generate", "post", "post_all", "server_command", "server_env",
+           "tp_size", "trainer_weight_sync_group", "update_weights_from_tensor"]
 

@@ -1,0 +1,84 @@
+"""A dedicated rollout server started by `python -m megatron_rlvr.rollout.server`, attached to by URL: weights
+arrive over the weight-sync process group (gloo here, NCCL on GPUs), and the server then decodes exactly like an
+in-process engine holding the same weights."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from megatron_rlvr.rollout.types import SamplingParams
+
+from .conftest import MEMORY_PRESET, POLICY_PRESET
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    import requests
+
+    tmp = tmp_path_factory.mktemp("rollout_server")
+    cfg = tmp / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp / "run"), "policy": {"preset": POLICY_PRESET},
+                                   "memory": {"preset": MEMORY_PRESET},
+                                   "rollout": {"engine": "sglang", "placement": "dedicated",
+                                               "sglang": {"random_seed": 0, "log_level": "warning"}}}))
+    port = _free_port()
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_rlvr.rollout.server", str(cfg), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"rollout server did not come up; log:\n{(tmp / 'server.log').read_text()[-3000:]}")
+        time.sleep(2)
+    yield url
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+    log.close()
+
+
+def test_weights_pushed_over_the_sync_group_make_the_server_decode_like_the_in_process_engine(
+        server_url, engine, shapes, hf_models):
+    from megatron_rlvr.rollout.sglang import SGLangEngine
+
+    policy_shape, memory_shape = shapes
+    remote = SGLangEngine(server_urls=[server_url], policy_shape=policy_shape, memory_shape=memory_shape,
+                          placement="dedicated", weight_bucket_mb=1)
+    remote.connect_weight_sync(master_address="127.0.0.1")
+    for name in ("policy", "memory"):
+        remote.update_weights(name, list(hf_models[name].state_dict().items()))
+    prompts = [[5, 17, 3, 99], [1, 2, 3], [42] * 7]
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0, lam=0.7)
+    got, want = remote.generate(prompts, greedy), engine.generate(prompts, greedy)
+    for g, w in zip(got, want):
+        assert g.response_ids == w.response_ids
+        assert g.logprob_cal == pytest.approx(w.logprob_cal, abs=1e-5)
+        assert g.logprob_policy == pytest.approx(w.logprob_policy, abs=1e-5)
+
+
+def test_connecting_an_in_process_engine_to_a_sync_group_is_refused_with_the_reason(engine):
+    from megatron_rlvr.rollout.sglang.engine import SGLangEngineError
+
+    with pytest.raises(SGLangEngineError, match="for attached servers"):
+        engine.connect_weight_sync()
