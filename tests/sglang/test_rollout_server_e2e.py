@@ -82,3 +82,24 @@ def test_connecting_an_in_process_engine_to_a_sync_group_is_refused_with_the_rea
 
     with pytest.raises(SGLangEngineError, match="for attached servers"):
         engine.connect_weight_sync()
+
+
+def test_trainer_attached_to_a_dedicated_server_trains_and_its_weights_reach_the_server(server_url, tmp_path):
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "rollout.engine=sglang",
+           "rollout.placement=dedicated", f"rollout.server_urls=[{server_url}]", "steps=2",
+           "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
+           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "logging.progress=false",
+           "logging.tensorboard=false", "eval.interval=0", "checkpoint.export_hf=false"]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1")
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1200, env=env)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    # The server's log-probs of the sampled tokens equal Megatron's: the broadcast weights arrived intact.
+    assert rows[0]["rollout/logprob_abs_diff"] < 1e-4 and rows[1]["rollout/logprob_abs_diff"] < 1e-4
+    assert rows[1]["sync/bytes"] > 0

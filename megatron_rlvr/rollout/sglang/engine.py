@@ -301,7 +301,7 @@ class SGLangEngine:
             self.continue_generation()
 
     def connect_weight_sync(self, master_address: Optional[str] = None, backend: Optional[str] = None,
-                            group_name: str = "dlc_weight_sync", timeout_s: float = 600.0) -> None:
+                            group_name: Optional[str] = None, timeout_s: float = 600.0) -> None:
         """Attached servers on other hosts: make every later `update_weights` a broadcast over a process group.
 
         Tensor handles (the default path to attached servers) only work on the same host. Here this process joins a
@@ -318,6 +318,9 @@ class SGLangEngine:
         with socket.socket() as sock:  # a free port on this host for the group's rendezvous
             sock.bind(("", 0))
             port = sock.getsockname()[1]
+        # A fresh name per connection: servers outlive trainers (a resumed run connects again), and a server
+        # refuses a second group under a name it already holds.
+        group_name = group_name or f"dlc_weight_sync_{socket.gethostname()}_{os.getpid()}_{port}"
         sizes = [remote.tp_size(u) for u in self.server_urls]
         world = 1 + sum(sizes)
         errors: list[str] = []
