@@ -318,8 +318,8 @@ class SGLangEngine:
         with socket.socket() as sock:  # a free port on this host for the group's rendezvous
             sock.bind(("", 0))
             port = sock.getsockname()[1]
-        # A fresh name per connection: servers outlive trainers (a resumed run connects again), and a server
-        # refuses a second group under a name it already holds.
+        # A fresh name per connection: servers outlive trainers (a resumed run connects again), and a name the
+        # server still holds belongs to the dead trainer's group.
         group_name = group_name or f"dlc_weight_sync_{socket.gethostname()}_{os.getpid()}_{port}"
         sizes = [remote.tp_size(u) for u in self.server_urls]
         world = 1 + sum(sizes)
