@@ -352,26 +352,11 @@ class SGLangEngine:
         self._sync_group = (group, group_name)
         logger.info("weight sync: %s group of %d ranks via %s:%d", backend, world, address, port)
 
-    def init_weight_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
-                               group_name: str = "dlc_weight_sync", backend: str = "nccl") -> None:
-        """Engine side of the NCCL group for `update_weights_from_distributed` (disaggregated engines).
-
-        The trainer side joins the same group with `remote.trainer_weight_sync_group(...)` as rank 0.
-        """
-        if self.server_urls:
-            remote.post_all(self.server_urls, "init_weights_update_group", dict(
-                master_address=master_address, master_port=master_port, rank_offset=rank_offset,
-                world_size=world_size, group_name=group_name, backend=backend))
-        else:
-            res = self._call("init_weights_update_group", self._engine.init_weights_update_group, master_address,
-                             master_port, rank_offset, world_size, group_name, backend)
-            _raise_unless_ok("init_weights_update_group", res)
-
     def update_weights_from_distributed(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]],
                                         group, group_name: str = "dlc_weight_sync") -> None:
         """Push weights over the NCCL group: the engine receives while this (trainer rank 0) broadcasts.
 
-        `group` is the trainer's handle of the group from `remote.trainer_weight_sync_group`; tensors must be on
+        `group` is the trainer's handle of the group (see `connect_weight_sync`); tensors must be on
         the trainer's GPU. Bucketed like `update_weights`; generation paused and caches flushed around it.
         """
         import torch.distributed as dist

@@ -141,9 +141,9 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", device: 
 
 def trainer_weight_sync_group(master_address: str, master_port: int, world_size: int,
                               group_name: str = "dlc_weight_sync", backend: str = "nccl", timeout_s: float = 600.0):
-    """Trainer side (rank 0) of the weight-sync group the engines join via `init_weight_sync_group`.
+    """Trainer side (rank 0) of the weight-sync group the servers join (`SGLangEngine.connect_weight_sync`).
 
-    Call it concurrently with the engines' `init_weight_sync_group` (the rendezvous waits for all ranks).
+    Call it while the servers' `init_weights_update_group` requests are in flight (the rendezvous waits for all ranks).
     """
     from datetime import timedelta
 
