@@ -172,6 +172,33 @@ def _sample_in_chunk(pol_row, mem_row, chunk, V, vocab_offset, a, b, greedy, pth
 
 
 @triton.jit
+def _chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, NB: tl.constexpr,
+                N_ROUNDS: tl.constexpr):
+    """First level, part 2: Gumbel-max over the split's chunks, key = log2(chunk mass) + chunk noise.
+
+    Chunk noise: Philox counter (chunk id, offset, c3), first word; c3 = 1, or 2 for the part of a chunk that a
+    shard boundary cuts off on the left. Ties go to the smallest chunk id. Returns (best key, best chunk or -1).
+    """
+    tl.debug_barrier()  # the chunk values were stored by every warp of this program
+    jj = tl.arange(0, NB)
+    best_key = tl.full([], float("-inf"), tl.float32)
+    best_chunk = tl.full([], -1, tl.int32)
+    for start in range(0, c_end - c_begin, NB):
+        cid = c_begin + start + jj
+        ok = cid < c_end
+        val = tl.load(chunk_row + start + jj, mask=ok, other=float("-inf"))
+        c3 = tl.where(cid * 1024 < vocab_offset, 2, 1).to(tl.uint32)
+        y, _, _, _ = _philox4x32(cid.to(tl.uint32), c1, c2, c3, k0, k1, N_ROUNDS)
+        key = tl.where(ok, tl.where(greedy, val, val - tl.log2(_race_weight(y))), float("-inf"))
+        kb = tl.max(key, 0)
+        kc = tl.min(tl.where(key == kb, cid, 2147483647), 0)
+        take = kb > best_key
+        best_key = tl.where(take, kb, best_key)
+        best_chunk = tl.where(take, kc, best_chunk)
+    return best_key, best_chunk
+
+
+@triton.jit
 def _better(q, pos, q_new, pos_new):
     take = q_new > q
     return tl.where(take, q_new, q), tl.where(take, pos_new, pos)
@@ -201,7 +228,7 @@ def dlc_stage1_kernel(
     lam_ptr, lam_val, temp_ptr, temp_val,
     seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi,
     pthr_ptr, sthr_ptr,
-    part_f_ptr, part_i_ptr, cnt_ptr,
+    part_f_ptr, part_i_ptr, cnt_ptr, chunk_ptr,
     tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,
     V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter,
     HAS_MEMORY: tl.constexpr, LAM_T: tl.constexpr, TEMP_T: tl.constexpr, SEED_T: tl.constexpr,
@@ -242,10 +269,11 @@ def dlc_stage1_kernel(
     best = tl.full([R], float("-inf"), tl.float32)
     best_i = tl.full([R], -1, tl.int32)
 
-    best_key = tl.full([], float("-inf"), tl.float32)  # first level (RNG mode): best chunk key and its chunk
-    best_chunk = tl.full([], -1, tl.int32)
     c_begin = chunk_lo + pid_s * chunks_per_split
     c_end = tl.minimum(c_begin + chunks_per_split, chunk_hi)
+    # RNG mode: the pass stores each chunk's log2 mass (its max score for greedy rows) here; the chunk noise and
+    # the first-level race run once after the loop, one chunk per thread, instead of once per warp per tile.
+    chunk_row = chunk_ptr + (row * n_split + pid_s) * chunks_per_split
     for it in range(n_iter):
         cg = c_begin + it * C
         g0 = cg * 1024  # global id of this group's first element
@@ -278,10 +306,12 @@ def dlc_stage1_kernel(
         e2 = tl.exp2(d2)
         e3 = tl.exp2(d3)
         if RETURN_ENTROPY:
-            # t = sum e * (s2 - m) relative to the running max, rescaled like l.
+            # t = sum e * (s2 - m) relative to the running max, rescaled like l. Masked ids have e = 0 and
+            # d = -inf; clamping d (where e = 0 anyway: exp2 underflows below -149) keeps 0 * d finite in
+            # two instructions per id instead of a compare-and-select around the product.
             t_old = t_c + tl.where(l_c > 0.0, (m_c - ms) * l_c, 0.0)
-            t_add = tl.sum(tl.where(e0 > 0.0, e0 * d0, 0.0), 1) + tl.sum(tl.where(e1 > 0.0, e1 * d1, 0.0), 1)
-            t_add += tl.sum(tl.where(e2 > 0.0, e2 * d2, 0.0), 1) + tl.sum(tl.where(e3 > 0.0, e3 * d3, 0.0), 1)
+            t_add = (tl.sum(e0 * tl.maximum(d0, -256.0), 1) + tl.sum(e1 * tl.maximum(d1, -256.0), 1)) + (
+                tl.sum(e2 * tl.maximum(d2, -256.0), 1) + tl.sum(e3 * tl.maximum(d3, -256.0), 1))
             t_c = alpha * t_old + t_add
         rs = (tl.sum(e0, 1) + tl.sum(e1, 1)) + (tl.sum(e2, 1) + tl.sum(e3, 1))  # (R,) this group's mass
         l_c = l_c * alpha + rs
@@ -307,24 +337,16 @@ def dlc_stage1_kernel(
             best = tl.where(take, score, best)
             best_i = tl.where(take, g0 + tl.sum(row_base, 1) + pos, best_i)
         else:
-            # First level: Gumbel-max over chunks, key = log2(chunk mass) + chunk noise (c3 = 1; 2 for the part
-            # of a chunk that a shard boundary cuts off on the left). No per-element random numbers.
-            # Chunk mass in the frame of the chunk's largest running max; rows with nothing allowed yet have
-            # m_new = -inf and add 0 (their safe frame 0 must not set the reference, or masses underflow).
+            # First level, part 1: the log2 mass of each chunk (greedy: its max score). Chunk mass in the frame of
+            # the chunk's largest running max; rows with nothing allowed yet have m_new = -inf and add 0 (their
+            # safe frame 0 must not set the reference, or masses underflow).
             mn2 = tl.reshape(m_new, (C, 32))
             ref = tl.max(mn2, 1)
             ref = tl.where(ref == float("-inf"), 0.0, ref)
             mass = tl.sum(tl.reshape(rs, (C, 32)) * tl.exp2(mn2 - ref[:, None]), 1)  # (C,)
             cid = cg + tl.arange(0, C)
-            c3 = tl.where(cid * 1024 < vocab_offset, 2, 1).to(tl.uint32)
-            y, _, _, _ = _philox4x32(cid.to(tl.uint32), c1, c2, c3, k0, k1, N_ROUNDS)
-            key = tl.where(greedy, tl.max(tl.reshape(mx, (C, 32)), 1),
-                           ref + tl.log2(mass) - tl.log2(_race_weight(y)))
-            kb = tl.max(key, 0)
-            kc = tl.min(tl.where(key == kb, cid, 2147483647), 0)
-            take = kb > best_key
-            best_key = tl.where(take, kb, best_key)
-            best_chunk = tl.where(take, kc, best_chunk)
+            val = tl.where(greedy, tl.max(tl.reshape(mx, (C, 32)), 1), ref + tl.log2(mass))
+            tl.store(chunk_row + (cid - c_begin), val, mask=cid < c_end)
 
         if SEPARATE_POLICY:
             mpx = tl.maximum(tl.maximum(tl.max(p0, 1), tl.max(p1, 1)), tl.maximum(tl.max(p2_, 1), tl.max(p3, 1)))
@@ -354,7 +376,8 @@ def dlc_stage1_kernel(
         tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
         tok = tl.where(tok == 2147483647, -1, tok)
     else:
-        bs = best_key
+        bs, best_chunk = _chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
+                                     N_ROUNDS)
         tok = _sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1,
                                c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
 

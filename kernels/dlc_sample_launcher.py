@@ -8,7 +8,8 @@ logits; large batches use one program per row and finish in the same launch) and
     dlc_stage1_kernel        one pass over policy + memory logits (the last program of a split row merges it)
     [dlc_combine_kernel]     only for a split row launched without an arrival counter (see _arrival_counters)
 
-Memory use: (B, S, 8) float32 + (B, S) int32 partials for the split launch, nothing of size V.
+Memory use: (B, S, 8) float32 + (B, S) int32 partials for the split launch and one float32 per (row, chunk of
+1024 ids) for the first sampling level, nothing of size V.
 """
 
 from __future__ import annotations
@@ -169,10 +170,14 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
         part_i = torch.empty(rows, splits, dtype=torch.int32, device=device)
         if not partials_only:
             counters = _arrival_counters(rows, device)
+    # Per (row, split) the log2 mass of each of its chunks (RNG mode only): written and read by one program.
+    chunk_vals = dummy_f if uniform_noise is not None else torch.empty(
+        rows * splits * per_split, dtype=torch.float32, device=device)
     _k.dlc_stage1_kernel[(rows, splits)](
         policy, mem, noise, policy.stride(0), mem.stride(0), noise.stride(0),
         lam_p, lam_v, temp_p, temp_v, seed_p, seed_lo, seed_hi, off_p, off_lo, off_hi,
-        pthr, sthr, part_f, part_i, counters if counters is not None else dummy_i, tokens, lp_cal, lp_pol, entropy,
+        pthr, sthr, part_f, part_i, counters if counters is not None else dummy_i, chunk_vals,
+        tokens, lp_cal, lp_pol, entropy,
         vocab, vocab_offset, chunk_lo, chunk_hi, per_split, -(-per_split // tile),
         HAS_MEMORY=memory is not None, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
         HAS_MASK=has_mask, HAS_NOISE=uniform_noise is not None, RETURN_ENTROPY=return_entropy,

@@ -11,6 +11,16 @@ each other's cache and outputs diverge from the second token without any error (
 Because both stacks cache under the same token slots, a radix-cache hit on a prefix reuses the memory stack's
 KV exactly as it reuses the policy's: prefix caching stays correct with no extra bookkeeping.
 
+Concurrency (GPU decode): the two stacks only meet at the sampler, so on a CUDA device the memory stack runs on a
+second stream, forked at the start of the forward and joined before the logits leave it. Captured in SGLang's
+decode CUDA graph, the two stacks become parallel branches, and at small batch (launch-latency bound) the memory
+stack's kernels hide behind the policy's. Two shared resources would race and are made private for the memory
+branch while it is enqueued: the triton attention backend's split-KV scratch (`attn_logits`/`attn_lse`, one
+buffer for all layers) and the KV pool's helper stream. It is used only where that is known to be safe: decode
+batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both branches would issue
+collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the environment of the
+process that starts SGLang, the stacks run one after the other. The outputs are the same either way.
+
 Config: config.json is the policy's Qwen3 config (so SGLang sizes everything from it) plus
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
 it must share vocab_size, head_dim and num_key_value_heads). Weight names are the HF Qwen3 names prefixed by
@@ -19,14 +29,17 @@ it must share vocab_size, head_dim and num_key_value_heads). Weight names are th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 from transformers import Qwen3Config
 
-from sglang.srt.distributed import get_pp_group
+from sglang.srt.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessorOutput
 from sglang.srt.layers.quantization.base_config import QuantizationConfig
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch, PPProxyTensors
@@ -38,6 +51,8 @@ from megatron_rlvr.rollout.sglang.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+OVERLAP_ENV = "MEGATRON_RLVR_DLC_OVERLAP"  # "0" runs the memory stack after the policy on one stream
 
 
 class DLCQwen3ForCausalLM(nn.Module):
@@ -68,6 +83,8 @@ class DLCQwen3ForCausalLM(nn.Module):
             layer.self_attn.attn.layer_id += self.num_policy_layers
         # The memory stack never returns input log-probs: it is only needed at the sampled positions.
         self.logits_processor = self.policy.logits_processor
+        self.overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
+        self._side_stream: Optional[torch.cuda.Stream] = None
 
     # --- what SGLang's model runner reads ------------------------------------------------------------------
     @property
@@ -100,20 +117,43 @@ class DLCQwen3ForCausalLM(nn.Module):
     ) -> LogitsProcessorOutput:
         if input_embeds is not None or get_embedding:
             raise ValueError("DLCQwen3ForCausalLM generates from token ids only (no input_embeds / embeddings)")
-        out = self.policy(input_ids, positions, forward_batch)
+        side = self._memory_stream(input_ids, forward_batch)
+        if side is None:
+            out = self.policy(input_ids, positions, forward_batch)
+            with _private_decode_scratch(forward_batch, self.memory_config):
+                mem_logits = self._memory_logits(input_ids, positions, forward_batch)
+        else:
+            main = torch.cuda.current_stream()
+            side.wait_stream(main)  # fork: the memory branch depends only on what precedes this forward
+            with _private_decode_scratch(forward_batch, self.memory_config), torch.cuda.stream(side):
+                mem_logits = self._memory_logits(input_ids, positions, forward_batch)
+            out = self.policy(input_ids, positions, forward_batch)
+            main.wait_stream(side)  # join, before the sampler reads the memory logits
+            if not torch.cuda.is_current_stream_capturing():
+                mem_logits.record_stream(main)  # made on the side stream, freed after main has read it
+        # customized_info survives SGLang's CUDA-graph replay (the runner passes it through unsliced); the DLC
+        # sampler slices it to the batch, consumes it and replaces the dict with per-token outputs.
+        info = dict(out.customized_info or {})
+        info[MEMORY_LOGITS_KEY] = mem_logits  # (B, V)
+        out.customized_info = info
+        return out
+
+    def _memory_logits(self, input_ids, positions, forward_batch: ForwardBatch) -> torch.Tensor:
         mem_hidden = self.memory.model(input_ids, positions, forward_batch)  # (T, H_mem)
         meta = LogitsMetadata.from_forward_batch(forward_batch)
         # Input log-probs, if requested, are the policy's; the memory only needs next-token rows.
         meta.extend_return_logprob = False
         meta.extend_return_top_logprob = False
         meta.extend_token_ids_logprob = False
-        mem_out = self.memory.logits_processor(input_ids, mem_hidden, self.memory.lm_head, meta)
-        # customized_info survives SGLang's CUDA-graph replay (the runner passes it through unsliced); the DLC
-        # sampler slices it to the batch, consumes it and replaces the dict with per-token outputs.
-        info = dict(out.customized_info or {})
-        info[MEMORY_LOGITS_KEY] = mem_out.next_token_logits  # (B, V)
-        out.customized_info = info
-        return out
+        return self.memory.logits_processor(input_ids, mem_hidden, self.memory.lm_head, meta).next_token_logits
+
+    def _memory_stream(self, input_ids: torch.Tensor, forward_batch: ForwardBatch) -> Optional[torch.cuda.Stream]:
+        """The side stream for the memory stack, or None where running it concurrently is not known to be safe."""
+        if not (self.overlap and input_ids.is_cuda and _has_triton_decode_scratch(forward_batch)):
+            return None
+        if self._side_stream is None or self._side_stream.device != input_ids.device:
+            self._side_stream = torch.cuda.Stream(device=input_ids.device)
+        return self._side_stream
 
     # --- weights ------------------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> None:
@@ -133,6 +173,50 @@ class DLCQwen3ForCausalLM(nn.Module):
 
     def get_embed_and_head(self):
         return self.policy.get_embed_and_head()
+
+
+def _has_triton_decode_scratch(forward_batch: ForwardBatch) -> bool:
+    """A decode batch on SGLang's triton backend, whose split-KV scratch _private_decode_scratch replaces."""
+    backend = forward_batch.attn_backend
+    # By class name: subclasses (e.g. the sliding-window / speculative variants) keep other shared state.
+    if not forward_batch.forward_mode.is_decode() or type(backend).__name__ != "TritonAttnBackend":
+        return False
+    meta = getattr(backend, "forward_metadata", None)
+    return (getattr(backend, "dcp_size", 1) == 1 and meta is not None and meta.attn_logits is not None
+            and meta.swa_attn_logits is None)
+
+
+@contextlib.contextmanager
+def _private_decode_scratch(forward_batch: ForwardBatch, memory_config):
+    """While the memory stack is enqueued: its own split-KV scratch and no shared KV-store helper stream.
+
+    The triton backend reuses one attn_logits / attn_lse buffer for every layer, which is safe only while
+    layers run one after another; with overlap the policy's layers run concurrently with these. The private
+    buffer is sized by the memory's own query heads, so it is used on the serial path too: a memory with more
+    query heads than the policy would overflow the policy-sized one. Allocated per forward: under CUDA-graph
+    capture that memory belongs to the graph and is reused by every replay. A no-op for other batches/backends.
+    """
+    if not _has_triton_decode_scratch(forward_batch):
+        yield
+        return
+    backend = forward_batch.attn_backend
+    pool = forward_batch.token_to_kv_pool
+    meta = backend.forward_metadata
+    rows, _, splits, dv = meta.attn_logits.shape
+    heads = memory_config.num_attention_heads // get_tensor_model_parallel_world_size()
+    private = dataclasses.replace(
+        meta, attn_logits=meta.attn_logits.new_empty((rows, heads, splits, dv)),
+        attn_lse=meta.attn_lse.new_empty((rows, heads, splits)))
+    alt = getattr(pool, "alt_stream", None)
+    backend.forward_metadata = private
+    if alt is not None:
+        pool.alt_stream = None  # one helper stream shared by both branches would chain them together
+    try:
+        yield
+    finally:
+        backend.forward_metadata = meta
+        if alt is not None:
+            pool.alt_stream = alt
 
 
 def _shape_dict(cfg) -> dict:
