@@ -137,6 +137,9 @@ def bench_policy_only(model_dir: Path, batches, prompt_len, new_tokens, repeats,
     return rows
 
 
+tokens: dict = {}  # (config, batch) -> response ids of the last (b) run, to compare overlapped and serial
+
+
 def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, repeats, mem_frac, lam, attn,
               overlap=True, profile_steps=0, profile_dir=None):
     from megatron_rlvr.rollout.sglang import SGLangEngine
@@ -153,12 +156,13 @@ def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, 
     try:
         for b in batches:
             prompts = _prompts(b, prompt_len, policy.vocab_size, b)
-            sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, lam=lam)
+            sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, lam=lam, seed=b)
 
             def run():
                 eng.flush_cache()
                 gens = eng.generate(prompts, sp)
                 assert all(len(g.response_ids) == new_tokens for g in gens)
+                tokens[(name, b)] = [g.response_ids for g in gens]  # seeded: equal for overlapped and serial
 
             rows.append((name, b, _time(run, repeats),
                          _profile(eng._engine, run, profile_steps, profile_dir / f"{name}_b{b}") if profile_steps
@@ -266,7 +270,12 @@ def main(argv=None) -> None:
     for r in out:
         if r["config"] != "a_policy_only" and r["batch"] in a:
             r["vs_policy_only"] = round(r["ms_per_step"] / a[r["batch"]], 3)
-    print(json.dumps(dict(device=device, policy=args.policy, memory=args.memory, param_ratio=round(ratio, 4),
+    same = {b: tokens[("b_dlc_in_engine", b)] == tokens[("b_dlc_serial", b)] for b in args.batch
+            if ("b_dlc_in_engine", b) in tokens and ("b_dlc_serial", b) in tokens}
+    if same:
+        print("overlapped == serial responses (same seeds), per batch:", same)
+    print(json.dumps(dict(device=device, overlap_equals_serial=same or None, policy=args.policy,
+                          memory=args.memory, param_ratio=round(ratio, 4),
                           target_ratio=round(1.1 * (1 + ratio), 4), new_tokens=args.new_tokens,
                           prompt_len=args.prompt_len, date=time.strftime("%Y-%m-%d"), rows=out)))
 

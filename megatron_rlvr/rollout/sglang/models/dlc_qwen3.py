@@ -14,9 +14,12 @@ KV exactly as it reuses the policy's: prefix caching stays correct with no extra
 Concurrency (GPU decode): the two stacks only meet at the sampler, so on a CUDA device the memory stack runs on a
 second stream, forked at the start of the forward and joined before the logits leave it. Captured in SGLang's
 decode CUDA graph, the two stacks become parallel branches, and at small batch (launch-latency bound) the memory
-stack's kernels hide behind the policy's. Two shared resources would race and are made private for the memory
-branch while it is enqueued: the triton attention backend's split-KV scratch (`attn_logits`/`attn_lse`, one
-buffer for all layers) and the KV pool's helper stream. It is used only where that is known to be safe: decode
+stack's kernels hide behind the policy's. Three shared resources would race and are made private to the memory
+stack: SGLang's process-wide "alt" stream, on which every Qwen3 attention layer normalises k during capture
+(the memory stack gets its own; a shared one lets the caching allocator hand one branch's k buffer to the other
+while it is still being read: NaN logits after ~60 decode steps on an H100), and, while the memory branch is
+enqueued, the triton attention backend's split-KV scratch (`attn_logits`/`attn_lse`, one buffer for all layers)
+and the KV pool's helper stream. It is used only where that is known to be safe: decode
 batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both branches would issue
 collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the environment of the
 process that starts SGLang, the stacks run one after the other. The outputs are the same either way.
@@ -43,6 +46,7 @@ from sglang.srt.distributed import get_pp_group, get_tensor_model_parallel_world
 from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessorOutput
 from sglang.srt.layers.quantization.base_config import QuantizationConfig
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch, PPProxyTensors
+from sglang.srt.model_executor.forward_context import get_attn_backend, has_forward_context
 from sglang.srt.models.qwen3 import Qwen3ForCausalLM
 from sglang.srt.utils import add_prefix
 
@@ -85,6 +89,18 @@ class DLCQwen3ForCausalLM(nn.Module):
         self.logits_processor = self.policy.logits_processor
         self.overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
         self._side_stream: Optional[torch.cuda.Stream] = None
+        if self.overlap:
+            self._give_memory_its_own_helper_streams()
+
+    def _give_memory_its_own_helper_streams(self) -> None:
+        """Replace SGLang's shared "alt" stream in the memory stack's layers with a stream of its own."""
+        from sglang.srt.runtime_context import get_stream
+
+        own = None
+        for module in self.memory.modules():
+            if isinstance(getattr(module, "alt_stream", None), torch.cuda.Stream):
+                own = own or get_stream("megatron_rlvr_dlc_memory_alt")  # created here, outside graph capture
+                module.alt_stream = own
 
     # --- what SGLang's model runner reads ------------------------------------------------------------------
     @property
@@ -175,9 +191,14 @@ class DLCQwen3ForCausalLM(nn.Module):
         return self.policy.get_embed_and_head()
 
 
+def _attn_backend():
+    """The attention backend that RadixAttention layers of this forward call (SGLang's forward context)."""
+    return get_attn_backend() if has_forward_context() else None
+
+
 def _has_triton_decode_scratch(forward_batch: ForwardBatch) -> bool:
     """A decode batch on SGLang's triton backend, whose split-KV scratch _private_decode_scratch replaces."""
-    backend = forward_batch.attn_backend
+    backend = _attn_backend()
     # By class name: subclasses (e.g. the sliding-window / speculative variants) keep other shared state.
     if not forward_batch.forward_mode.is_decode() or type(backend).__name__ != "TritonAttnBackend":
         return False
@@ -199,8 +220,8 @@ def _private_decode_scratch(forward_batch: ForwardBatch, memory_config):
     if not _has_triton_decode_scratch(forward_batch):
         yield
         return
-    backend = forward_batch.attn_backend
-    pool = forward_batch.token_to_kv_pool
+    backend = _attn_backend()
+    pool = backend.token_to_kv_pool
     meta = backend.forward_metadata
     rows, _, splits, dv = meta.attn_logits.shape
     heads = memory_config.num_attention_heads // get_tensor_model_parallel_world_size()
