@@ -141,7 +141,10 @@ class DLCQwen3ForCausalLM(nn.Module):
         else:
             main = torch.cuda.current_stream()
             side.wait_stream(main)  # fork: the memory branch depends only on what precedes this forward
-            with _private_decode_scratch(forward_batch, self.memory_config), torch.cuda.stream(side):
+            # Stream first: the private scratch must come from the side stream's pool. Allocated on the main
+            # stream and freed (on exit) while the side stream still reads it, the caching allocator would hand it
+            # to the policy's next allocation on the main stream: a race (NaN logits on an H100).
+            with torch.cuda.stream(side), _private_decode_scratch(forward_batch, self.memory_config):
                 mem_logits = self._memory_logits(input_ids, positions, forward_batch)
             out = self.policy(input_ids, positions, forward_batch)
             main.wait_stream(side)  # join, before the sampler reads the memory logits
