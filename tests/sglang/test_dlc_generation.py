@@ -106,5 +106,6 @@ def test_prefix_cache_hit_reuses_the_memory_stack_kv_correctly(engine, hf_models
     assert raw["meta_info"]["cached_tokens"] >= len(base) - 1
     toks, lp_cal, lp_pol, _ = greedy_dlc(hf_models["policy"], hf_models["memory"], longer, 1.0, 6)
     assert raw["output_ids"] == toks
-    assert max(abs(a - b) for a, b in zip(raw["meta_info"]["dlc_logprob_cal"], lp_cal)) < LOGPROB_TOL
-    assert max(abs(a - b) for a, b in zip(raw["meta_info"]["dlc_logprob_policy"], lp_pol)) < LOGPROB_TOL
+    stats = raw["meta_info"]["dlc_token_stats"]  # per token: log pi_cal, log pi_policy, entropy
+    assert max(abs(r[0] - b) for r, b in zip(stats, lp_cal)) < LOGPROB_TOL
+    assert max(abs(r[1] - b) for r, b in zip(stats, lp_pol)) < LOGPROB_TOL

@@ -83,9 +83,14 @@ def test_aborted_or_non_dlc_outputs_raise_instead_of_returning_wrong_records():
         to_generation([1], {"output_ids": [3], "meta_info": meta})
     with pytest.raises(SGLangEngineError, match="not serving the DLC model"):
         to_generation([1], {"output_ids": [3], "meta_info": {"finish_reason": {"type": "length"}}})
+    # Over HTTP the per-token records arrive as JSON lists: (log pi_cal, log pi_policy, entropy).
     g = to_generation([1], {"output_ids": [3, 4], "meta_info": {
-        "finish_reason": {"type": "length"}, "dlc_logprob_cal": [-1.0, -2.0], "dlc_logprob_policy": [-1.5, -2.5]}})
-    assert g.response_ids == [3, 4] and g.logprob_policy == [-1.5, -2.5] and g.entropy_cal is None
+        "finish_reason": {"type": "length"}, "dlc_token_stats": [[-1.0, -1.5, 2.0], [-2.0, -2.5, 1.0]]}})
+    assert g.response_ids == [3, 4] and g.logprob_cal == [-1.0, -2.0] and g.logprob_policy == [-1.5, -2.5]
+    assert g.entropy_cal == [2.0, 1.0]
+    with pytest.raises(SGLangEngineError, match="2 tokens but 1 DLC log-prob records"):
+        to_generation([1], {"output_ids": [3, 4], "meta_info": {
+            "finish_reason": {"type": "length"}, "dlc_token_stats": [[-1.0, -1.5, 2.0]]}})
 
 
 def test_a_token_the_sampler_could_not_draw_fails_the_response_with_the_cause():
@@ -93,7 +98,7 @@ def test_a_token_the_sampler_could_not_draw_fails_the_response_with_the_cause():
 
     from megatron_rlvr.rollout.sglang.engine import SGLangEngineError
 
-    meta = {"finish_reason": {"type": "length"}, "dlc_logprob_cal": [np.float32(-1.0), np.float32("nan")],
-            "dlc_logprob_policy": [np.float32(-1.5), np.float32("nan")]}
+    meta = {"finish_reason": {"type": "length"},
+            "dlc_token_stats": [np.float32([-1.0, -1.5, 0.5]), np.float32([np.nan, np.nan, np.nan])]}
     with pytest.raises(SGLangEngineError, match="response token 1 .*NaN/inf"):
         to_generation([1], {"output_ids": [3, 0], "meta_info": meta})

@@ -31,8 +31,8 @@ import torch
 from megatron_rlvr.models.presets import Qwen3Shape
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
-    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, MODEL_PREFIXES, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
-    PARAM_TAU, SAMPLER_BACKEND, check_stack_compat,
+    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, MODEL_PREFIXES, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
+    SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
 from megatron_rlvr.rollout.sglang.weights import buckets, prefixed
 from megatron_rlvr.rollout.types import Generation, SamplingParams
@@ -76,16 +76,16 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
         raise SGLangEngineError(f"SGLang finished a request with reason {meta.get('finish_reason')!r} "
                                 "(aborted or failed); see the SGLang log above")
     ids = [int(t) for t in out["output_ids"]]
-    missing = [k for k in (OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY) if k not in meta]
-    if missing:
+    if OUT_STATS not in meta:
         raise SGLangEngineError(
-            f"SGLang output lacks {missing}: the engine is not serving the DLC model with the DLC sampler "
+            f"SGLang output lacks {OUT_STATS!r}: the engine is not serving the DLC model with the DLC sampler "
             "(was it started from build_model_dir's folder with SGLANG_EXTERNAL_MODEL_PACKAGE set?)")
-    lp_cal, lp_pol = meta[OUT_LOGPROB_CAL], meta[OUT_LOGPROB_POLICY]
-    if len(lp_cal) != len(ids) or len(lp_pol) != len(ids):
-        raise SGLangEngineError(f"SGLang returned {len(ids)} tokens but {len(lp_cal)}/{len(lp_pol)} log-probs")
-    ent = meta.get(OUT_ENTROPY)
-    lp_cal, lp_pol = [float(x) for x in lp_cal], [float(x) for x in lp_pol]
+    stats = meta[OUT_STATS]  # per token (log pi_cal, log pi_policy, entropy): numpy rows, or lists over HTTP
+    if len(stats) != len(ids):
+        raise SGLangEngineError(f"SGLang returned {len(ids)} tokens but {len(stats)} DLC log-prob records")
+    lp_cal = [float(r[STAT_LOGPROB_CAL]) for r in stats]
+    lp_pol = [float(r[STAT_LOGPROB_POLICY]) for r in stats]
+    ent = [float(r[STAT_ENTROPY]) for r in stats]
     bad = next((i for i, (a, b) in enumerate(zip(lp_cal, lp_pol)) if math.isnan(a) or math.isnan(b)), None)
     if bad is not None:
         raise SGLangEngineError(
@@ -93,7 +93,7 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
             "logits held NaN/inf at that step, or tau/top-k/top-p allowed no token; check both models' weights "
             "(a diverged update?) and the rollout sampling options")
     return Generation(prompt_ids=list(prompt), response_ids=ids, logprob_cal=lp_cal, logprob_policy=lp_pol,
-                      finish_reason=reason, entropy_cal=None if ent is None else [float(x) for x in ent])
+                      finish_reason=reason, entropy_cal=ent)
 
 
 def check_model_dir(model_path: str) -> None:

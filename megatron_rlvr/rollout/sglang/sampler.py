@@ -25,7 +25,7 @@ from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
 from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
 from megatron_rlvr.rollout.sglang.protocol import (
-    CPU_SAMPLER_BACKEND, MEMORY_LOGITS_KEY, OUT_ENTROPY, OUT_LOGPROB_CAL, OUT_LOGPROB_POLICY, PARAM_LAM, PARAM_SEED,
+    CPU_SAMPLER_BACKEND, MEMORY_LOGITS_KEY, OUT_STATS, PARAM_LAM, PARAM_SEED,
     PARAM_TAU, SAMPLER_BACKEND,
 )
 
@@ -72,6 +72,27 @@ class DLCSampler(Sampler):
     def __init__(self):
         super().__init__()
         self._draws = 0
+        self._options = None  # (custom_params list, its length, rows, (lam_t, seed_t, tau)) of the last batch
+
+    def _batch_options(self, sampling_info, rows: int, device: torch.device):
+        """Per-row (lam, seed) on the device and tau, reused while SGLang's batch is unchanged.
+
+        Building them walks every request's options in Python (~0.3 ms per decode step at batch 256); SGLang keeps
+        one custom_params list while a batch runs and replaces it (filter) or extends it (merge) when requests
+        finish or join, so the list's identity and length tell whether the options can have changed. The cached
+        list is held, so its id cannot be reused by another list.
+        """
+        params = sampling_info.custom_params
+        size = None if params is None else len(params)
+        cached = self._options
+        if cached is not None and cached[0] is params and cached[1] == size and cached[2] == rows:
+            return cached[3]
+        self._draws += 1
+        lam, tau, seed = _row_options(params, rows, self._draws)
+        options = (_to_device(torch.tensor(lam, dtype=torch.float32), device),
+                   _to_device(torch.tensor(seed, dtype=torch.int64), device), tau)
+        self._options = (params, size, rows, options)
+        return options
 
     def forward(self, logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs,
                 positions):
@@ -86,15 +107,12 @@ class DLCSampler(Sampler):
         memory = info[MEMORY_LOGITS_KEY][:rows]  # CUDA-graph buffers are padded to the captured batch size
         policy = self._apply_foreign_processors(policy, sampling_info)
 
-        self._draws += 1
-        lam, tau, seed = _row_options(sampling_info.custom_params, rows, self._draws)
         device = policy.device
         # Nothing here may wait for the GPU: SGLang's overlap scheduler prepares the next step while this one runs,
         # and one device sync per step exposed that host work (2.6x the policy-only step time at batch 1 on an H100).
         # So: host lists go up through pinned memory, per-row flags stay on the device, and the outputs come down
         # with an asynchronous copy that SGLang's copy_done event orders before it reads the batch result.
-        lam_t = _to_device(torch.tensor(lam, dtype=torch.float32), device)
-        seed_t = _to_device(torch.tensor(seed, dtype=torch.int64), device)
+        lam_t, seed_t, tau = self._batch_options(sampling_info, rows, device)
         offset_t = positions.view(-1)[:rows].to(torch.int64)
         temps = sampling_info.temperatures.view(-1)[:rows].to(torch.float32)
         # SGLang encodes greedy as top_k == 1 (temperature 0 is rewritten to top_k=1, T=1); dlc_sample as T <= 0.
@@ -105,7 +123,10 @@ class DLCSampler(Sampler):
 
         # dlc_sample takes tau / top-k / top-p per call: one launch per distinct setting (one in practice).
         groups: Dict[tuple, List[int]] = {}
-        if sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling:
+        if not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling) and all(
+                t is None for t in tau):
+            groups[(None, 0, 1.0)] = list(range(rows))  # the rollout case: one launch, no per-row grouping
+        elif sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling:
             top_ks = sampling_info.top_ks.tolist()  # a device sync, only for requests that ask for top-k/top-p
             top_ps = sampling_info.top_ps.tolist()
             for i in range(rows):
@@ -115,7 +136,7 @@ class DLCSampler(Sampler):
             for i in range(rows):
                 groups.setdefault((tau[i], 0, 1.0), []).append(i)
         tokens = torch.empty(rows, dtype=torch.int64, device=device)
-        stats = torch.empty(3, rows, dtype=torch.float32, device=device)  # log pi_cal, log pi_policy, entropy
+        stats = torch.empty(rows, 3, dtype=torch.float32, device=device)  # log pi_cal, log pi_policy, entropy
         for (g_tau, g_k, g_p), idx in groups.items():
             sel = None if len(idx) == rows else _to_device(torch.tensor(idx), device)
             pick = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
@@ -125,19 +146,18 @@ class DLCSampler(Sampler):
             out = dlc_sample(pick(policy), pick(memory), lam=pick(lam_t), temperature=pick(temperature),
                              seed=pick(seed_t), offset=pick(offset_t), tau=g_tau, top_k=g_k, top_p=g_p,
                              return_entropy=True, check_nan=False)
-            row_stats = torch.stack([out.logprob_cal, out.logprob_policy, out.entropy])
+            row_stats = torch.stack([out.logprob_cal, out.logprob_policy, out.entropy], dim=1)
             if sel is None:
                 tokens, stats = out.tokens, row_stats
             else:
                 tokens[sel] = out.tokens
-                stats[:, sel] = row_stats
+                stats[sel] = row_stats
         tokens = tokens.clamp_min(0)
 
         # A new dict: under CUDA graphs the incoming one is the captured output, reused by every replay. SGLang
-        # indexes each value per request (numpy views of one pinned host buffer, filled asynchronously).
+        # copies row i for request i (a numpy view of one pinned host buffer, filled asynchronously).
         host = stats.to("cpu", non_blocking=True) if device.type == "cuda" else stats
-        arr = host.numpy()
-        logits_output.customized_info = {OUT_LOGPROB_CAL: arr[0], OUT_LOGPROB_POLICY: arr[1], OUT_ENTROPY: arr[2]}
+        logits_output.customized_info = {OUT_STATS: host.numpy()}
         if return_logprob:
             self._write_sglang_logprobs(logits_output, policy, memory, lam_t, temperature, tokens,
                                         top_logprobs_nums, token_ids_logprobs)
