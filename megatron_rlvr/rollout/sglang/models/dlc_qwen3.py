@@ -89,7 +89,11 @@ class DLCQwen3ForCausalLM(nn.Module):
         self.logits_processor = self.policy.logits_processor
         self.overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
         self._side_stream: Optional[torch.cuda.Stream] = None
-        if self.overlap:
+        if self.overlap and torch.cuda.is_available():
+            from sglang.srt.runtime_context import get_stream
+
+            # Streams are created here, at model construction: creating one during CUDA-graph capture fails.
+            self._side_stream = get_stream("megatron_rlvr_dlc_memory")
             self._give_memory_its_own_helper_streams()
 
     def _give_memory_its_own_helper_streams(self) -> None:
@@ -99,7 +103,7 @@ class DLCQwen3ForCausalLM(nn.Module):
         own = None
         for module in self.memory.modules():
             if isinstance(getattr(module, "alt_stream", None), torch.cuda.Stream):
-                own = own or get_stream("megatron_rlvr_dlc_memory_alt")  # created here, outside graph capture
+                own = own or get_stream("megatron_rlvr_dlc_memory_alt")
                 module.alt_stream = own
 
     # --- what SGLang's model runner reads ------------------------------------------------------------------
@@ -168,10 +172,8 @@ class DLCQwen3ForCausalLM(nn.Module):
 
     def _memory_stream(self, input_ids: torch.Tensor, forward_batch: ForwardBatch) -> Optional[torch.cuda.Stream]:
         """The side stream for the memory stack, or None where running it concurrently is not known to be safe."""
-        if not (self.overlap and input_ids.is_cuda and _has_triton_decode_scratch(forward_batch)):
+        if self._side_stream is None or not input_ids.is_cuda or not _has_triton_decode_scratch(forward_batch):
             return None
-        if self._side_stream is None or self._side_stream.device != input_ids.device:
-            self._side_stream = torch.cuda.Stream(device=input_ids.device)
         return self._side_stream
 
     # --- weights ------------------------------------------------------------------------------------------
