@@ -14,15 +14,18 @@ KV exactly as it reuses the policy's: prefix caching stays correct with no extra
 Concurrency (GPU decode): the two stacks only meet at the sampler, so on a CUDA device the memory stack runs on a
 second stream, forked at the start of the forward and joined before the logits leave it. Captured in SGLang's
 decode CUDA graph, the two stacks become parallel branches, and at small batch (launch-latency bound) the memory
-stack's kernels hide behind the policy's. Three shared resources would race and are made private to the memory
-stack: SGLang's process-wide "alt" stream, on which every Qwen3 attention layer normalises k during capture
-(the memory stack gets its own; a shared one lets the caching allocator hand one branch's k buffer to the other
-while it is still being read: NaN logits after ~60 decode steps on an H100), and, while the memory branch is
-enqueued, the triton attention backend's split-KV scratch (`attn_logits`/`attn_lse`, one buffer for all layers)
-and the KV pool's helper stream. It is used only where that is known to be safe: decode
-batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both branches would issue
-collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the environment of the
-process that starts SGLang, the stacks run one after the other. The outputs are the same either way.
+stack's kernels hide behind the policy's. Shared resources that would race are made private to the memory stack:
+- SGLang's process-wide "alt" stream, on which every Qwen3 attention layer normalises k during capture: the
+  memory stack gets its own (on a shared one the caching allocator can hand a k buffer of one branch to the
+  other while it is still being read);
+- while the memory branch is enqueued, the triton attention backend's split-KV scratch (`attn_logits`/`attn_lse`,
+  one buffer for all layers), allocated from the side stream's pool, and the KV pool's helper stream.
+The scratch allocated from the main stream's pool showed up on an H100 as NaN logits; the other two follow from
+the same allocator mechanism and were made private before they could show. Overlap is used only where that is
+known to be safe: decode batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both
+branches would issue collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the
+environment of the process that starts SGLang, the stacks run one after the other. The outputs are the same
+either way (tests/sglang/test_gpu_overlap.py; the rollout bench compares them too).
 
 Config: config.json is the policy's Qwen3 config (so SGLang sizes everything from it) plus
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
