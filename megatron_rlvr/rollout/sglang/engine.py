@@ -80,7 +80,7 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
         raise SGLangEngineError(
             f"SGLang output lacks {OUT_STATS!r}: the engine is not serving the DLC model with the DLC sampler "
             "(was it started from build_model_dir's folder with SGLANG_EXTERNAL_MODEL_PACKAGE set?)")
-    stats = meta[OUT_STATS]  # per token (log pi_cal, log pi_policy, entropy): numpy rows, or lists over HTTP
+    stats = meta[OUT_STATS]  # per token (log pi_cal, log pi_policy, entropy): tuples, or lists over HTTP
     if len(stats) != len(ids):
         raise SGLangEngineError(f"SGLang returned {len(ids)} tokens but {len(stats)} DLC log-prob records")
     lp_cal = [float(r[STAT_LOGPROB_CAL]) for r in stats]

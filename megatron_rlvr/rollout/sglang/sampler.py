@@ -59,6 +59,31 @@ def _row_options(custom_params: Optional[List[Optional[dict]]], rows: int, gener
     return lam, tau, seed
 
 
+class TokenStats:
+    """One decode step's per-row (log pi_cal, log pi_policy, entropy), as SGLang's `customized_info` value.
+
+    SGLang reads it row by row, for each request, only after the step's outputs reached the host (it waits on the
+    step's copy-done event first), so the asynchronous device-to-host copy is complete by the first access. Rows
+    are handed out as Python tuples, converted once per step: SGLang copies every numpy element it is given and
+    later pickles each one kept, and numpy 3-vectors made that slow (batch 256 x 128 tokens, SGLang's collection
+    loop and one pickle, on a CPU: 0.66 ms per step and 268 ms to pickle, against 0.42 ms and 10 ms for tuples).
+    """
+
+    __slots__ = ("_host", "_rows")
+
+    def __init__(self, host: torch.Tensor):
+        self._host = host  # (rows, 3) float32, on the CPU (pinned when it came from a GPU)
+        self._rows = None
+
+    def __len__(self) -> int:
+        return self._host.shape[0]
+
+    def __getitem__(self, i: int) -> tuple:
+        if self._rows is None:
+            self._rows = list(map(tuple, self._host.tolist()))
+        return self._rows[i]
+
+
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device` without waiting for the GPU (pinned staging + asynchronous copy)."""
     if device.type != "cuda":
@@ -155,9 +180,9 @@ class DLCSampler(Sampler):
         tokens = tokens.clamp_min(0)
 
         # A new dict: under CUDA graphs the incoming one is the captured output, reused by every replay. SGLang
-        # copies row i for request i (a numpy view of one pinned host buffer, filled asynchronously).
+        # takes row i for request i once the pinned host copy has landed (TokenStats).
         host = stats.to("cpu", non_blocking=True) if device.type == "cuda" else stats
-        logits_output.customized_info = {OUT_STATS: host.numpy()}
+        logits_output.customized_info = {OUT_STATS: TokenStats(host)}
         if return_logprob:
             self._write_sglang_logprobs(logits_output, policy, memory, lam_t, temperature, tokens,
                                         top_logprobs_nums, token_ids_logprobs)
