@@ -3,7 +3,7 @@
 #
 #   bash tools/gpu_sglang.sh fetch            # HERE: download cp312 wheels, trim sglang-kernel, split into parts
 #   bash tools/gpu_sglang.sh install          # DEVICE: reassemble the parts and pip install them offline
-#   bash tools/gpu_sglang.sh test             # DEVICE: the DLC engine on CUDA against transformers (quick)
+#   bash tools/gpu_sglang.sh test             # DEVICE: the bf16 GPU tests of tests/sglang (a few minutes)
 #   bash tools/gpu_sglang.sh bench [args]     # DEVICE: python -m megatron_rlvr.rollout.sglang.bench [args]
 #
 # Carrying (the device tool uploads at most 64 MiB per call; untracked ignored paths must be named in
@@ -116,9 +116,9 @@ test|bench)
   export PYTHONPATH="$REPO:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   ;;&
 test)
-  # Needs float32 (exact comparisons with transformers); sgl_kernel's CUDA rmsnorm has no fp32 kernel, so on a GPU
-  # these fail at engine start-up. They run on CPU in CI; the GPU check is the bf16 benchmark.
-  python -m pytest tests/sglang -q -x "$@"
+  # The bf16 GPU tests. The rest of tests/sglang compares with float32 transformers exactly; sgl_kernel's CUDA
+  # rmsnorm has no fp32 kernel, so those fail at engine start-up on a GPU. They run on CPU in CI.
+  python -m pytest -q -p no:cacheprovider tests/sglang/test_gpu_outputs.py tests/sglang/test_gpu_overlap.py "$@"
   ;;
 bench)
   out="${OUT:-.}"
