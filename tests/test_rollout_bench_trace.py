@@ -34,3 +34,14 @@ def test_a_trace_without_gpu_activity_is_refused_with_the_reason(tmp_path):
     path = _write(tmp_path / "y-DECODE.trace.json.gz", [dict(ph="X", cat="cpu_op", name="a", ts=0, dur=1)])
     with pytest.raises(ValueError, match="no GPU events"):
         summarize_trace(path, steps=1)
+
+
+def test_bench_rollout_from_the_cli_names_the_sglang_environment_when_sglang_is_missing(monkeypatch):
+    import importlib.util
+
+    from megatron_rlvr import bench as cli_bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sglang" else real(name, *a))
+    with pytest.raises(SystemExit, match="setup_sglang_env.sh"):
+        cli_bench.main(["rollout", "--batch", "1"])
