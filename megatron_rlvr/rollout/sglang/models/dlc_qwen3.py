@@ -90,9 +90,9 @@ class DLCQwen3ForCausalLM(nn.Module):
             layer.self_attn.attn.layer_id += self.num_policy_layers
         # The memory stack never returns input log-probs: it is only needed at the sampled positions.
         self.logits_processor = self.policy.logits_processor
-        self.overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
-        self._side_stream: Optional[torch.cuda.Stream] = None
-        if self.overlap and torch.cuda.is_available():
+        overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
+        self._side_stream: Optional[torch.cuda.Stream] = None  # set: the memory stack decodes concurrently
+        if overlap and torch.cuda.is_available():
             from sglang.srt.runtime_context import get_stream
 
             # Streams are created here, at model construction: creating one during CUDA-graph capture fails.
