@@ -137,11 +137,9 @@ def bench_policy_only(model_dir: Path, batches, prompt_len, new_tokens, repeats,
     return rows
 
 
-tokens: dict = {}  # (config, batch) -> response ids of the last (b) run, to compare overlapped and serial
-
-
 def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, repeats, mem_frac, lam, attn,
-              overlap=True, profile_steps=0, profile_dir=None):
+              overlap=True, profile_steps=0, profile_dir=None, responses=None):
+    """(b); `responses`, if given, receives {(config, batch): response ids of the last run} (seeded draws)."""
     from megatron_rlvr.rollout.sglang import SGLangEngine
     from megatron_rlvr.rollout.sglang.models.dlc_qwen3 import OVERLAP_ENV
 
@@ -162,7 +160,8 @@ def bench_dlc(model_dir: Path, policy, memory, batches, prompt_len, new_tokens, 
                 eng.flush_cache()
                 gens = eng.generate(prompts, sp)
                 assert all(len(g.response_ids) == new_tokens for g in gens)
-                tokens[(name, b)] = [g.response_ids for g in gens]  # seeded: equal for overlapped and serial
+                if responses is not None:
+                    responses[(name, b)] = [g.response_ids for g in gens]
 
             rows.append((name, b, _time(run, repeats),
                          _profile(eng._engine, run, profile_steps, profile_dir / f"{name}_b{b}") if profile_steps
@@ -236,7 +235,7 @@ def main(argv=None) -> None:
     policy, memory = get_preset(args.policy), get_preset(args.memory)
     work = Path(tempfile.mkdtemp(prefix="dlc_bench_"))
     prof = dict(profile_steps=args.profile_steps, profile_dir=work / "profiles")
-    rows = []
+    rows, responses = [], {}
     if "a" not in args.skip:
         rows += bench_policy_only(_plain_model_dir(policy, work / "policy"), args.batch, args.prompt_len,
                                   args.new_tokens, args.repeats, policy.vocab_size, 0.8, args.attention_backend,
@@ -245,7 +244,7 @@ def main(argv=None) -> None:
         dlc_dir = build_model_dir(work / "dlc", policy, memory)
         for overlap in (True, False) if args.dlc_serial else (True,):
             rows += bench_dlc(dlc_dir, policy, memory, args.batch, args.prompt_len, args.new_tokens, args.repeats,
-                              0.8, args.lam, args.attention_backend, overlap=overlap, **prof)
+                              0.8, args.lam, args.attention_backend, overlap=overlap, responses=responses, **prof)
     if "c" not in args.skip and args.naive_batch:
         rows += [(n, b, t * args.new_tokens / args.naive_new_tokens, p) for n, b, t, p in bench_naive(
             _plain_model_dir(policy, work / "p"), _plain_model_dir(memory, work / "m"), args.naive_batch,
@@ -270,8 +269,9 @@ def main(argv=None) -> None:
     for r in out:
         if r["config"] != "a_policy_only" and r["batch"] in a:
             r["vs_policy_only"] = round(r["ms_per_step"] / a[r["batch"]], 3)
-    same = {b: tokens[("b_dlc_in_engine", b)] == tokens[("b_dlc_serial", b)] for b in args.batch
-            if ("b_dlc_in_engine", b) in tokens and ("b_dlc_serial", b) in tokens}
+    # Same seeds, so the overlapped and serial engines must return the same responses.
+    same = {b: responses[("b_dlc_in_engine", b)] == responses[("b_dlc_serial", b)] for b in args.batch
+            if ("b_dlc_in_engine", b) in responses and ("b_dlc_serial", b) in responses}
     if same:
         print("overlapped == serial responses (same seeds), per batch:", same)
     print(json.dumps(dict(device=device, overlap_equals_serial=same or None, policy=args.policy,
