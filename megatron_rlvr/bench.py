@@ -36,7 +36,7 @@ def _load(module: str, script: str):
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in TARGETS:
-        print("usage: megatron-rlvr bench {kernels,train,rollout} [options]   (--help after the target for its options)")
+        print("usage: megatron-rlvr bench {kernels,train,rollout} [options]   (--help after the target: its options)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "rollout" and importlib.util.find_spec("sglang") is None:
         raise SystemExit("bench rollout needs SGLang, which lives in its own environment: "
