@@ -97,10 +97,10 @@ class DLCSampler(Sampler):
     def __init__(self):
         super().__init__()
         self._draws = 0
-        self._options = None  # (custom_params list, its length, rows, (lam_t, seed_t, tau)) of the last batch
+        self._options = None  # (custom_params list, its length, rows, (lam_t, seed_t, tau, no tau)) of the last batch
 
     def _batch_options(self, sampling_info, rows: int, device: torch.device):
-        """Per-row (lam, seed) on the device and tau, reused while SGLang's batch is unchanged.
+        """Per-row (lam, seed) on the device, tau, and whether no row has tau; reused while the batch is unchanged.
 
         Building them walks every request's options in Python (~0.3 ms per decode step at batch 256); SGLang keeps
         one custom_params list while a batch runs and replaces it (filter) or extends it (merge) when requests
@@ -115,7 +115,7 @@ class DLCSampler(Sampler):
         self._draws += 1
         lam, tau, seed = _row_options(params, rows, self._draws)
         options = (_to_device(torch.tensor(lam, dtype=torch.float32), device),
-                   _to_device(torch.tensor(seed, dtype=torch.int64), device), tau)
+                   _to_device(torch.tensor(seed, dtype=torch.int64), device), tau, all(t is None for t in tau))
         self._options = (params, size, rows, options)
         return options
 
@@ -137,7 +137,7 @@ class DLCSampler(Sampler):
         # and one device sync per step exposed that host work (2.6x the policy-only step time at batch 1 on an H100).
         # So: host lists go up through pinned memory, per-row flags stay on the device, and the outputs come down
         # with an asynchronous copy that SGLang's copy_done event orders before it reads the batch result.
-        lam_t, seed_t, tau = self._batch_options(sampling_info, rows, device)
+        lam_t, seed_t, tau, no_tau = self._batch_options(sampling_info, rows, device)
         offset_t = positions.view(-1)[:rows].to(torch.int64)
         temps = sampling_info.temperatures.view(-1)[:rows].to(torch.float32)
         # SGLang encodes greedy as top_k == 1 (temperature 0 is rewritten to top_k=1, T=1); dlc_sample as T <= 0.
@@ -148,8 +148,7 @@ class DLCSampler(Sampler):
 
         # dlc_sample takes tau / top-k / top-p per call: one launch per distinct setting (one in practice).
         groups: Dict[tuple, List[int]] = {}
-        if not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling) and all(
-                t is None for t in tau):
+        if not (sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling) and no_tau:
             groups[(None, 0, 1.0)] = list(range(rows))  # the rollout case: one launch, no per-row grouping
         elif sampling_info.need_top_k_sampling or sampling_info.need_top_p_sampling:
             top_ks = sampling_info.top_ks.tolist()  # a device sync, only for requests that ask for top-k/top-p
