@@ -51,3 +51,18 @@ def test_published_sizes_have_the_advertised_parameter_counts(single_rank):
                 "qwen3-32b": 32.8}
     for n in PUBLISHED:
         assert billions[n] == pytest.approx(expected[n], abs=0.05), n
+
+
+@pytest.mark.parametrize("vpp, batched_on_gpu", [(1, True), (2, False)])
+def test_interleaved_pipelines_never_batch_their_p2p_ops(monkeypatch, vpp, batched_on_gpu):
+    # At PP=2 the previous and next stage are one peer, and a batch of sends/receives to one peer is matched in
+    # posting order: interleaved schedules then swap activations and gradients (wrong losses on gloo and on
+    # NCCL, 2x H200). Plain pipelines keep the batched ops on a GPU; on CPU nothing is batched.
+    from megatron_rlvr.models.provider import transformer_config
+
+    shape = get_preset("tiny-deep")
+    mc = ModelConfig(preset="tiny-deep", dtype="float32", parallel=ParallelConfig(pp=2, vpp=vpp))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert transformer_config(shape, mc).batch_p2p_comm is batched_on_gpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert transformer_config(shape, mc).batch_p2p_comm is False

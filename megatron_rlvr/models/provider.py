@@ -138,8 +138,11 @@ def transformer_config(shape: Qwen3Shape, model_cfg: ModelConfig, dtype: Optiona
         persist_layer_norm=False,
         # Full weights drawn on CPU, then sliced: the same seed gives the same model under every TP size.
         use_cpu_initialization=not cuda,
-        # batch_isend_irecv gave wrong interleaved-pipeline results on gloo (MEGATRON-NOTES.md).
-        batch_p2p_comm=cuda,
+        # Interleaved pipeline: batched p2p gave wrong losses and gradients on gloo (MEGATRON-NOTES.md) and on
+        # NCCL (2x H200, tests/gpu/test_parallel_gpu.py). At PP=2 the previous and next stage are the same peer;
+        # a batch of send/recv ops to one peer is matched in posting order, so a gradient sent "prev" can land
+        # in the receiver's activation buffer. The unbatched path orders sends and receives by rank parity.
+        batch_p2p_comm=cuda and par.vpp <= 1,
         deterministic_mode=not cuda,
     )
     kwargs.update(model_cfg.megatron)
