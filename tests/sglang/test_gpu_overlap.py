@@ -2,9 +2,19 @@
 changes where kernels run, never what they compute: the same seeded requests give the same tokens and log-probs
 as the stacks run one after the other, in captured decode graphs and in eager decode.
 
-Engines here run one at a time: SGLang's Engine.shutdown kills every child process of the calling process, so
-shutting one engine down also kills any other engine of the process. This module owns its engines; run it on the
-device machine after `tools/gpu_sglang.sh install`: `python -m pytest tests/sglang/test_gpu_overlap.py`.
+Two model pairs, because they take different SGLang code paths:
+- `head_dim_128`: the head_dim of every published Qwen3 size, grouped-query attention in both stacks. SGLang
+  normalises q/k with its fused in-place JIT kernel and never uses a helper stream.
+- `tiny_head_dim_32`: the CPU suite's tiny shapes. No JIT q/k-norm kernel exists for head_dim 32, so during CUDA-
+  graph capture each layer normalises k on a helper stream; the memory model has one KV head per query head, so
+  its decode attention is SGLang's non-grouped triton kernel.
+Each pair starts three engines: serial twice (the baseline: decoding must be reproducible across restarts, else
+the overlap comparison means nothing), then overlapped. Failures name the decode mode, row, first differing token
+and the log-prob gap before it.
+
+Engines run one at a time: SGLang's Engine.shutdown kills every child process of the calling process. Run on the
+device machine after `tools/gpu_sglang.sh install` (about 70 s per engine on an H100):
+`python -m pytest tests/sglang/test_gpu_overlap.py` (`-k head_dim_128` for one pair).
 """
 
 import os
@@ -12,12 +22,25 @@ import os
 import pytest
 import torch
 
+from megatron_rlvr.models.presets import Qwen3Shape
 from megatron_rlvr.rollout.types import SamplingParams
+
+from .conftest import hf_qwen3
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
 ]
+
+PAIRS = {
+    # (policy, memory): hidden, layers, q heads, KV heads, FFN
+    "head_dim_128": (Qwen3Shape(256, 2, 4, 2, 512, head_dim=128, vocab_size=128, max_position_embeddings=256),
+                     Qwen3Shape(128, 2, 4, 2, 256, head_dim=128, vocab_size=128, max_position_embeddings=256)),
+    "tiny_head_dim_32": (Qwen3Shape(128, 2, 4, 2, 384, head_dim=32, vocab_size=128, max_position_embeddings=256),
+                         Qwen3Shape(64, 2, 2, 2, 192, head_dim=32, vocab_size=128, max_position_embeddings=256)),
+}
+GRAPH_ROWS, EAGER_ROWS = 12, 20  # decode graphs are captured up to 16 rows; 20 rows decode eagerly
+SAMPLING = SamplingParams(max_new_tokens=16, temperature=1.0, lam=0.7, seed=11)
 
 
 def _generate(path, policy_shape, memory_shape, overlap: bool, batches, sampling):
@@ -44,21 +67,44 @@ def _prompts(n: int, vocab: int) -> list[list[int]]:
     return torch.randint(0, vocab, (n, 6), generator=g).tolist()
 
 
-def test_overlapped_stacks_decode_exactly_like_serial_stacks(tmp_path, shapes, hf_models):
+def _differences(got, want) -> list[str]:
+    """One line per row whose tokens or log-probs differ: first differing token, largest log-prob gap before it."""
+    lines = []
+    for row, (g, w) in enumerate(zip(got, want)):
+        first = next((t for t, (a, b) in enumerate(zip(g.response_ids, w.response_ids)) if a != b), None)
+        upto = len(g.response_ids) if first is None else first
+        gap_cal = max((abs(a - b) for a, b in zip(g.logprob_cal[:upto], w.logprob_cal[:upto])), default=0.0)
+        gap_pol = max((abs(a - b) for a, b in zip(g.logprob_policy[:upto], w.logprob_policy[:upto])), default=0.0)
+        if first is not None or gap_cal > 1e-6 or gap_pol > 1e-6:
+            lines.append(f"row {row}: first differing token {first}, max |d log pi_cal| {gap_cal:.3g} and "
+                         f"|d log pi_policy| {gap_pol:.3g} before it")
+    return lines
+
+
+@pytest.fixture(scope="module", params=list(PAIRS))
+def runs(request, tmp_path_factory):
     from megatron_rlvr.rollout.sglang import build_model_dir
 
-    path = build_model_dir(tmp_path / "dlc", *shapes, hf_models["policy"].state_dict(),
-                           hf_models["memory"].state_dict(), dtype="bfloat16")
-    prompts = _prompts(20, shapes[0].vocab_size)
-    batches = [prompts[:12], prompts]  # 12 rows replay a captured decode graph (max 16), 20 rows decode eagerly
-    sp = SamplingParams(max_new_tokens=16, temperature=1.0, lam=0.7, seed=11)
-    want = _generate(path, *shapes, overlap=False, batches=batches, sampling=sp)
-    got = _generate(path, *shapes, overlap=True, batches=batches, sampling=sp)
-    for got_b, want_b in zip(got, want):
-        for g, w in zip(got_b, want_b):
-            assert g.response_ids == w.response_ids
-            assert g.logprob_cal == pytest.approx(w.logprob_cal, abs=1e-6)
-            assert g.logprob_policy == pytest.approx(w.logprob_policy, abs=1e-6)
+    policy_shape, memory_shape = PAIRS[request.param]
+    path = build_model_dir(tmp_path_factory.mktemp(request.param), policy_shape, memory_shape,
+                           hf_qwen3(policy_shape, 1).state_dict(), hf_qwen3(memory_shape, 2).state_dict(),
+                           dtype="bfloat16")
+    prompts = _prompts(EAGER_ROWS, policy_shape.vocab_size)
+    batches = [prompts[:GRAPH_ROWS], prompts]
+    return {name: _generate(path, policy_shape, memory_shape, overlap, batches, SAMPLING)
+            for name, overlap in (("serial", False), ("serial_again", False), ("overlapped", True))}
+
+
+@pytest.mark.parametrize("mode, batch", [("captured-graph", 0), ("eager", 1)])
+def test_serial_decoding_is_reproducible_across_engine_restarts(runs, mode, batch):
+    diff = _differences(runs["serial_again"][batch], runs["serial"][batch])
+    assert not diff, f"{mode} decode, two serial engines:\n" + "\n".join(diff)
+
+
+@pytest.mark.parametrize("mode, batch", [("captured-graph", 0), ("eager", 1)])
+def test_overlapped_stacks_decode_exactly_like_serial_stacks(runs, mode, batch):
+    diff = _differences(runs["overlapped"][batch], runs["serial"][batch])
+    assert not diff, f"{mode} decode, overlapped vs serial:\n" + "\n".join(diff)
 
 
 def test_a_memory_with_more_query_heads_than_the_policy_decodes_correctly(tmp_path, shapes, hf_models):

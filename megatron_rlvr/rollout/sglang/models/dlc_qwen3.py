@@ -24,8 +24,9 @@ The scratch allocated from the main stream's pool showed up on an H100 as NaN lo
 the same allocator mechanism and were made private before they could show. Overlap is used only where that is
 known to be safe: decode batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both
 branches would issue collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the
-environment of the process that starts SGLang, the stacks run one after the other. The outputs are the same
-either way (tests/sglang/test_gpu_overlap.py; the rollout bench compares them too).
+environment of the process that starts SGLang, the stacks run one after the other. The outputs must be the same
+either way: the rollout bench compares them (identical for Qwen3-1.7B + 0.6B shapes on an H100), and
+tests/sglang/test_gpu_overlap.py does for two tiny pairs (its head_dim-32 pair once differed; see BENCHMARKS.md).
 
 Config: config.json is the policy's Qwen3 config (so SGLang sizes everything from it) plus
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
