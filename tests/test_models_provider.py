@@ -66,3 +66,12 @@ def test_interleaved_pipelines_never_batch_their_p2p_ops(monkeypatch, vpp, batch
     assert transformer_config(shape, mc).batch_p2p_comm is batched_on_gpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert transformer_config(shape, mc).batch_p2p_comm is False
+
+
+def test_asking_for_batched_p2p_in_an_interleaved_pipeline_is_refused():
+    from megatron_rlvr.models.provider import transformer_config
+
+    mc = ModelConfig(preset="tiny-deep", dtype="float32", parallel=ParallelConfig(pp=2, vpp=2),
+                     megatron={"batch_p2p_comm": True})
+    with pytest.raises(ValueError, match="batch_p2p_comm=True with parallel.vpp=2"):
+        transformer_config(get_preset("tiny-deep"), mc)

@@ -145,6 +145,11 @@ def transformer_config(shape: Qwen3Shape, model_cfg: ModelConfig, dtype: Optiona
         batch_p2p_comm=cuda and par.vpp <= 1,
         deterministic_mode=not cuda,
     )
+    if par.vpp > 1 and model_cfg.megatron.get("batch_p2p_comm"):
+        raise ValueError(
+            f"model.megatron.batch_p2p_comm=True with parallel.vpp={par.vpp}: batched p2p ops give wrong losses and "
+            "gradients in interleaved pipelines (see the comment above); remove batch_p2p_comm from model.megatron"
+        )
     kwargs.update(model_cfg.megatron)
     kwargs.update(overrides)
     unknown = set(model_cfg.megatron) - {f.name for f in dataclasses.fields(TransformerConfig)}
