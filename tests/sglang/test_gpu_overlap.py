@@ -22,7 +22,7 @@ import os
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.models.presets import Qwen3Shape, get_preset
 from megatron_rlvr.rollout.types import SamplingParams
 
 from .conftest import hf_qwen3
@@ -36,8 +36,7 @@ PAIRS = {
     # (policy, memory): hidden, layers, q heads, KV heads, FFN
     "head_dim_128": (Qwen3Shape(256, 2, 4, 2, 512, head_dim=128, vocab_size=128, max_position_embeddings=256),
                      Qwen3Shape(128, 2, 4, 2, 256, head_dim=128, vocab_size=128, max_position_embeddings=256)),
-    "tiny_head_dim_32": (Qwen3Shape(128, 2, 4, 2, 384, head_dim=32, vocab_size=128, max_position_embeddings=256),
-                         Qwen3Shape(64, 2, 2, 2, 192, head_dim=32, vocab_size=128, max_position_embeddings=256)),
+    "tiny_head_dim_32": (get_preset("tiny"), get_preset("tiny-mem")),  # the CPU suite's shapes
 }
 GRAPH_ROWS, EAGER_ROWS = 12, 20  # decode graphs are captured up to 16 rows; 20 rows decode eagerly
 SAMPLING = SamplingParams(max_new_tokens=16, temperature=1.0, lam=0.7, seed=11)
