@@ -130,6 +130,14 @@ class DLCSampler(Sampler):
         policy = logits_output.next_token_logits  # (B, V), after SGLang's penalties, grammar mask and logit bias
         rows = policy.shape[0]
         memory = info[MEMORY_LOGITS_KEY][:rows]  # CUDA-graph buffers are padded to the captured batch size
+        if memory.untyped_storage().data_ptr() == policy.untyped_storage().data_ptr():
+            # Host-side pointer check, no device sync. One storage means one stack's logits overwrote the other's
+            # (SGLang's shared decode-graph logits buffer): sampling would silently use the wrong distribution.
+            raise RuntimeError(
+                "DLC sampler: the memory logits share storage with the policy logits, so one model's logits "
+                "overwrote the other's. The memory stack must not write into SGLang's shared logits buffer "
+                "(DLCQwen3ForCausalLM._memory_logits clears LogitsMetadata.next_token_logits_buffer); check that "
+                "this SGLang version still takes it from there.")
         policy = self._apply_foreign_processors(policy, sampling_info)
 
         device = policy.device

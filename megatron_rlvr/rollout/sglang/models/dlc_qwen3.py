@@ -172,6 +172,10 @@ class DLCQwen3ForCausalLM(nn.Module):
         meta.extend_return_logprob = False
         meta.extend_return_top_logprob = False
         meta.extend_token_ids_logprob = False
+        # In a captured decode graph SGLang hands every logits processor one shared output buffer, keyed by vocab
+        # size (GraphSharedOutput). Both stacks have the same vocab: writing the memory's logits there would
+        # overwrite the policy's (serial) or race with them (overlapped). The memory's logits get their own tensor.
+        meta.next_token_logits_buffer = None
         return self.memory.logits_processor(input_ids, mem_hidden, self.memory.lm_head, meta).next_token_logits
 
     def _memory_stream(self, input_ids: torch.Tensor, forward_batch: ForwardBatch) -> Optional[torch.cuda.Stream]:
