@@ -25,3 +25,20 @@ def test_sglang_collects_each_requests_row_as_plain_floats_that_pickle(monkeypat
     assert kept[0][OUT_STATS] == [(-1.0, -1.5, 2.0), (-2.0, -2.5, 3.0)]
     assert kept[1][OUT_STATS] == [(-0.5, -0.25, 1.0), (-0.75, -0.5, 0.5)]
     assert all(type(x) is float for row in kept[0][OUT_STATS] for x in row)
+
+
+def test_the_sampler_refuses_memory_logits_that_alias_the_policy_logits():
+    # SGLang's captured decode graphs hand logits processors one shared buffer; a memory stack writing there
+    # would overwrite the policy's logits, and sampling would silently use the wrong distribution.
+    import pytest
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+    from megatron_rlvr.rollout.sglang.protocol import MEMORY_LOGITS_KEY
+    from megatron_rlvr.rollout.sglang.sampler import DLCSampler
+
+    shared = torch.randn(16, 32)  # the captured graph's buffer, padded to 16 rows; this step has 3
+    out = LogitsProcessorOutput(next_token_logits=shared[:3], customized_info={MEMORY_LOGITS_KEY: shared})
+    sampler = DLCSampler.__new__(DLCSampler)  # SGLang's Sampler.__init__ needs its tensor-parallel group
+    with pytest.raises(RuntimeError, match="share storage with the policy logits"):
+        sampler.forward(out, sampling_info=None, return_logprob=False, top_logprobs_nums=None,
+                             token_ids_logprobs=None, positions=torch.zeros(3, dtype=torch.long))

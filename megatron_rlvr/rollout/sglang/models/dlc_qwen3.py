@@ -25,8 +25,12 @@ the same allocator mechanism and were made private before they could show. Overl
 known to be safe: decode batches, SGLang's triton attention backend, tensor-parallel size 1 (with TP > 1 both
 branches would issue collectives on one communicator). Elsewhere, and with MEGATRON_RLVR_DLC_OVERLAP=0 in the
 environment of the process that starts SGLang, the stacks run one after the other. The outputs must be the same
-either way: the rollout bench compares them (identical for Qwen3-1.7B + 0.6B shapes on an H100), and
-tests/sglang/test_gpu_overlap.py does for two tiny pairs (its head_dim-32 pair once differed; see BENCHMARKS.md).
+either way, and equal to a float32 reference token by token: tests/sglang/test_gpu_overlap.py checks both on an
+H100 for two small pairs, in captured decode graphs and eagerly.
+
+Captured decode graphs also share SGLang's per-vocab logits output buffer between logits processors; the memory
+stack opts out of it (`_memory_logits`), else its logits overwrite the policy's, and the sampler refuses aliased
+logits.
 
 Config: config.json is the policy's Qwen3 config (so SGLang sizes everything from it) plus
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
