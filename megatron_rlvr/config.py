@@ -427,6 +427,8 @@ def parse_overrides(overrides: list[str]) -> dict:
 def _merge(base: dict, upd: dict) -> dict:
     out = dict(base)
     for k, v in upd.items():
+        if v is None and isinstance(out.get(k), dict):
+            continue  # an empty YAML section (`memory:`) keeps that section's defaults
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
@@ -437,8 +439,13 @@ def load_config(
     base: Optional[RunConfig] = None,
     validate: bool = True,
 ) -> RunConfig:
-    """Build the run config: defaults (or `base`, e.g. a recipe) <- YAML file <- `key=value` overrides."""
-    tree = dataclasses.asdict(base) if base is not None else {}
+    """Build the run config: defaults (or `base`, e.g. a recipe) <- YAML file <- `key=value` overrides.
+
+    The merge starts from the full tree of the defaults, never from an empty one: a section whose default comes
+    from a `default_factory` (e.g. `memory`, preset tiny-mem) would otherwise be rebuilt from its class's defaults
+    as soon as one of its fields is overridden, silently changing every other field of the section.
+    """
+    tree = dataclasses.asdict(base if base is not None else RunConfig())
     if path is not None:
         p = Path(path)
         if not p.is_file():
