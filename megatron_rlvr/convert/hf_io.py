@@ -80,9 +80,10 @@ def shape_from_hf_config(hf_dir: Path) -> tuple[Qwen3Shape, Optional[torch.dtype
         cfg = Qwen3Config.from_pretrained(str(hf_dir))  # normalises old-style rope_theta into rope_parameters
     except (ValueError, TypeError) as err:  # transformers validates its configs (e.g. layer_types vs layers)
         raise ConversionError(f"{path} is not a valid Qwen3 config: {err}") from None
+    from megatron_rlvr.convert.qwen3_support import check_supported
+
+    check_supported(cfg, str(path))
     rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ConversionError(f"{path}: rope_type {rope.get('rope_type')!r} is not supported (Qwen3 uses default)")
     values = {f.name: getattr(cfg, f.name) for f in fields(Qwen3Shape) if f.name != "rope_theta"}
     values["rope_theta"] = float(rope.get("rope_theta", raw.get("rope_theta", Qwen3Shape.rope_theta)))
     if values["head_dim"] is None:
