@@ -134,6 +134,9 @@ class RolloutConfig:
     server_urls: list = field(default_factory=list)
     # weight-push bucket size in MiB
     weight_bucket_mb: int = 512
+    # compute dtype of the rollout engine: auto (the policy's dtype, so trainer and engine log-probs agree) |
+    # float32 | bfloat16 | float16
+    dtype: str = "auto"
     # extra sglang.Engine / ServerArgs options passed through verbatim
     sglang: dict = field(default_factory=dict)
 
@@ -257,6 +260,18 @@ class EvalConfig:
     temperature: float = 1.0
 
 
+@dataclass
+class ChecksConfig:
+    """In-loop invariants that stop a run with one clear error instead of training on garbage."""
+
+    # step-0 gap between the trainer's recomputed log pi_old and the engine's log pi_policy (mean |diff| over
+    # response tokens): error (stop the run) | warn | off
+    logprob_gap: str = "error"
+    # tolerance of that gap; null = by dtype (1e-3 when trainer and engine both compute in float32, 0.05 with
+    # bfloat16/float16 on either side)
+    logprob_gap_tolerance: Optional[float] = None
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 @dataclass
 class CheckpointConfig:
@@ -315,6 +330,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -547,6 +563,14 @@ def validate_config(cfg: RunConfig) -> None:
     _require(r.placement in ("colocated", "dedicated"), "rollout.placement", r.placement, "unknown placement",
              "use colocated or dedicated")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", r.weight_bucket_mb, "must be >= 1", "use e.g. 512")
+    _require(r.dtype in ("auto", "float32", "bfloat16", "float16"), "rollout.dtype", r.dtype, "unknown dtype",
+             "use auto (the policy's dtype), float32, bfloat16 or float16")
+    k = cfg.checks
+    _require(k.logprob_gap in ("error", "warn", "off"), "checks.logprob_gap", k.logprob_gap, "unknown mode",
+             "use error, warn or off")
+    if k.logprob_gap_tolerance is not None:
+        _require(k.logprob_gap_tolerance > 0, "checks.logprob_gap_tolerance", k.logprob_gap_tolerance,
+                 "must be > 0", "use e.g. 0.05, or null for the dtype-aware default")
 
     a = cfg.algorithm
     _require(a.estimator in ESTIMATORS, "algorithm.estimator", a.estimator, "unknown advantage estimator",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from megatron_rlvr import runtime
 from megatron_rlvr.advantage import assign_advantages
+from megatron_rlvr.checks import check_logprob_gap, check_step0_ppo_kl, logprob_gap
 from megatron_rlvr.config import RunConfig
 from megatron_rlvr.metrics import MetricsLogger, PhaseTimer, rollout_metrics
 from megatron_rlvr.progress import StepProgress
@@ -20,9 +21,6 @@ from megatron_rlvr.rollout.collect import collect_rollouts, evaluate
 from megatron_rlvr.rollout.types import RolloutBatch
 from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 from megatron_rlvr.weight_sync import push_weights
-
-# Above this, trainer and rollout engine disagree about pi_old at step 0: a weight-sync or model-layout bug.
-STEP0_PPO_KL_TOLERANCE = 1e-3
 
 
 def main(cfg: RunConfig) -> int:
@@ -57,14 +55,16 @@ def main(cfg: RunConfig) -> int:
                         ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size)
                 mask = batch.response_mask
                 metrics["policy/entropy"] = float(entropy[mask].mean())
-                metrics["rollout/logprob_abs_diff"] = float((old_lp - batch.logprob_rollout_policy)[mask].abs().mean())
+                metrics["rollout/logprob_abs_diff"] = logprob_gap(old_lp, batch.logprob_rollout_policy, mask)
+                if step == run.start_step and cfg.mode == "full":
+                    # The first step of this process: the engine has just received the trainer's weights.
+                    check_logprob_gap(metrics["rollout/logprob_abs_diff"], cfg.checks.logprob_gap, policy.dtype,
+                                      run.engine_dtype, cfg.checks.logprob_gap_tolerance, runtime.log)
                 with runtime.engine_offloaded(run):  # colocated SGLang frees its GPU memory meanwhile
                     with timer("policy_update"):
                         metrics.update(update_policy(policy, batch, old_lp, cfg, step, ref_logprobs=ref_lp))
-                    if step == 0 and metrics["policy/ppo_kl_before_update"] > STEP0_PPO_KL_TOLERANCE:
-                        raise RuntimeError(
-                            f"step-0 invariant violated: PPO KL(pi_old || pi_theta) = "
-                            f"{metrics['policy/ppo_kl_before_update']:.3g} before any update (expected ~0)")
+                    if step == 0:
+                        check_step0_ppo_kl(metrics["policy/ppo_kl_before_update"])
                     if memory is not None:
                         with timer("memory_update"):
                             metrics.update(update_memory(memory, batch, cfg))

@@ -43,6 +43,22 @@ logger = logging.getLogger(__name__)
 # start-up fast (by default SGLang sizes it from free RAM: gigabytes for a tiny model).
 CPU_DEFAULTS = dict(attention_backend="torch_native", disable_cuda_graph=True, dtype="float32",
                     max_total_tokens=16384)
+# On a GPU the DLC model is tested (tests/sglang/test_gpu_*.py) with the triton attention backend. SGLang's own
+# default there is FA3, whose library the trimmed sgl-kernel the project carries does not ship, and which the DLC
+# model's two-stack KV layout has never been checked with: the engine died at start without this default.
+GPU_DEFAULTS = dict(attention_backend="triton")
+
+
+def engine_args(model_path: str, device: str, placement: str, extra: dict) -> dict[str, Any]:
+    """The sglang.Engine arguments: the DLC model's tested defaults per device, then the user's rollout.sglang."""
+    args: dict[str, Any] = dict(model_path=model_path, skip_tokenizer_init=True, enable_custom_logit_processor=True,
+                                device=device, custom_sigquit_handler=_log_child_failure)
+    if device == "cpu":
+        args.update(CPU_DEFAULTS)
+    else:
+        args.update(GPU_DEFAULTS, sampling_backend=SAMPLER_BACKEND, enable_memory_saver=placement == "colocated")
+    args.update(extra)
+    return args
 
 
 class SGLangEngineError(RuntimeError):
@@ -160,12 +176,18 @@ class SGLangEngine:
             self._start(str(model_path), dict(sglang or {}))
 
     @classmethod
-    def from_config(cls, cfg, model_path: Optional[str] = None) -> "SGLangEngine":
-        """Build from a RunConfig: rollout.{server_urls, placement, weight_bucket_mb, sglang}, both shapes."""
+    def from_config(cls, cfg, model_path: Optional[str] = None, dtype: Optional[str] = None) -> "SGLangEngine":
+        """Build from a RunConfig: rollout.{server_urls, placement, weight_bucket_mb, sglang}, both shapes.
+
+        `dtype` (the resolved `rollout.dtype`) is the engine's compute dtype unless rollout.sglang names one.
+        """
         r = cfg.rollout
+        sglang = dict(r.sglang)
+        if dtype is not None:
+            sglang.setdefault("dtype", dtype)
         return cls(model_path, server_urls=list(r.server_urls), policy_shape=cfg.policy.shape(),
                    memory_shape=cfg.memory.shape(), placement=r.placement, weight_bucket_mb=r.weight_bucket_mb,
-                   sglang=dict(r.sglang))
+                   sglang=sglang)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def _start(self, model_path: str, extra: dict) -> None:
@@ -178,15 +200,9 @@ class SGLangEngine:
                 "unset it (SGLang loads one external package) or point it at the DLC package")
         # Inherited by SGLang's spawned children, each of which then registers the DLC model and sampler.
         os.environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = MODEL_PACKAGE
-        args: dict[str, Any] = dict(model_path=model_path, skip_tokenizer_init=True,
-                                    enable_custom_logit_processor=True, device=self.device,
-                                    custom_sigquit_handler=_log_child_failure)
         if self.device == "cpu":
             os.environ["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's rotary embedding imports vllm
-            args.update(CPU_DEFAULTS)
-        else:
-            args.update(sampling_backend=SAMPLER_BACKEND, enable_memory_saver=self.placement == "colocated")
-        args.update(extra)
+        args = engine_args(model_path, self.device, self.placement, extra)
         import sglang
 
         import megatron_rlvr.rollout.sglang.models  # noqa: F401  (registers the sampler in this process too)
@@ -194,10 +210,14 @@ class SGLangEngine:
         try:
             self._engine = sglang.Engine(**args)
         except BaseException as e:  # SGLang raises RuntimeError / SystemExit / custom errors while launching
+            backend = args.get("attention_backend")
             raise SGLangEngineError(
                 f"SGLang engine failed to start from {model_path!r} ({type(e).__name__}: {e}); the SGLang log "
-                "above names the failing process. Check the model folder (build_model_dir), the rollout.sglang "
-                "options and free memory") from e
+                f"above names the failing process. Attention backend: {backend!r} (rollout.sglang.attention_backend;"
+                f" the DLC model is tested with {GPU_DEFAULTS['attention_backend']!r} on GPU and "
+                f"{CPU_DEFAULTS['attention_backend']!r} on CPU): a backend whose kernels are not installed fails "
+                "here. Check also the model folder (build_model_dir), the other rollout.sglang options and free "
+                "memory") from e
         self._child_pids = list(self._engine.get_all_child_pids())
         self._install_failure_handler()
 
