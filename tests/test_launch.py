@@ -231,7 +231,8 @@ def test_local_executor_runs_tiny_cpu_job_and_writes_metrics(tmp_path):
     env = {**os.environ, "NEMORUN_HOME": str(tmp_path / "nemo_run_home"), "CUDA_VISIBLE_DEVICES": ""}
     overrides = [
         f"run_dir={run_dir}", "steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
-        "rollout.max_new_tokens=4", "warm_start.steps=2", "warm_start.batch_size=4", f"warm_start.cache_dir={tmp_path}/ws",
+        "rollout.max_new_tokens=4", "warm_start.steps=2", "warm_start.batch_size=4", "warm_start.gate=false",
+        f"warm_start.cache_dir={tmp_path}/ws",
         "checkpoint.save_interval=0", "checkpoint.export_hf=false", "checkpoint.load=none",
         "logging.progress=false", "logging.tensorboard=false", "logging.plots=false", "eval.interval=0",
     ]

@@ -136,8 +136,10 @@ def transformer_config(shape: Qwen3Shape, model_cfg: ModelConfig, dtype: Optiona
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
-        # Full weights drawn on CPU, then sliced: the same seed gives the same model under every TP size.
-        use_cpu_initialization=not cuda,
+        # Full weights drawn on CPU, then sliced: the same seed gives the same model under every TP size, and on
+        # CPU and GPU alike (init_device=cpu, the default). Drawn on the GPU the same seed is a different model:
+        # the default tiny run then landed in a basin its warm start could not leave (GPU-NOTES, 2026-12-02).
+        use_cpu_initialization=not cuda or model_cfg.init_device == "cpu",
         # Interleaved pipeline: batched p2p gave wrong losses and gradients on gloo (MEGATRON-NOTES.md) and on
         # NCCL (2x H200, tests/gpu/test_parallel_gpu.py). At PP=2 the previous and next stage are the same peer;
         # a batch of send/recv ops to one peer is matched in posting order, so a gradient sent "prev" can land

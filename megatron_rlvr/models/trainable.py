@@ -228,12 +228,15 @@ class TrainableModel:
 
     def _build_scheduler(self) -> OptimizerParamScheduler:
         o = self.optim_cfg
-        # Constant lr after a linear warm-up; the scheduler is stepped *before* each optimizer step, so step k
-        # (1-based) uses lr * min(1, k / warmup).
+        # A linear warm-up, then constant lr or a decay to min_lr_ratio * lr over lr_decay_steps; the scheduler is
+        # stepped *before* each optimizer step, so step k (1-based) uses lr * min(1, k / warmup) during warm-up.
+        decay = o.lr_decay_style if o.lr_decay_steps else "constant"
         return OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0, max_lr=o.lr, min_lr=0.0, lr_warmup_steps=o.lr_warmup_steps,
-            lr_decay_steps=o.lr_warmup_steps + 1, lr_decay_style="constant", start_wd=o.weight_decay,
-            end_wd=o.weight_decay, wd_incr_steps=1, wd_incr_style="constant",
+            self.optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.lr * o.min_lr_ratio if decay != "constant" else 0.0,
+            lr_warmup_steps=o.lr_warmup_steps,
+            lr_decay_steps=o.lr_decay_steps if decay != "constant" else o.lr_warmup_steps + 1,
+            lr_decay_style=decay, start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=1,
+            wd_incr_style="constant",
         )
 
     # ------------------------------------------------------------------------------------------ helpers

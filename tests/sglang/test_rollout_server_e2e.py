@@ -88,7 +88,7 @@ def test_trainer_attached_to_a_dedicated_server_trains_and_its_weights_reach_the
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "rollout.engine=sglang",
            "rollout.placement=dedicated", f"rollout.server_urls=[{server_url}]", "steps=2",
            "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
-           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "logging.progress=false",
+           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "warm_start.gate=false", "logging.progress=false",
            "logging.tensorboard=false", "eval.interval=0", "checkpoint.export_hf=false"]
     env = dict(os.environ, MASTER_ADDR="127.0.0.1")
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1200, env=env)

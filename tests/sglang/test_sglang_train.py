@@ -16,7 +16,7 @@ def test_trainer_runs_iac_dlc_steps_on_sglang_and_agrees_with_megatron(tmp_path)
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "rollout.engine=sglang",
            "steps=2", "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
-           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "logging.progress=false",
+           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "warm_start.gate=false", "logging.progress=false",
            "logging.tensorboard=false", "eval.interval=2", "eval.num_prompts=4", "eval.group_size=2",
            "checkpoint.export_hf=false"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=dict(os.environ))
