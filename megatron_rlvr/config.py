@@ -256,8 +256,8 @@ class WarmStartConfig:
     min_lr_ratio: float = 0.1
     # quality gate: stop the run when a warm-started model's loss on held-out examples is above max_loss
     gate: bool = True
-    # the gate's bound in nats per response token; null = the task's own (built-in task: 0.6, where converged
-    # starts reach ~0.40 and stuck ones 1.0-1.2; tasks without a bound are not gated)
+    # the gate's bound in nats per response token; null = the task's own (built-in task: 0.7, where converged
+    # starts reach 0.47-0.64 and stuck ones 1.0-1.2; tasks without a bound are not gated)
     max_loss: Optional[float] = None
     # held-out examples the gate's loss is measured on (drawn apart from the training examples)
     eval_examples: int = 512

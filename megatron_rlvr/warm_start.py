@@ -95,7 +95,7 @@ def check_quality(losses: dict[str, float], limit: Optional[float], cfg: RunConf
     seeds = ", ".join(f"{k}.init_seed={getattr(cfg, k).init_seed}" for k in bad)
     raise WarmStartError(
         f"warm start did not converge: {worst}, above the bound {limit:g} (warm_start.max_loss; converged starts "
-        f"of the built-in task reach ~0.40); RL from this start would learn nothing ({seeds}; {where}). Fix: raise "
+        f"of the built-in task reach 0.47-0.64); RL from this start would learn nothing ({seeds}; {where}). Fix: raise "
         "warm_start.steps or lower warm_start.lr, or draw another initialisation (policy.init_seed / "
         "memory.init_seed); warm_start.gate=false skips this check")
 

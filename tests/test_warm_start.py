@@ -30,7 +30,7 @@ def test_the_bound_is_the_tasks_unless_configured_or_switched_off():
 
     cfg = load_config()
     task = build_task(cfg.task)
-    assert loss_bound(cfg, task) == 0.6
+    assert loss_bound(cfg, task) == 0.7
     assert loss_bound(load_config(overrides=["warm_start.max_loss=0.9"]), task) == 0.9
     assert loss_bound(load_config(overrides=["warm_start.gate=false"]), task) is None
 
