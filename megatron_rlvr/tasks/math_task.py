@@ -54,8 +54,12 @@ def math_equal(gold_answer: str, response_text: str, timeout: Optional[int] = -1
 
 
 def verify_math(gold_answer: str, response_text: str) -> bool:
-    """`math_equal` in a verifier worker: its SIGALRM guard is off, the pool's per-call timeout replaces it."""
-    return math_equal(gold_answer, response_text, timeout=None)
+    """`math_equal` in a verifier worker (the worker's main thread, so math-verify's own guard works there too;
+    the pool's per-call timeout is the one that always holds)."""
+    return math_equal(gold_answer, response_text)
+
+
+verify_math.warmup = lambda: math_equal("1", "\\boxed{1}")  # type: ignore[attr-defined]  # imports sympy
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
