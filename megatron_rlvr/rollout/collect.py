@@ -106,26 +106,3 @@ def _collect_local(engine: RolloutEngine, sampler, task, cfg: RunConfig, step: i
     }
     return batch
 
-
-def evaluate(engine: Optional[RolloutEngine], task, cfg: RunConfig, step: int) -> dict[str, float]:
-    """AVG@G, PASS@G and mode coverage of the policy alone (lambda = 0) on a fixed prompt set (rank 0 only)."""
-    if engine is None:
-        return {}
-    from megatron_rlvr.metrics import rollout_metrics
-
-    e = cfg.eval
-    examples = task.prompts[: e.num_prompts]
-    G = e.group_size
-    sp = sampling_params(cfg, task, seed=(cfg.seed * 7 + 11) % (2**31 - 1))  # same draws every eval: less noise
-    sp.lam, sp.tau, sp.temperature = 0.0, None, e.temperature
-    gens = engine.generate([ex.prompt_ids for ex in examples for _ in range(G)], sp)
-    scored = [score(task, ex, g.response_ids) for ex, g in zip((x for x in examples for _ in range(G)), gens)]
-    batch = pack_generations(gens, [s[0] for s in scored], [i // G for i in range(len(gens))],
-                             task.tokenizer.pad_id, modes=[int(s[1]) for s in scored])
-    m = rollout_metrics(batch)
-    keys = ("acc/avg_at_g", "acc/pass_at_g", "modes/distinct_correct_per_query", "response/length_mean")
-    out = {f"eval/{k.split('/')[-1]}": m[k] for k in keys if k in m}
-    ent = [x for g in gens for x in (g.entropy_cal or [])]
-    if ent:
-        out["eval/entropy"] = sum(ent) / len(ent)
-    return out

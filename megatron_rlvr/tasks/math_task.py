@@ -96,6 +96,7 @@ class MathTask(Task):
                  reward_fn: Optional[str] = None, verify_workers: int = 0, verify_timeout_s: float = 10.0,
                  limit: Optional[int] = None):
         data = load_math_rows(paths, prompt_key, answer_key, skip_malformed)
+        self.paths, self.keys = paths, (prompt_key, answer_key)
         self.tokenizer = tokenizer
         self.skipped = data.skipped
         self.renderer = PromptRenderer(tokenizer, chat)
