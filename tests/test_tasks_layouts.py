@@ -178,3 +178,20 @@ def test_config_refuses_an_unknown_format_and_a_malformed_reward_fn(tmp_path):
 def test_an_fbox_answer_is_scored_like_a_boxed_one(response):
     assert math_equal("72", response) is True
     assert math_equal("71", response) is False
+
+
+@pytest.mark.parametrize("recipe", ["qwen3_4b_iac_dlc", "qwen3_8b_iac_dlc", "qwen3_14b_iac_dlc"])
+def test_the_qwen3_recipes_load_deepscaler_as_published(tmp_path, recipe):
+    from megatron_rlvr.recipes import get_recipe
+    from megatron_rlvr.tasks import build_task
+    from tests.test_tasks_chat import make_bpe_tokenizer
+
+    path = write(tmp_path / "deepscaler.json", DEEPSCALER)
+    tok = make_bpe_tokenizer(tmp_path / "tok")
+    cfg = load_config(overrides=[f"task.path={path}", f"task.tokenizer={tok}", "task.verify_workers=0"],
+                      base=get_recipe(recipe))
+    task = build_task(cfg.task)
+    assert [ex.metadata["answer"] for ex in task.prompts] == ["72", "3"]
+    assert task.prompts[0].prompt == ("<|im_start|>system\nPlease reason step by step, and put your final answer "
+                                      "within \\boxed{}.<|im_end|>\n<|im_start|>user\nWhat is 8 * 9?<|im_end|>\n"
+                                      "<|im_start|>assistant\n")
