@@ -230,7 +230,7 @@ class TaskConfig:
     system_prompt: Optional[str] = None
     # Qwen3's enable_thinking switch passed to the chat template; unset = the template's default
     enable_thinking: Optional[bool] = None
-    # custom reward "module:function" called as fn(row: dict, response: str) -> float | (float, dict); unset = math-verify
+    # custom reward "module:function": fn(row: dict, response: str) -> float | (float, dict); unset = math-verify
     reward_fn: Optional[str] = None
     # verifier worker processes (each call has a timeout that works off the main thread); 0 = verify in-process
     verify_workers: int = 2

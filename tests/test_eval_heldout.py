@@ -54,7 +54,7 @@ def math_run(tmp_path_factory, data) -> tuple[Path, str]:
            eval_sets(data), "steps=2", "eval.interval=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
            "rollout.max_new_tokens=16", "algorithm.micro_batch_size=4", "warm_start.steps=10",
            "warm_start.batch_size=8", f"warm_start.cache_dir={run_dir.parent / 'cache'}", "logging.progress=false",
-           "checkpoint.export_hf=false", "checkpoint.save_interval=0"]
+           "checkpoint.export_hf=false", "checkpoint.save_interval=0", "eval.with_dlc=true"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return run_dir, res.stdout
@@ -71,6 +71,7 @@ def test_math_run_logs_pass_at_k_per_set_and_averaged(math_run):
                 "diversity/distinct_answers", "verify/timeouts"):
         assert key in last, key
     assert "eval/mean/pass_at_4" not in last  # gsm8k drew only 2 samples
+    assert {"eval_cal/math500/pass_at_4", "eval_cal/mean/avg"} <= set(last)  # pi_cal too, on request
     assert last["eval/math500/pass_at_1"] == pytest.approx(last["eval/math500/avg_at_4"])
     assert last["eval/math500/pass_at_1"] <= last["eval/math500/pass_at_2"] <= last["eval/math500/pass_at_4"]
     assert last["eval/mean/pass_at_1"] == pytest.approx(
@@ -140,7 +141,8 @@ def test_data_inspect_reports_skipped_rows_and_a_bad_file_in_one_line(data, tmp_
             f"task.tokenizer={data['tok']}", "task.verify_workers=0"]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"dataset error: {bad}:2: invalid UTF-8 at byte offset {offset} ")
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"dataset error: {bad}:2: invalid UTF-8 at byte offset {offset} ")
     assert cli_main(args + ["task.skip_malformed=true"]) == 0
     out = capsys.readouterr().out
     assert "rows loaded: 1   skipped: 2" in out and "bad.jsonl:3: field 'answer': missing" in out

@@ -57,7 +57,7 @@ def test_parquet_rows_load_with_custom_keys(tmp_path):
         (json.dumps({"prompt": "x"}), r"d.jsonl:3: field 'answer': missing \(the answer field\).*task.answer_key"),
         (json.dumps({"answer": "1"}), r"d.jsonl:3: field 'prompt': missing.*set task.prompt_key"),
         (json.dumps({"prompt": "   ", "answer": "1"}), r"d.jsonl:3: field 'prompt': empty prompt"),
-        (json.dumps({"prompt": 7, "answer": "1"}), r"d.jsonl:3: field 'prompt': expected a string or a list of chat messages, got int"),
+        (json.dumps({"prompt": 7, "answer": "1"}), r"d.jsonl:3: field 'prompt': expected a string or a list of chat"),
         (json.dumps({"prompt": "x", "answer": None}), r"d.jsonl:3: field 'answer': expected a string or number"),
         (json.dumps({"prompt": "x", "answer": ""}), r"d.jsonl:3: field 'answer': empty answer"),
         (json.dumps(["x", "1"]), r"d.jsonl:3: line is a list, not an object"),

@@ -39,7 +39,7 @@ def paper_table(per_set: dict[str, dict[str, float]], step: int, k: int = TABLE_
 
 
 def write_pass_at_k_plot(per_set: dict[str, dict[str, float]], out_path: Path, title: str = "") -> Optional[Path]:
-    """PNG: PASS@k against k (log2 axis), one line per set; AVG@n as a dashed line at k = 1's level of each set."""
+    """PNG: PASS@k against k (log2 axis), one line per set, AVG@n in the legend."""
     curves = {name: _pass_curve(m) for name, m in per_set.items()}
     if not any(curves.values()):
         return None
@@ -53,6 +53,9 @@ def write_pass_at_k_plot(per_set: dict[str, dict[str, float]], out_path: Path, t
         ks, vs = zip(*curve)
         ax.plot(ks, vs, marker="o", label=f"{name} (AVG@{ks[-1]} {_avg(per_set[name]):.2f})")
     ax.set_xscale("log", base=2)
+    ticks = sorted({k for curve in curves.values() for k, _ in curve})
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("k (samples per prompt)")
     ax.set_ylabel("PASS@k (unbiased estimator)")
     ax.set_ylim(0, 1.02)

@@ -55,13 +55,14 @@ def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, s
                              "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
         pk, ak = keys or resolve_keys(task_cfg.format, task_cfg.prompt_key, task_cfg.answer_key)
         chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
-        return MathTask(path, tokenizer or HFTokenizer(task_cfg.tokenizer), pk, ak, task_cfg.skip_malformed, chat=chat,
-                        reward_fn=task_cfg.reward_fn, verify_workers=task_cfg.verify_workers,
-                        verify_timeout_s=task_cfg.verify_timeout_s, limit=limit)
+        tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
+        return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
+                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit)
     raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
 
 
 __all__ = [
-    "FORMATS", "ChatSettings", "PromptRenderer", "resolve_keys", "CharTokenizer", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptSampler", "ShiftCipherTask",
-    "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal", "zipf_weights",
+    "FORMATS", "CharTokenizer", "ChatSettings", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptRenderer",
+    "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal",
+    "resolve_keys", "zipf_weights",
 ]

@@ -2,9 +2,9 @@
 
 math-verify guards its parser with SIGALRM, which only a process's main thread may install, so inside a rollout
 thread a pathological response ("\\boxed{9^9^9^9}") can run for minutes and stall the step. Here every call runs
-in a worker process (a fresh interpreter); a call that outlives `timeout_s` is abandoned: its worker is killed and replaced, the
-call counts as a timeout (reward 0) and the others go on. The pool is usable from any thread (calls from several
-threads are served one batch at a time).
+in a worker process (a fresh interpreter); a call that outlives `timeout_s` is abandoned: its worker is killed and
+replaced, the call counts as a timeout (reward 0) and the others go on. The pool is usable from any thread (calls
+from several threads are served one batch at a time).
 
 Functions are named as ``"module:function"`` so a worker imports them itself (nothing is pickled but arguments).
 """
