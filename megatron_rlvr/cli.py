@@ -97,6 +97,17 @@ def _data(argv: list[str]) -> int:
         print(str(err), file=sys.stderr)
         return 2
     print(describe(task))
+    from megatron_rlvr.config import eval_set_configs
+    from megatron_rlvr.eval.heldout import build_eval_task
+
+    for s in eval_set_configs(cfg):  # the held-out sets, read as the evaluation reads them
+        try:
+            es = build_eval_task(cfg.task, s, task.tokenizer)
+        except (DatasetError, ValueError) as err:
+            print(str(err), file=sys.stderr)
+            return 2
+        print(f"eval set {s.name}: {len(es.prompts)} rows ({es.num_skipped} skipped), {s.samples} samples each; "
+              f"first gold answer {es.prompts[0].metadata['answer']}")
     pool = getattr(task, "pool", None)
     if pool is not None:
         pool.close()

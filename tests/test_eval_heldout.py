@@ -124,12 +124,14 @@ def test_paper_table_and_mean_from_known_numbers(tmp_path):
 
 
 def test_data_inspect_prints_rows_gold_and_rendered_prompt(data, capsys):
-    assert cli_main(["data", "inspect", *math_overrides(data)]) == 0
+    assert cli_main(["data", "inspect", *math_overrides(data), eval_sets(data)]) == 0
     out = capsys.readouterr().out
     assert "rows loaded: 12   skipped: 0" in out
     assert "gold answer of the first row" in out and out.count("\n2\n") == 0 and "train.json:1): 2" in out
     assert "prompt rendering: raw (the tokenizer has no chat template)" in out
     assert "\n1+1=?\n" in out
+    assert "eval set math500: 3 rows (0 skipped), 4 samples each; first gold answer 6" in out
+    assert "eval set gsm8k: 2 rows (0 skipped), 2 samples each; first gold answer 2" in out
 
 
 def test_data_inspect_reports_skipped_rows_and_a_bad_file_in_one_line(data, tmp_path, capsys):

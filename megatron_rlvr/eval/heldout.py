@@ -21,7 +21,7 @@ from megatron_rlvr.config import RunConfig, eval_set_configs
 from megatron_rlvr.eval.diversity import diversity_metrics
 from megatron_rlvr.eval.passk import accuracy_at_k
 from megatron_rlvr.eval.report import TABLE_K, paper_table, write_pass_at_k_plot
-from megatron_rlvr.rollout.collect import sampling_params, score
+from megatron_rlvr.rollout.collect import sampling_params
 
 EVAL_SEED_SALT = 11
 
@@ -34,16 +34,15 @@ class EvalSet:
     max_new_tokens: int
 
 
-def _score(task, examples, gens) -> list[tuple[float, int]]:
-    """Verifier scores of `gens`, in parallel through the task's verifier pool where it has one."""
-    vocab = getattr(task.tokenizer, "vocab_size", None)
-    outside = [vocab is not None and any(int(t) >= vocab for t in g.response_ids) for g in gens]
-    todo = [i for i, o in enumerate(outside) if not o]
-    scored = task.score_texts([examples[i] for i in todo], [task.response_text(gens[i].response_ids) for i in todo])
-    out = [(0.0, -1)] * len(gens)  # ids beyond the tokenizer (a padded vocabulary): simply incorrect
-    for i, s in zip(todo, scored):
-        out[i] = s
-    return out
+def build_eval_task(task_cfg, set_cfg, tokenizer):
+    """The task of one eval set: the training task's settings with the set's file, layout and limit. A set's own
+    format/keys win; without a format it inherits the training task's format and explicit keys."""
+    from megatron_rlvr.tasks import build_task, resolve_keys
+
+    t, s = task_cfg, set_cfg
+    keys = resolve_keys(s.format or t.format, s.prompt_key or (None if s.format else t.prompt_key),
+                        s.answer_key or (None if s.format else t.answer_key))
+    return build_task(t, path=s.path, keys=keys, limit=s.limit, tokenizer=tokenizer)
 
 
 class Evaluator:
@@ -61,15 +60,9 @@ class Evaluator:
         cfg, e = self.cfg, self.cfg.eval
         if self.legacy:
             return [EvalSet("train", train_task, e.group_size, cfg.rollout.max_new_tokens)]
-        from megatron_rlvr.tasks import build_task, resolve_keys
-
-        t = cfg.task
         out = []
         for s in eval_set_configs(cfg):
-            # a set's own format/keys win; without a format it inherits the training task's explicit keys
-            keys = resolve_keys(s.format or t.format, s.prompt_key or (None if s.format else t.prompt_key),
-                                s.answer_key or (None if s.format else t.answer_key))
-            task = build_task(t, path=s.path, keys=keys, limit=s.limit, tokenizer=train_task.tokenizer)
+            task = build_eval_task(cfg.task, s, train_task.tokenizer)
             if getattr(train_task, "pool", None) is not None:
                 task.pool = train_task.pool  # one set of verifier workers for training and every eval set
             out.append(EvalSet(s.name, task, s.samples, s.max_new_tokens or cfg.rollout.max_new_tokens))
@@ -86,14 +79,15 @@ class Evaluator:
 
     def _evaluate_set(self, engine, es: EvalSet, lam: float, tau: Optional[float]) -> dict[str, float]:
         exs, gens = self._generate(engine, es, lam, tau)
-        scored = score_all(es.task, exs, gens) if self.legacy else _score(es.task, exs, gens)
+        scored = es.task.score_many(exs, [g.response_ids for g in gens])  # parallel in the verifier pool
         n = es.samples
         correct = [[s[0] > 0.5 for s in scored[i : i + n]] for i in range(0, len(scored), n)]
         texts = [es.task.response_text(g.response_ids) for g in gens]
         m = accuracy_at_k(correct)
         m.update(diversity_metrics([(texts[i : i + n], correct[i // n]) for i in range(0, len(texts), n)],
                                    es.task.final_answer))
-        m["response_length"] = sum(len(g.response_ids) for g in gens) / max(len(gens), 1)
+        if not self.legacy:  # the default set has always logged it as length_mean
+            m["response_length"] = sum(len(g.response_ids) for g in gens) / max(len(gens), 1)
         m["truncated_frac"] = sum(g.finish_reason == "length" for g in gens) / max(len(gens), 1)
         ent = [x for g in gens for x in (g.entropy_cal or [])]
         if ent:
@@ -145,11 +139,6 @@ class Evaluator:
             return ""
         step, per_set = self.history[-1]
         return paper_table(per_set, step, k)
-
-
-def score_all(task, examples, gens) -> list[tuple[float, int]]:
-    """Scores one by one through `rollout.collect.score`, exactly as the default evaluation always scored."""
-    return [score(task, ex, g.response_ids) for ex, g in zip(examples, gens)]
 
 
 def mean_over_sets(results: dict[str, dict[str, float]]) -> dict[str, float]:

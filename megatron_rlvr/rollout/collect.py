@@ -31,19 +31,17 @@ def step_seed(cfg: RunConfig, step: int, round_: int) -> int:
 
 
 def score(task, example, response_ids) -> tuple[float, int]:
-    """Verifier reward and mode; a response holding ids beyond the tokenizer (a model's padded vocabulary, as
-    Qwen3's 151936 rows vs its tokenizer's 151669 tokens) is simply incorrect."""
-    vocab = getattr(task.tokenizer, "vocab_size", None)
-    if vocab is not None and any(int(t) >= vocab for t in response_ids):
-        return 0.0, -1
-    return task.score(example, response_ids)
+    """Verifier reward and mode of one response (`Task.score_many` scores a batch; ids beyond the tokenizer, as in a
+    model's padded vocabulary, are simply incorrect)."""
+    return task.score_many([example], [response_ids])[0]
 
 
 def _score_round(engine: RolloutEngine, task, examples: list, cfg: RunConfig, seed: int, first_group: int):
     G = cfg.rollout.group_size
     prompts = [ex.prompt_ids for ex in examples for _ in range(G)]
     gens: list[Generation] = engine.generate(prompts, sampling_params(cfg, task, seed))
-    scored = [score(task, ex, g.response_ids) for ex, g in zip((e for e in examples for _ in range(G)), gens)]
+    # one batch: the verifier's worker processes score the responses in parallel, each call under its timeout
+    scored = task.score_many([e for e in examples for _ in range(G)], [g.response_ids for g in gens])
     rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
     modes = [int(s[1]) for s in scored]
     groups = [first_group + i // G for i in range(len(gens))]

@@ -59,6 +59,19 @@ class Task(ABC):
         """`score_text` of many responses; tasks with an expensive verifier run them in parallel."""
         return [self.score_text(ex, t) for ex, t in zip(examples, texts)]
 
+    def score_many(self, examples: Sequence[Example], responses: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+        """`score` of many responses in one call (parallel where the task's verifier is). A response holding ids
+        beyond the tokenizer (a model's padded vocabulary, as Qwen3's 151936 rows vs its tokenizer's 151669
+        tokens) is simply incorrect."""
+        vocab = getattr(self.tokenizer, "vocab_size", None)
+        ok = [vocab is None or all(int(t) < vocab for t in r) for r in responses]
+        todo = [i for i, good in enumerate(ok) if good]
+        scored = self.score_texts([examples[i] for i in todo], [self.response_text(responses[i]) for i in todo])
+        out = [(0.0, -1)] * len(responses)
+        for i, sc in zip(todo, scored):
+            out[i] = sc
+        return out
+
     def final_answer(self, response_text: str) -> Optional[str]:
         """The response's final answer as a comparable string (None: it gives none); diversity metrics count these."""
         text = response_text.strip()
