@@ -138,7 +138,8 @@ class Evaluator:
         if not self.history:
             return ""
         step, per_set = self.history[-1]
-        return paper_table(per_set, step, k)
+        where = f"no eval.sets: first {self.cfg.eval.num_prompts} training prompts," if self.legacy else "held-out"
+        return paper_table(per_set, step, k, where)
 
 
 def mean_over_sets(results: dict[str, dict[str, float]]) -> dict[str, float]:

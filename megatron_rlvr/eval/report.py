@@ -18,12 +18,12 @@ def _pass_curve(m: dict[str, float]) -> list[tuple[int, float]]:
     return sorted((int(k.split("_")[-1]), v) for k, v in m.items() if re.fullmatch(r"pass_at_\d+", k))
 
 
-def paper_table(per_set: dict[str, dict[str, float]], step: int, k: int = TABLE_K) -> str:
+def paper_table(per_set: dict[str, dict[str, float]], step: int, k: int = TABLE_K, where: str = "held-out") -> str:
     """Rows `name  AVG@k  PASS@k` in percent; a set with fewer than k samples shows PASS@n, marked with its n."""
     if not per_set:
         return ""
     width = max(12, *(len(s) + 2 for s in per_set))
-    lines = [f"held-out evaluation at step {step} (policy alone, lambda = 0)",
+    lines = [f"{where} evaluation at step {step} (policy alone, lambda = 0)",
              f"{'benchmark':<{width}}{'AVG@' + str(k):>9}{'PASS@' + str(k):>9}"]
     avgs, passes = [], []
     for name, m in per_set.items():
