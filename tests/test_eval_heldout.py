@@ -148,3 +148,15 @@ def test_data_inspect_reports_skipped_rows_and_a_bad_file_in_one_line(data, tmp_
     assert cli_main(args + ["task.skip_malformed=true"]) == 0
     out = capsys.readouterr().out
     assert "rows loaded: 1   skipped: 2" in out and "bad.jsonl:3: field 'answer': missing" in out
+
+
+def test_train_stops_on_a_bad_file_with_the_same_one_line_error_as_inspect(data, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"problem": "1+1=?", "answer": "2"}, {"problem": "2+2=?"}]))
+    args = ["task.name=math", f"task.path={bad}", "task.format=deepscaler", f"task.tokenizer={data['tok']}"]
+    assert cli_main(["data", "inspect", *args]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"dataset error: {bad}:2: field 'answer': missing (the answer field)")
+    res = subprocess.run([sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={tmp_path / 'run'}", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == line
