@@ -80,3 +80,8 @@ def test_rollout_diversity_reads_a_packed_batch_by_group():
     assert m["diversity/distinct_answers"] == pytest.approx((3 + 1) / 2)
     assert m["diversity/correct_distinct_2gram"] == pytest.approx(2 / 3)  # 1bcd, 1bcd, 2cde
     assert m["diversity/correct_pairwise_sim"] == pytest.approx(1 / 3)
+
+
+def test_pairwise_similarity_uses_the_first_16_correct_responses():
+    texts = ["same words here"] * 16 + [f"other {i} words" for i in range(48)]
+    assert pairwise_similarity(texts) == 1.0  # the 48 different ones lie beyond the first 16

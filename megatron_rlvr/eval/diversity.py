@@ -11,7 +11,7 @@ Per prompt, over its G responses with final answers a_1..a_G (None: the response
 - `correct_distinct_ngram`: over the correct responses' word n-grams (n = 2), the number of distinct n-grams
   divided by the total number of n-grams (1: no n-gram repeats across or within the solutions).
 - `correct_pairwise_sim`: the mean Jaccard similarity |A ∩ B| / |A ∪ B| of the n-gram sets of every pair of
-  correct responses (1: identical wording).
+  correct responses (1: identical wording); of the first 16 correct responses when there are more.
 
 A response with fewer than n words counts as one n-gram (its whole word sequence). The two solution-level metrics
 need >= 2 correct responses; prompts with fewer are left out of their average, and `correct_groups` counts those
@@ -26,6 +26,9 @@ from itertools import combinations
 from typing import Callable, Optional, Sequence
 
 NGRAM = 2
+# pairwise similarity is over pairs of the first 16 correct responses (120 pairs): all pairs of 64 samples on 500
+# problems would be a million set intersections of long solutions per evaluation
+MAX_SIM_RESPONSES = 16
 
 
 def answer_entropy(answers: Sequence[Optional[str]]) -> float:
@@ -54,7 +57,7 @@ def distinct_ngram_ratio(texts: Sequence[str], n: int = NGRAM) -> Optional[float
 
 
 def pairwise_similarity(texts: Sequence[str], n: int = NGRAM) -> Optional[float]:
-    sets = [set(word_ngrams(t, n)) for t in texts]
+    sets = [set(word_ngrams(t, n)) for t in texts[:MAX_SIM_RESPONSES]]
     sims = [len(a & b) / len(a | b) if a | b else 1.0 for a, b in combinations(sets, 2)]
     return sum(sims) / len(sims) if sims else None
 
