@@ -148,3 +148,14 @@ def test_math_verify_runs_in_the_pool_from_a_thread(files):
 def test_pool_rejects_bad_sizes():
     with pytest.raises(ValueError, match=r"need workers >= 1 and timeout_s > 0"):
         VerifierPool(0, 1.0)
+
+
+def test_a_closed_pool_starts_again_on_the_next_call_and_an_empty_batch_starts_nothing():
+    pool = VerifierPool(1, 30.0)
+    assert pool.map("megatron_rlvr.tasks.math_task:verify_math", []) == [] and pool._procs == []
+    target = "megatron_rlvr.tasks.reward_fn:normalize_reward"
+    assert pool.map(target, [(0.5, "m:f")])[0].value == (0.5, {})
+    pool.close()
+    ok, bad = pool.map(target, [(1, "m:f"), ("x", "m:f")])
+    assert ok.value == (1.0, {}) and bad.error.startswith("TypeError: task.reward_fn='m:f' returned reward 'x'")
+    pool.close()

@@ -135,9 +135,13 @@ class VerifierPool:
 
     def map(self, target: str, calls: Sequence[tuple]) -> list[Outcome]:
         """`target(*args)` for every args tuple of `calls`, in order."""
+        if not calls:
+            return []
         with self._lock:
             while len(self._procs) < min(self.num_workers, max(len(calls), 1)):
                 self._spawn()
+            for w in range(len(self._procs)):  # imports first, so no call's clock waits for another worker's
+                self._load(w, target)
             out: list[Optional[Outcome]] = [None] * len(calls)
             todo = deque(range(len(calls)))
             busy: dict[int, tuple[int, float]] = {}  # worker -> (call index, deadline)
@@ -181,4 +185,4 @@ class VerifierPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=2)
-        self._procs, self._conns = [], []
+        self._procs, self._conns, self._loaded = [], [], []
