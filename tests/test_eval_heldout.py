@@ -160,3 +160,17 @@ def test_train_stops_on_a_bad_file_with_the_same_one_line_error_as_inspect(data,
     res = subprocess.run([sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={tmp_path / 'run'}", *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == line
+
+
+def test_an_eval_set_without_format_inherits_the_training_keys_and_its_own_format_wins(data, tmp_path):
+    from megatron_rlvr.config import EvalSetConfig, TaskConfig
+    from megatron_rlvr.eval.heldout import build_eval_task
+    from megatron_rlvr.tasks import HFTokenizer
+
+    (tmp_path / "q.jsonl").write_text(json.dumps({"q": "3+3=?", "gold": {"v": "6"}}) + "\n")
+    task_cfg = TaskConfig(name="math", path=data["train"], prompt_key="q", answer_key="gold.v", verify_workers=0)
+    tok = HFTokenizer(data["tok"])
+    inherited = build_eval_task(task_cfg, EvalSetConfig(name="a", path=str(tmp_path / "q.jsonl")), tok)
+    assert inherited.keys == ("q", "gold.v") and inherited.prompts[0].metadata["answer"] == "6"
+    own = build_eval_task(task_cfg, EvalSetConfig(name="b", path=data["math500"], format="math", limit=2), tok)
+    assert own.keys == ("problem", "solution") and [e.metadata["answer"] for e in own.prompts] == ["6", "7"]
