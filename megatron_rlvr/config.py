@@ -217,10 +217,12 @@ class DLCConfig:
 class TaskConfig:
     """Prompts and verifier."""
 
-    # task: synthetic (built-in multi-answer task) | math (JSONL/parquet with prompt, answer; math-verify)
+    # task: synthetic (built-in multi-answer task) | math (dataset files; math-verify or task.reward_fn)
     name: str = "synthetic"
-    # dataset file(s) for `math` (.jsonl or .parquet)
+    # dataset file(s) for `math`: .jsonl, .json or .parquet (comma-separated for several)
     path: Optional[str] = None
+    # dataset layout preset: gsm8k | math | deepscaler | dapo | verl (sets prompt_key / answer_key); unset = keys
+    format: Optional[str] = None
     # skip malformed dataset rows (counted and reported) instead of failing with file/line/field
     skip_malformed: bool = False
     # synthetic task: number of distinct queries
@@ -229,12 +231,24 @@ class TaskConfig:
     answers_per_query: int = 4
     # seed of the synthetic task and of prompt order
     seed: int = 0
-    # prompt-field name for `math` datasets
-    prompt_key: str = "prompt"
-    # answer-field name for `math` datasets
-    answer_key: str = "answer"
+    # prompt field of `math` rows, dotted for nested fields (unset: the format's, else "prompt")
+    prompt_key: Optional[str] = None
+    # gold-answer field of `math` rows, e.g. reward_model.ground_truth (unset: the format's, else "answer")
+    answer_key: Optional[str] = None
     # HF tokenizer folder for `math` (the synthetic task ships its own character tokenizer)
     tokenizer: Optional[str] = None
+    # prompt rendering: auto (tokenizer's chat template if any) | tokenizer (required) | raw | path to a .jinja file
+    chat_template: str = "auto"
+    # system message put before every prompt (chat template) or its text (raw); unset = none
+    system_prompt: Optional[str] = None
+    # Qwen3's enable_thinking switch passed to the chat template; unset = the template's default
+    enable_thinking: Optional[bool] = None
+    # custom reward "module:function": fn(row: dict, response: str) -> float | (float, dict); unset = math-verify
+    reward_fn: Optional[str] = None
+    # verifier worker processes (each call has a timeout that works off the main thread); 0 = verify in-process
+    verify_workers: int = 2
+    # seconds one verifier call may take before it scores 0 and counts in verify/timeouts
+    verify_timeout_s: float = 10.0
 
 
 @dataclass
@@ -276,12 +290,16 @@ class EvalConfig:
 
     # evaluate every N steps (and at the end); 0 disables
     interval: int = 5
-    # evaluation prompts (the first N of the task, fixed)
+    # without eval.sets: evaluate the first N training prompts (fixed)
     num_prompts: int = 16
-    # responses per evaluation prompt (AVG@G / PASS@G)
+    # without eval.sets: responses per evaluation prompt (AVG@G / PASS@G)
     group_size: int = 8
     # sampling temperature of the evaluation
     temperature: float = 1.0
+    # held-out sets: list of {name, path, samples (k, default 8), max_new_tokens, limit, format, prompt_key, answer_key}
+    sets: list = field(default_factory=list)
+    # also evaluate pi_cal (DLC sampling at dlc.lam), reported as eval_cal/...
+    with_dlc: bool = False
 
 
 @dataclass
@@ -663,9 +681,11 @@ def validate_config(cfg: RunConfig) -> None:
     _require(t.name in ("synthetic", "math"), "task.name", t.name, "unknown task", "use synthetic or math")
     if t.name == "math":
         _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
-                 "pass task.path=/path/to/train.jsonl (or .parquet)")
-        _require(Path(t.path).expanduser().exists(), "task.path", t.path, "dataset file does not exist",
-                 "check the path")
+                 "pass task.path=/path/to/train.jsonl (or .json / .parquet)")
+        for p in str(t.path).split(","):
+            _require(Path(p.strip()).expanduser().exists(), "task.path", t.path,
+                     f"dataset file {p.strip()!r} does not exist", "check the path")
+    _validate_task_fields(t)
     _require(t.num_queries >= 1, "task.num_queries", t.num_queries, "must be >= 1", "use 1 or more")
     _require(t.answers_per_query >= 1, "task.answers_per_query", t.answers_per_query, "must be >= 1", "use 1+")
 
@@ -689,12 +709,83 @@ def validate_config(cfg: RunConfig) -> None:
     _require(e.num_prompts >= 1, "eval.num_prompts", e.num_prompts, "must be >= 1", "use 1 or more")
     _require(e.group_size >= 1, "eval.group_size", e.group_size, "must be >= 1", "use 1 or more")
     _require(e.temperature > 0, "eval.temperature", e.temperature, "must be > 0", "use e.g. 1.0")
+    eval_set_configs(cfg)
 
     c = cfg.checkpoint
     _require(c.save_interval >= 0, "checkpoint.save_interval", c.save_interval, "must be >= 0", "use 0 for end only")
     _require(c.keep_last >= 0, "checkpoint.keep_last", c.keep_last, "must be >= 0", "use 0 to keep all")
     _require(c.load in ("auto", "none") or Path(c.load).expanduser().exists(), "checkpoint.load", c.load,
              "checkpoint folder does not exist", "use auto, none, or an existing checkpoint folder")
+
+
+DATASET_FORMATS = ("gsm8k", "math", "deepscaler", "dapo", "verl")  # megatron_rlvr.tasks.layouts.FORMATS
+
+
+def _validate_task_fields(t: TaskConfig) -> None:
+    _require(t.format is None or t.format in DATASET_FORMATS, "task.format", t.format, "unknown dataset format",
+             f"use one of {', '.join(DATASET_FORMATS)}, or leave it unset and give task.prompt_key / answer_key")
+    _require(t.chat_template in ("auto", "tokenizer", "raw") or Path(t.chat_template).expanduser().is_file(),
+             "task.chat_template", t.chat_template, "neither auto, tokenizer, raw nor an existing template file",
+             "use one of those or the path of a Jinja chat-template file")
+    _require(t.reward_fn is None or (":" in t.reward_fn and all(t.reward_fn.split(":", 1))), "task.reward_fn",
+             t.reward_fn, "not of the form module:function", "write e.g. task.reward_fn=my_rewards:score")
+    _require(t.verify_workers >= 0, "task.verify_workers", t.verify_workers, "must be >= 0",
+             "use 0 (in-process) or a few worker processes")
+    _require(t.verify_timeout_s > 0, "task.verify_timeout_s", t.verify_timeout_s, "must be > 0", "use e.g. 10")
+
+
+@dataclass
+class EvalSetConfig:
+    """One held-out evaluation set (an entry of eval.sets)."""
+
+    # name in metrics and the final table (e.g. math500)
+    name: str
+    # dataset file(s), in any layout training reads
+    path: str
+    # responses per prompt: AVG@k over them, PASS@k for k = 1, 2, 4, ... up to this
+    samples: int = 8
+    # response budget of this set (unset: rollout.max_new_tokens)
+    max_new_tokens: Optional[int] = None
+    # evaluate only the first N rows (unset: all)
+    limit: Optional[int] = None
+    # dataset layout preset (unset: task.format)
+    format: Optional[str] = None
+    # prompt field (unset: the set's format's, else task.prompt_key)
+    prompt_key: Optional[str] = None
+    # answer field (unset: the set's format's, else task.answer_key)
+    answer_key: Optional[str] = None
+
+
+def eval_set_configs(cfg: RunConfig) -> list[EvalSetConfig]:
+    """The entries of eval.sets as checked `EvalSetConfig`s (ConfigError naming eval.sets[i].field otherwise)."""
+    e = cfg.eval
+    _require(isinstance(e.sets, list), "eval.sets", e.sets, "expected a list of sets",
+             "give e.g. eval.sets=[{name: math500, path: math500.jsonl, samples: 8}]")
+    if e.sets:
+        _require(cfg.task.name == "math", "eval.sets", f"{len(e.sets)} set(s)",
+                 "held-out sets are dataset files, which the synthetic task does not read",
+                 "use task.name=math, or leave eval.sets empty to evaluate the first eval.num_prompts prompts")
+    out, names = [], set()
+    for i, raw in enumerate(e.sets):
+        where = f"eval.sets[{i}]"
+        _require(isinstance(raw, dict), where, raw, "expected a mapping", "give {name: ..., path: ...}")
+        for key in ("name", "path"):
+            _require(key in raw, f"{where}.{key}", None, "missing", f"give the set's {key}")
+        s = _build(EvalSetConfig, raw, f"{where}.")
+        _require(s.name not in names and s.name.replace("_", "").replace("-", "").isalnum(), f"{where}.name",
+                 s.name, "names must be unique and alphanumeric (they become metric names)", "rename the set")
+        names.add(s.name)
+        for p in s.path.split(","):
+            _require(Path(p.strip()).expanduser().is_file(), f"{where}.path", s.path,
+                     f"dataset file {p.strip()!r} does not exist", "check the path")
+        _require(s.samples >= 1, f"{where}.samples", s.samples, "must be >= 1", "use e.g. 8 (AVG@8 / PASS@8)")
+        _require(s.max_new_tokens is None or s.max_new_tokens >= 1, f"{where}.max_new_tokens", s.max_new_tokens,
+                 "must be >= 1", "use a positive token budget or leave it unset")
+        _require(s.limit is None or s.limit >= 1, f"{where}.limit", s.limit, "must be >= 1", "leave unset for all")
+        _require(s.format is None or s.format in DATASET_FORMATS, f"{where}.format", s.format,
+                 "unknown dataset format", f"use one of {', '.join(DATASET_FORMATS)}")
+        out.append(s)
+    return out
 
 
 def check_world_size(cfg: RunConfig, world_size: int) -> None:

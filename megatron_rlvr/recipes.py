@@ -36,6 +36,10 @@ from megatron_rlvr.config import (
 # for the memory model too.
 PAPER_LR = 1e-6
 
+# The system prompt Qwen's math models are prompted with; it asks for the final answer in \boxed{}, which is what the
+# math verifier reads first.
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
 
 def tiny_cpu() -> RunConfig:
     """The embedded CPU default: tiny Qwen3-shaped policy + memory model, IAC + DLC, built-in multi-answer task."""
@@ -84,12 +88,17 @@ def _paper_recipe(policy_preset: str, policy_tp: int, run_name: str) -> RunConfi
             policy=OptimConfig(optimizer="adam", lr=PAPER_LR, weight_decay=0.01, clip_grad=1.0),
             memory=OptimConfig(optimizer="adam", lr=PAPER_LR, weight_decay=0.01, clip_grad=1.0),
         ),
-        # DeepScaleR (~40.3k problem-answer pairs) is the paper's training set; pass task.path and task.tokenizer.
-        task=TaskConfig(name="math", path=None, prompt_key="prompt", answer_key="answer"),
+        # DeepScaleR (~40.3k problem-answer pairs) is the paper's training set, read as published (a .json array of
+        # {problem, answer, solution}); pass task.path and task.tokenizer. Prompts go through Qwen3's chat
+        # template; the system prompt is Qwen's usual math instruction (not in the paper), so the last \boxed{}
+        # holds the answer the verifier reads.
+        task=TaskConfig(name="math", path=None, format="deepscaler", chat_template="auto",
+                        system_prompt=MATH_SYSTEM_PROMPT, verify_workers=8, verify_timeout_s=10.0),
         # The warm start exists to give a tiny random model several modes; a pretrained Qwen3 already has them.
         warm_start=WarmStartConfig(enabled=False),
-        # The paper evaluates checkpoints every 50 steps with 8 responses per query (AVG@8 / PASS@8); here the
-        # policy alone (lambda = 0) is evaluated on the first 64 training prompts at the same cadence.
+        # The paper evaluates checkpoints every 50 steps with 8 responses per query (AVG@8 / PASS@8) on six
+        # held-out benchmarks; pass them as eval.sets (examples/recipes/README.md). Without eval.sets the policy
+        # alone (lambda = 0) is evaluated on the first 64 training prompts at the same cadence.
         eval=EvalConfig(interval=50, num_prompts=64, group_size=8),
         checkpoint=CheckpointConfig(save_interval=50, keep_last=2, export_hf=True),
         logging=LoggingConfig(progress=False, tensorboard=True, plots=True),

@@ -102,6 +102,10 @@ def setup(cfg: RunConfig) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     task = build_task(cfg.task)
+    if is_rank0():
+        from megatron_rlvr.tasks.inspect import write_first_prompt
+
+        write_first_prompt(task, run_dir)  # what the model sees, for the user to check
     return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, task=task, sampler=PromptSampler(task, cfg.seed))
 
 

@@ -15,9 +15,11 @@ from megatron_rlvr import runtime
 from megatron_rlvr.advantage import assign_advantages
 from megatron_rlvr.checks import check_logprob_gap, check_step0_ppo_kl, logprob_gap
 from megatron_rlvr.config import RunConfig
+from megatron_rlvr.eval.diversity import rollout_diversity
+from megatron_rlvr.eval.heldout import Evaluator
 from megatron_rlvr.metrics import MetricsLogger, PhaseTimer, rollout_metrics
 from megatron_rlvr.progress import StepProgress
-from megatron_rlvr.rollout.collect import collect_rollouts, evaluate
+from megatron_rlvr.rollout.collect import collect_rollouts
 from megatron_rlvr.rollout.types import RolloutBatch
 from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 from megatron_rlvr.weight_sync import push_weights
@@ -32,6 +34,7 @@ def main(cfg: RunConfig) -> int:
     if cfg.mode != "train_only":
         push_weights(run.engine, run.models)
     logger = MetricsLogger(run.run_dir, cfg, enabled=runtime.is_rank0(), resume_step=run.start_step)
+    evaluate = Evaluator(run, write=runtime.is_rank0())  # the policy alone (lambda = 0) on eval.sets
     step = run.start_step
     with StepProgress(cfg.steps, run.start_step, enabled=cfg.logging.progress and runtime.is_rank0()) as bar:
         for step in range(run.start_step, cfg.steps):
@@ -45,6 +48,8 @@ def main(cfg: RunConfig) -> int:
                     (run.run_dir / "rollouts").mkdir(exist_ok=True)
                     batch.save(run.run_dir / "rollouts" / f"step_{step:06d}.pt")
             metrics = rollout_metrics(batch)
+            metrics.update(rollout_diversity(batch, run.task))  # answer entropy, solution diversity
+            metrics.update(run.task.pop_stats())  # verifier timeouts / errors of this step
             if cfg.mode != "rollout_only":
                 with timer("advantage"):
                     metrics.update(assign_advantages(batch, a))
@@ -73,7 +78,7 @@ def main(cfg: RunConfig) -> int:
                         metrics["sync/bytes"] = push_weights(run.engine, run.models)
             if cfg.eval.interval and ((step + 1) % cfg.eval.interval == 0 or step + 1 == cfg.steps):
                 with timer("eval"):
-                    metrics.update(evaluate(run.engine, run.task, cfg, step))
+                    metrics.update(evaluate(run.engine, step))
             metrics.update(timer.as_metrics())
             metrics["throughput/rollout_tokens_per_s"] = metrics["rollout/tokens"] / max(timer.times["rollout"], 1e-9)
             train_time = timer.times.get("policy_update", 0.0) + timer.times.get("logprob_recompute", 0.0)
@@ -86,5 +91,7 @@ def main(cfg: RunConfig) -> int:
         step = cfg.steps
     runtime.finish(run, step, logger.history)
     logger.close()
+    if evaluate.history and runtime.is_rank0():
+        runtime.log(evaluate.table())  # the paper's AVG@8 / PASS@8 table of the last evaluation
     runtime.log(f"done: {cfg.steps} steps; metrics in {run.run_dir / 'metrics.jsonl'}")
     return 0

@@ -31,19 +31,17 @@ def step_seed(cfg: RunConfig, step: int, round_: int) -> int:
 
 
 def score(task, example, response_ids) -> tuple[float, int]:
-    """Verifier reward and mode; a response holding ids beyond the tokenizer (a model's padded vocabulary, as
-    Qwen3's 151936 rows vs its tokenizer's 151669 tokens) is simply incorrect."""
-    vocab = getattr(task.tokenizer, "vocab_size", None)
-    if vocab is not None and any(int(t) >= vocab for t in response_ids):
-        return 0.0, -1
-    return task.score(example, response_ids)
+    """Verifier reward and mode of one response (`Task.score_many` scores a batch; ids beyond the tokenizer, as in a
+    model's padded vocabulary, are simply incorrect)."""
+    return task.score_many([example], [response_ids])[0]
 
 
 def _score_round(engine: RolloutEngine, task, examples: list, cfg: RunConfig, seed: int, first_group: int):
     G = cfg.rollout.group_size
     prompts = [ex.prompt_ids for ex in examples for _ in range(G)]
     gens: list[Generation] = engine.generate(prompts, sampling_params(cfg, task, seed))
-    scored = [score(task, ex, g.response_ids) for ex, g in zip((e for e in examples for _ in range(G)), gens)]
+    # one batch: the verifier's worker processes score the responses in parallel, each call under its timeout
+    scored = task.score_many([e for e in examples for _ in range(G)], [g.response_ids for g in gens])
     rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
     modes = [int(s[1]) for s in scored]
     groups = [first_group + i // G for i in range(len(gens))]
@@ -106,26 +104,3 @@ def _collect_local(engine: RolloutEngine, sampler, task, cfg: RunConfig, step: i
     }
     return batch
 
-
-def evaluate(engine: Optional[RolloutEngine], task, cfg: RunConfig, step: int) -> dict[str, float]:
-    """AVG@G, PASS@G and mode coverage of the policy alone (lambda = 0) on a fixed prompt set (rank 0 only)."""
-    if engine is None:
-        return {}
-    from megatron_rlvr.metrics import rollout_metrics
-
-    e = cfg.eval
-    examples = task.prompts[: e.num_prompts]
-    G = e.group_size
-    sp = sampling_params(cfg, task, seed=(cfg.seed * 7 + 11) % (2**31 - 1))  # same draws every eval: less noise
-    sp.lam, sp.tau, sp.temperature = 0.0, None, e.temperature
-    gens = engine.generate([ex.prompt_ids for ex in examples for _ in range(G)], sp)
-    scored = [score(task, ex, g.response_ids) for ex, g in zip((x for x in examples for _ in range(G)), gens)]
-    batch = pack_generations(gens, [s[0] for s in scored], [i // G for i in range(len(gens))],
-                             task.tokenizer.pad_id, modes=[int(s[1]) for s in scored])
-    m = rollout_metrics(batch)
-    keys = ("acc/avg_at_g", "acc/pass_at_g", "modes/distinct_correct_per_query", "response/length_mean")
-    out = {f"eval/{k.split('/')[-1]}": m[k] for k in keys if k in m}
-    ent = [x for g in gens for x in (g.entropy_cal or [])]
-    if ent:
-        out["eval/entropy"] = sum(ent) / len(ent)
-    return out

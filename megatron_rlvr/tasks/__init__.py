@@ -16,10 +16,12 @@
   shifts of a family by a Zipf law (1/rank: 0.48, 0.24, 0.16, 0.12 for 4 modes) and mixes in incorrect answers
   (disallowed shifts carried out correctly, and slips) at a per-family rate around `incorrect_fraction`, so RLVR
   starts from a policy with several modes at different probabilities and uneven success rates.
-- ``math``: prompts and answers from JSONL / parquet files (DeepScaleR, GSM8K, MATH style), scored with
-  math-verify on the response's last \\boxed{} (or its final answer); tokenised with a local Hugging Face
-  tokenizer folder (`task.tokenizer`). Malformed rows raise `DatasetError` naming file, line and field, or are
-  skipped and counted with `task.skip_malformed=true`.
+- ``math``: prompts and answers from dataset files in the layouts other frameworks publish (`tasks.layouts`:
+  .jsonl / .json / .parquet, dotted keys, chat-message prompts, presets gsm8k|math|deepscaler|dapo|verl), rendered
+  through the tokenizer's chat template (`tasks.chat`), scored with math-verify on the response's last \\boxed{} (or
+  its final answer) or by a user's `task.reward_fn`, in verifier worker processes with a per-call timeout
+  (`tasks.verify_pool`). Malformed rows raise `DatasetError` naming file, line and field, or are skipped and
+  counted with `task.skip_malformed=true`.
 
 `CharTokenizer` is the character-level tokenizer of the synthetic task: ids < 128 (the tiny presets' vocabulary),
 pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tokenizer for Hugging Face exports.
@@ -27,29 +29,40 @@ pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tok
 
 from __future__ import annotations
 
+from typing import Optional
+
 from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
-from megatron_rlvr.tasks.math_task import DatasetError, MathTask, load_math_rows, math_equal
+from megatron_rlvr.tasks.chat import ChatSettings, PromptRenderer
+from megatron_rlvr.tasks.layouts import FORMATS, DatasetError, load_math_rows, resolve_keys
+from megatron_rlvr.tasks.math_task import MathTask, math_equal
 from megatron_rlvr.tasks.synthetic import ShiftCipherTask
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 
-def build_task(task_cfg) -> Task:
-    """The task described by a `TaskConfig` (megatron_rlvr.config)."""
+def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, str]] = None,
+               limit: Optional[int] = None, tokenizer: Optional[Tokenizer] = None) -> Task:
+    """The task described by a `TaskConfig` (megatron_rlvr.config). A held-out evaluation set reuses the training
+    task's settings (tokenizer, chat template, verifier) with its own `path`, (prompt, answer) `keys` and `limit`."""
     if task_cfg.name == "synthetic":
         return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
     if task_cfg.name == "math":
-        if task_cfg.path is None:
+        path = path or task_cfg.path
+        if path is None:
             raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
-                             "task.path=/path/to/train.jsonl (or .parquet)")
-        if task_cfg.tokenizer is None:
+                             "task.path=/path/to/train.jsonl (or .json / .parquet)")
+        if tokenizer is None and task_cfg.tokenizer is None:
             raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
                              "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
-        return MathTask(task_cfg.path, HFTokenizer(task_cfg.tokenizer), task_cfg.prompt_key, task_cfg.answer_key,
-                        task_cfg.skip_malformed)
+        pk, ak = keys or resolve_keys(task_cfg.format, task_cfg.prompt_key, task_cfg.answer_key)
+        chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
+        tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
+        return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
+                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit)
     raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
 
 
 __all__ = [
-    "CharTokenizer", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptSampler", "ShiftCipherTask",
-    "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal", "zipf_weights",
+    "FORMATS", "CharTokenizer", "ChatSettings", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptRenderer",
+    "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal",
+    "resolve_keys", "zipf_weights",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from megatron_rlvr.tasks.tokenizer import Tokenizer
 
@@ -41,15 +41,45 @@ class Task(ABC):
 
     def score(self, example: Example, response_ids: Sequence[int]) -> tuple[float, int]:
         """(reward, mode) of a generated response; tokens from the first EOS on are ignored."""
-        ids = list(response_ids)
-        eos = self.tokenizer.eos_id
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-        return self.score_text(example, self.tokenizer.decode(ids))
+        return self.score_text(example, self.response_text(response_ids))
 
     @abstractmethod
     def score_text(self, example: Example, response_text: str) -> tuple[float, int]:
         """(reward, mode) of a response text: reward 1.0 and the mode index when correct, (0.0, -1) otherwise."""
+
+    def response_text(self, response_ids: Sequence[int]) -> str:
+        """The decoded response up to (not including) its first EOS."""
+        ids = list(response_ids)
+        eos = self.tokenizer.eos_id
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self.tokenizer.decode(ids)
+
+    def score_texts(self, examples: Sequence[Example], texts: Sequence[str]) -> list[tuple[float, int]]:
+        """`score_text` of many responses; tasks with an expensive verifier run them in parallel."""
+        return [self.score_text(ex, t) for ex, t in zip(examples, texts)]
+
+    def score_many(self, examples: Sequence[Example], responses: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+        """`score` of many responses in one call (parallel where the task's verifier is). A response holding ids
+        beyond the tokenizer (a model's padded vocabulary, as Qwen3's 151936 rows vs its tokenizer's 151669
+        tokens) is simply incorrect."""
+        vocab = getattr(self.tokenizer, "vocab_size", None)
+        ok = [vocab is None or all(int(t) < vocab for t in r) for r in responses]
+        todo = [i for i, good in enumerate(ok) if good]
+        scored = self.score_texts([examples[i] for i in todo], [self.response_text(responses[i]) for i in todo])
+        out = [(0.0, -1)] * len(responses)
+        for i, sc in zip(todo, scored):
+            out[i] = sc
+        return out
+
+    def final_answer(self, response_text: str) -> Optional[str]:
+        """The response's final answer as a comparable string (None: it gives none); diversity metrics count these."""
+        text = response_text.strip()
+        return text or None
+
+    def pop_stats(self) -> dict[str, float]:
+        """Verifier statistics accumulated since the last call (timeouts, errors, ...); none by default."""
+        return {}
 
     @abstractmethod
     def num_modes(self, example: Example) -> int:

@@ -1,164 +1,35 @@
-"""Data stage: math problems from JSONL / parquet (DeepScaleR, GSM8K, MATH style), scored with math-verify.
+"""Data stage: math problems from dataset files (megatron_rlvr.tasks.layouts), scored with math-verify or a user's
+reward function in worker processes (megatron_rlvr.tasks.verify_pool).
 
-Each row has a prompt field and an answer field (names configurable). Answers may be LaTeX ("\\boxed{3}",
-"\\frac{2}{3}"), plain ("72") or GSM8K's "reasoning #### 72" (the part after the last "####" is the answer); a
-number is accepted as an answer. Responses are scored on their last \\boxed{...} when they have one, otherwise on
-the final answer math-verify extracts. A malformed row raises `DatasetError` naming the file, the line (JSONL) or
-row (parquet, 1-based), the field and the fix; with `skip_malformed=True` it is skipped and counted instead.
+Responses are scored on their last \\boxed{...} (or \\fbox{...}) when they have one, otherwise on the final answer
+math-verify extracts. Prompts are rendered through the tokenizer's chat template by default
+(megatron_rlvr.tasks.chat). Every verifier call runs in a worker process with a per-call timeout
+(`task.verify_timeout_s`), so one pathological response never stalls a step; timeouts and verifier errors are
+counted (`pop_stats`) and score 0.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
+import re
 import threading
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from megatron_rlvr.tasks.base import Example, Task, zipf_weights
+from megatron_rlvr.tasks.chat import ChatSettings, PromptRenderer
+from megatron_rlvr.tasks.layouts import (  # noqa: F401  (re-exported: the loading API of the math task)
+    DatasetError,
+    LoadedDataset,
+    MathRow,
+    last_boxed,
+    load_math_rows,
+    unbox,
+)
 from megatron_rlvr.tasks.tokenizer import Tokenizer
+from megatron_rlvr.tasks.verify_pool import VerifierPool
 
-
-class DatasetError(ValueError):
-    """A dataset file or row that cannot be used; names the file, line/row and field, and the fix."""
-
-    def __init__(self, path: str, line: Optional[int], field: Optional[str], problem: str, fix: str):
-        self.path, self.line, self.field, self.problem, self.fix = path, line, field, problem, fix
-        where = path if line is None else f"{path}:{line}"
-        what = "" if field is None else f" field {field!r}:"
-        super().__init__(f"dataset error: {where}:{what} {problem}; fix: {fix}")
-
-
-@dataclass(frozen=True)
-class MathRow:
-    prompt: str
-    answer: str
-    source: str
-    line: int
-
-
-@dataclass
-class LoadedDataset:
-    rows: list[MathRow]
-    # one "file:line: reason" string per skipped row (skip_malformed=True)
-    skipped: list[str]
-
-
-def _answer_text(value: Any) -> Optional[str]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return repr(value) if isinstance(value, float) else str(value)
-    if isinstance(value, str):
-        return value.rsplit("####", 1)[-1].strip() if "####" in value else value.strip()
-    return None
-
-
-def _check_row(row: Any, path: str, line: int, prompt_key: str, answer_key: str, unit: str) -> MathRow:
-    if not isinstance(row, dict):
-        raise DatasetError(path, line, None, f"{unit} is a {type(row).__name__}, not an object",
-                           f"write one JSON object per line with fields {prompt_key!r} and {answer_key!r}")
-    for key, role, setting in ((prompt_key, "prompt", "task.prompt_key"), (answer_key, "answer", "task.answer_key")):
-        if key not in row:
-            raise DatasetError(path, line, key, f"missing (the {role} field); the {unit} has {sorted(row)}",
-                               f"add it, or set {setting} to the field that holds the {role}")
-    prompt, answer_raw = row[prompt_key], row[answer_key]
-    if not isinstance(prompt, str):
-        raise DatasetError(path, line, prompt_key, f"expected a string, got {type(prompt).__name__} {prompt!r:.60}",
-                           "store the prompt as text")
-    if not prompt.strip():
-        raise DatasetError(path, line, prompt_key, "empty prompt", "remove the row or fill in the prompt")
-    answer = _answer_text(answer_raw)
-    if answer is None:
-        raise DatasetError(path, line, answer_key,
-                           f"expected a string or number, got {type(answer_raw).__name__} {answer_raw!r:.60}",
-                           "store the final answer as text such as \"72\" or \"\\\\frac{2}{3}\"")
-    if not answer:
-        raise DatasetError(path, line, answer_key, "empty answer", "remove the row or fill in the answer")
-    return MathRow(prompt=prompt, answer=answer, source=path, line=line)
-
-
-def _records(path: str) -> list[tuple[int, Any, Optional[str]]]:
-    """(line or row number, record or None, JSON error) for every non-blank line / row of `path`."""
-    if path.endswith(".jsonl"):
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    out.append((lineno, json.loads(text), None))
-                except json.JSONDecodeError as e:
-                    out.append((lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"))
-        return out
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for unreadable files
-            raise DatasetError(path, None, None, f"not a readable parquet file ({e})",
-                               "check the file, or convert it to JSONL") from e
-        return [(i, rec, None) for i, rec in enumerate(table.to_pylist(), start=1)]
-    raise DatasetError(path, None, None, "unsupported file type", "use a .jsonl or .parquet file")
-
-
-def load_math_rows(
-    paths: str | Sequence[str], prompt_key: str = "prompt", answer_key: str = "answer", skip_malformed: bool = False
-) -> LoadedDataset:
-    """Read and validate math rows from one or more files (a comma-separated string is split)."""
-    if isinstance(paths, str):
-        paths = [p.strip() for p in paths.split(",") if p.strip()]
-    rows: list[MathRow] = []
-    skipped: list[str] = []
-    for path in paths:
-        path = os.path.expanduser(path)
-        if not os.path.isfile(path):
-            raise DatasetError(path, None, None, "file not found", "set task.path to an existing .jsonl/.parquet")
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            try:
-                names = pq.read_schema(path).names
-            except Exception as e:
-                raise DatasetError(path, None, None, f"not a readable parquet file ({e})",
-                                   "check the file, or convert it to JSONL") from e
-            for key, setting in ((prompt_key, "task.prompt_key"), (answer_key, "task.answer_key")):
-                if key not in names:  # a missing column is a file-level problem, never skipped row by row
-                    raise DatasetError(path, None, key, f"no such column; columns are {names}",
-                                       f"set {setting} to one of the columns")
-        unit = "row" if path.endswith(".parquet") else "line"
-        for lineno, rec, json_error in _records(path):
-            try:
-                if json_error is not None:
-                    raise DatasetError(path, lineno, None, json_error, "fix the line or remove it")
-                rows.append(_check_row(rec, path, lineno, prompt_key, answer_key, unit))
-            except DatasetError as e:
-                if not skip_malformed:
-                    raise
-                skipped.append(str(e))
-    if not rows:
-        raise DatasetError(",".join(paths), None, None,
-                           f"no usable rows ({len(skipped)} malformed skipped)",
-                           "check the files and task.prompt_key / task.answer_key")
-    return LoadedDataset(rows=rows, skipped=skipped)
-
-
-def last_boxed(text: str) -> Optional[str]:
-    """The last complete \\boxed{...} (or \\fbox{...}) of `text`, braces matched, or None."""
-    best = None
-    for tag in ("\\boxed{", "\\fbox{"):
-        start = text.rfind(tag)
-        if start < 0 or (best is not None and start < best[0]):
-            continue
-        depth, i = 1, start + len(tag)
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            best = (start, text[start:i])
-    return None if best is None else best[1]
+VERIFY_MATH = "megatron_rlvr.tasks.math_task:verify_math"
+CALL_REWARD = "megatron_rlvr.tasks.reward_fn:call_reward"
 
 
 def _timeout() -> Optional[int]:
@@ -166,17 +37,48 @@ def _timeout() -> Optional[int]:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
-def math_equal(gold_answer: str, response_text: str) -> bool:
-    """math-verify's verdict on `response_text` (its last \\boxed{} if any) against `gold_answer`."""
+def math_equal(gold_answer: str, response_text: str, timeout: Optional[int] = -1) -> bool:
+    """math-verify's verdict on `response_text` (its last \\boxed{} if any) against `gold_answer`.
+    `timeout` -1: math-verify's own 5 s SIGALRM guard where it works (the main thread); None: no guard."""
     from math_verify import parse, verify
 
-    t = _timeout()
+    t = _timeout() if timeout == -1 else timeout
     gold = parse(gold_answer, parsing_timeout=t) or parse(f"${gold_answer}$", parsing_timeout=t)
     boxed = last_boxed(response_text)
+    if boxed is not None:  # math-verify reads \boxed{} but not \fbox{}: hand it the box's content as math
+        boxed = "\\boxed{" + unbox(boxed) + "}"
     pred = parse(boxed if boxed is not None else response_text, parsing_timeout=t)
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=t))
+
+
+def verify_math(gold_answer: str, response_text: str) -> bool:
+    """`math_equal` in a verifier worker (the worker's main thread, so math-verify's own guard works there too;
+    the pool's per-call timeout is the one that always holds)."""
+    return math_equal(gold_answer, response_text)
+
+
+verify_math.warmup = lambda: math_equal("1", "\\boxed{1}")  # type: ignore[attr-defined]  # imports sympy
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\s+")
+
+
+def final_answer(text: str) -> Optional[str]:
+    """The response's final answer as a normalised string: its last box, else its last number; None if neither.
+    (String-level: "\\frac{2}{3}" and "2/3" stay different answers; diversity metrics count them apart.)"""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        ans = unbox(boxed)
+    else:
+        numbers = _NUMBER.findall(text)
+        if not numbers:
+            return None
+        ans = numbers[-1].replace(",", "")
+    ans = _LATEX_NOISE.sub("", ans).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
+    return ans or None
 
 
 # warm-start phrasings of a correct answer, in decreasing weight (the modes a warm-started policy starts with)
@@ -184,21 +86,36 @@ ANSWER_TEMPLATES = ("The answer is \\boxed{{{a}}}.", "\\boxed{{{a}}}", "So the f
 
 
 class MathTask(Task):
-    """Math prompts from files; reward 1.0 when math-verify accepts the response. One mode per problem."""
+    """Math prompts from files; reward 1.0 when math-verify accepts the response (or the user's reward_fn's value).
+    One mode per problem."""
 
     name = "math"
 
     def __init__(self, paths: str | Sequence[str], tokenizer: Tokenizer, prompt_key: str = "prompt",
-                 answer_key: str = "answer", skip_malformed: bool = False):
+                 answer_key: str = "answer", skip_malformed: bool = False, chat: ChatSettings = ChatSettings(),
+                 reward_fn: Optional[str] = None, verify_workers: int = 0, verify_timeout_s: float = 10.0,
+                 limit: Optional[int] = None):
         data = load_math_rows(paths, prompt_key, answer_key, skip_malformed)
+        self.paths, self.keys = paths, (prompt_key, answer_key)
         self.tokenizer = tokenizer
         self.skipped = data.skipped
-        add_bos = tokenizer.bos_id is not None
-        self.prompts = [
-            Example(index=i, prompt=r.prompt, prompt_ids=tokenizer.encode(r.prompt, add_bos=add_bos),
-                    metadata={"answer": r.answer, "source": r.source, "line": r.line})
-            for i, r in enumerate(data.rows)
-        ]
+        self.renderer = PromptRenderer(tokenizer, chat)
+        self.reward_fn = reward_fn
+        if reward_fn is not None:
+            from megatron_rlvr.tasks.reward_fn import check_reward_fn
+
+            check_reward_fn(reward_fn)
+        self.pool = VerifierPool(verify_workers, verify_timeout_s) if verify_workers > 0 else None
+        self._stats: dict[str, float] = {}
+        self._lock = threading.Lock()
+        rows = data.rows if limit is None else data.rows[:limit]
+        self.prompts = []
+        for i, r in enumerate(rows):
+            text, ids = self.renderer.render(r.prompt)
+            meta = {"answer": r.answer, "source": r.source, "line": r.line}
+            if reward_fn is not None:
+                meta["row"] = r.record
+            self.prompts.append(Example(index=i, prompt=text, prompt_ids=ids, metadata=meta))
 
     @property
     def num_skipped(self) -> int:
@@ -207,8 +124,61 @@ class MathTask(Task):
     def num_modes(self, example: Example) -> int:
         return 1
 
+    def final_answer(self, response_text: str) -> Optional[str]:
+        return final_answer(response_text)
+
     def score_text(self, example: Example, response_text: str) -> tuple[float, int]:
-        return (1.0, 0) if math_equal(example.metadata["answer"], response_text) else (0.0, -1)
+        return self.score_texts([example], [response_text])[0]
+
+    def _count(self, key: str, value: float = 1.0) -> None:
+        with self._lock:
+            self._stats[key] = self._stats.get(key, 0.0) + value
+
+    def score_texts(self, examples: Sequence[Example], texts: Sequence[str]) -> list[tuple[float, int]]:
+        """Scores of many responses at once (in parallel across the verifier workers)."""
+        if self.reward_fn is not None:
+            target, calls = CALL_REWARD, [(self.reward_fn, ex.metadata["row"], t) for ex, t in zip(examples, texts)]
+        else:
+            target, calls = VERIFY_MATH, [(ex.metadata["answer"], t) for ex, t in zip(examples, texts)]
+        if self.pool is None:
+            from megatron_rlvr.tasks.verify_pool import Outcome, load_function
+
+            fn = load_function(target)
+            outcomes = [Outcome(value=fn(*c)) if self.reward_fn else Outcome(value=math_equal(*c)) for c in calls]
+        else:
+            outcomes = self.pool.map(target, calls)
+        out = []
+        self._count("verify/calls", len(calls))
+        for o in outcomes:
+            if o.timed_out:
+                self._count("verify/timeouts")
+                out.append((0.0, -1))
+                continue
+            if o.error is not None:
+                if o.error.startswith("TypeError: task.reward_fn"):  # a broken contract stops the run
+                    raise TypeError(o.error.split(": ", 1)[1])
+                self._count("verify/errors")
+                self.last_error = o.error
+                out.append((0.0, -1))
+                continue
+            if self.reward_fn is None:
+                out.append((1.0, 0) if o.value else (0.0, -1))
+                continue
+            reward, extras = o.value
+            for k, v in extras.items():
+                self._count(f"reward_fn/{k}", v)
+            self._count("reward_fn/_n")
+            out.append((reward, 0 if reward > 0.5 else -1))
+        return out
+
+    def pop_stats(self) -> dict[str, float]:
+        """Verifier counters since the last call: timeouts, errors, and the mean of each reward_fn extra metric."""
+        with self._lock:
+            s, self._stats = self._stats, {}
+        n = s.pop("reward_fn/_n", 0.0)
+        out = {k: (v / n if k.startswith("reward_fn/") and n else v) for k, v in s.items()}
+        out.setdefault("verify/timeouts", 0.0)
+        return out
 
     def warm_start_examples(
         self, n: int, incorrect_fraction: float, rng: random.Random
