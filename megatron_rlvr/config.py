@@ -217,7 +217,8 @@ class DLCConfig:
 class TaskConfig:
     """Prompts and verifier."""
 
-    # task: synthetic (built-in multi-answer task) | math (JSONL/parquet with prompt, answer; math-verify)
+    # task: synthetic (built-in multi-answer task) | synthetic_coupled (its over-sharpening-study variant: per-query
+    # answer sets, family habits, exceptions) | math (JSONL/parquet with prompt, answer; math-verify)
     name: str = "synthetic"
     # dataset file(s) for `math` (.jsonl or .parquet)
     path: Optional[str] = None
@@ -632,7 +633,8 @@ def validate_config(cfg: RunConfig) -> None:
                      f"set optimizer.{name}.optimizer=adam or {name}.parallel.distributed_optimizer=false")
 
     t = cfg.task
-    _require(t.name in ("synthetic", "math"), "task.name", t.name, "unknown task", "use synthetic or math")
+    _require(t.name in ("synthetic", "synthetic_coupled", "math"), "task.name", t.name, "unknown task",
+             "use synthetic, synthetic_coupled or math")
     if t.name == "math":
         _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
                  "pass task.path=/path/to/train.jsonl (or .parquet)")

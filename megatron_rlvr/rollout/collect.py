@@ -111,7 +111,7 @@ def evaluate(engine: Optional[RolloutEngine], task, cfg: RunConfig, step: int) -
     """AVG@G, PASS@G and mode coverage of the policy alone (lambda = 0) on a fixed prompt set (rank 0 only)."""
     if engine is None:
         return {}
-    from megatron_rlvr.metrics import rollout_metrics
+    from megatron_rlvr.metrics import coverage_metrics, rollout_metrics
 
     e = cfg.eval
     examples = task.prompts[: e.num_prompts]
@@ -125,6 +125,7 @@ def evaluate(engine: Optional[RolloutEngine], task, cfg: RunConfig, step: int) -
     m = rollout_metrics(batch)
     keys = ("acc/avg_at_g", "acc/pass_at_g", "modes/distinct_correct_per_query", "response/length_mean")
     out = {f"eval/{k.split('/')[-1]}": m[k] for k in keys if k in m}
+    out.update({f"eval/{k.split('/')[-1]}": v for k, v in coverage_metrics(batch).items()})  # PASS@k, answer entropy
     ent = [x for g in gens for x in (g.entropy_cal or [])]
     if ent:
         out["eval/entropy"] = sum(ent) / len(ent)

@@ -16,6 +16,9 @@
   shifts of a family by a Zipf law (1/rank: 0.48, 0.24, 0.16, 0.12 for 4 modes) and mixes in incorrect answers
   (disallowed shifts carried out correctly, and slips) at a per-family rate around `incorrect_fraction`, so RLVR
   starts from a policy with several modes at different probabilities and uneven success rates.
+- ``synthetic_coupled``: the same cipher built for the over-sharpening study (`CoupledShiftCipherTask`): every
+  query allows its own shifts, every family has a habit shift that the warm start over-uses, and a quarter of the
+  queries ("exceptions") do not allow their family's habit, so reinforcing it elsewhere harms them (coupling).
 - ``math``: prompts and answers from JSONL / parquet files (DeepScaleR, GSM8K, MATH style), scored with
   math-verify on the response's last \\boxed{} (or its final answer); tokenised with a local Hugging Face
   tokenizer folder (`task.tokenizer`). Malformed rows raise `DatasetError` naming file, line and field, or are
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
 from megatron_rlvr.tasks.math_task import DatasetError, MathTask, load_math_rows, math_equal
-from megatron_rlvr.tasks.synthetic import ShiftCipherTask
+from megatron_rlvr.tasks.synthetic import CoupledShiftCipherTask, ShiftCipherTask
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 
@@ -37,6 +40,8 @@ def build_task(task_cfg) -> Task:
     """The task described by a `TaskConfig` (megatron_rlvr.config)."""
     if task_cfg.name == "synthetic":
         return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+    if task_cfg.name == "synthetic_coupled":
+        return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
     if task_cfg.name == "math":
         if task_cfg.path is None:
             raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
@@ -46,10 +51,10 @@ def build_task(task_cfg) -> Task:
                              "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
         return MathTask(task_cfg.path, HFTokenizer(task_cfg.tokenizer), task_cfg.prompt_key, task_cfg.answer_key,
                         task_cfg.skip_malformed)
-    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
+    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic, synthetic_coupled or math")
 
 
 __all__ = [
-    "CharTokenizer", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptSampler", "ShiftCipherTask",
+    "CharTokenizer", "CoupledShiftCipherTask", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptSampler", "ShiftCipherTask",
     "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal", "zipf_weights",
 ]
