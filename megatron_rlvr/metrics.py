@@ -210,9 +210,10 @@ def write_plots(history: list[dict], out_path: Path, title: str = "") -> Optiona
         ax.set_visible(False)
     for ax, (name, keys) in zip(axes.flat, panels):
         for k in keys:
-            ys = [r.get(k, float("nan")) for r in history]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(steps, ys, label=k, marker=".")
+            # only the steps that logged k (evaluations run every eval.interval steps), joined by a line
+            pts = [(st, r[k]) for st, r in zip(steps, history) if k in r and math.isfinite(r[k])]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker=".")
         ax.set_title(name)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
