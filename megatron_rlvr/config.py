@@ -190,10 +190,23 @@ class AlgorithmConfig:
     micro_batch_size: int = 16
     # optimizer steps per RL step (the global batch is split into this many mini-batches)
     mini_batches: int = 1
-    # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (SPEC 2.5)
+    # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (SPEC 2.5); the product of both
+    # ratios below in one weight; use mismatch_correction / shift_correction instead to treat them apart
     tis: bool = False
     # truncation C of the importance weight
     tis_cap: float = 2.0
+    # correction of the numerical mismatch pi_old / pi_policy(engine): none|token-tis|seq-tis|token-mis|seq-mis
+    mismatch_correction: str = "none"
+    # cap C of the mismatch correction (truncation point, or upper bound of masked IS)
+    mismatch_cap: float = 2.0
+    # masked IS of the mismatch also drops ratios below this (0 = no lower bound; only for *-mis)
+    mismatch_mask_low: float = 0.0
+    # correction of DLC's intended shift pi_policy(engine) / pi_cal: none|token-tis|seq-tis|token-mis|seq-mis
+    shift_correction: str = "none"
+    # cap C of the shift correction (truncation point, or upper bound of masked IS)
+    shift_cap: float = 2.0
+    # masked IS of the shift also drops ratios below this (0 = no lower bound; only for *-mis)
+    shift_mask_low: float = 0.0
 
     def is_dapo(self) -> bool:
         return self.dynamic_sampling or self.overlong_shaping or self.clip_eps_high > self.clip_eps_low
@@ -217,7 +230,8 @@ class DLCConfig:
 class TaskConfig:
     """Prompts and verifier."""
 
-    # task: synthetic (built-in multi-answer task) | math (dataset files; math-verify or task.reward_fn)
+    # task: synthetic (built-in multi-answer task) | synthetic_coupled (its over-sharpening-study variant: per-query
+    # answer sets, family habits, exceptions) | math (dataset files; math-verify or task.reward_fn)
     name: str = "synthetic"
     # dataset file(s) for `math`: .jsonl, .json or .parquet (comma-separated for several)
     path: Optional[str] = None
@@ -582,6 +596,29 @@ def _validate_optim(name: str, o: OptimConfig) -> None:
     _require(0 <= o.min_lr_ratio <= 1, f"{name}.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]", "use e.g. 0.1")
 
 
+OFFPOLICY_CORRECTIONS = ("none", "token-tis", "seq-tis", "token-mis", "seq-mis")
+
+
+def _validate_offpolicy(a: AlgorithmConfig, d: DLCConfig) -> None:
+    """The separated off-policy corrections (mismatch and shift ratios) and their combinations."""
+    for kind in ("mismatch", "shift"):
+        corr, cap, low = (getattr(a, f"{kind}_{k}") for k in ("correction", "cap", "mask_low"))
+        _require(corr in OFFPOLICY_CORRECTIONS, f"algorithm.{kind}_correction", corr, "unknown off-policy correction",
+                 f"use one of {', '.join(OFFPOLICY_CORRECTIONS)}")
+        _require(cap > 0 and cap != float("inf"), f"algorithm.{kind}_cap", cap, "the cap C must be a finite number > 0",
+                 "use e.g. 2.0")
+        _require(0 <= low < cap, f"algorithm.{kind}_mask_low", low, f"must be in [0, {kind}_cap={cap})",
+                 "use 0 (no lower bound) or e.g. 0.5")
+        _require(low == 0 or corr.endswith("-mis"), f"algorithm.{kind}_mask_low", low,
+                 f"a lower bound only applies to masked IS, but {kind}_correction={corr}",
+                 f"set algorithm.{kind}_correction=token-mis or seq-mis, or {kind}_mask_low=0")
+        _require(not (a.tis and corr != "none"), f"algorithm.{kind}_correction", corr,
+                 "algorithm.tis=true already weights by the product of both ratios; combining it with a separated "
+                 "correction would correct twice", f"set algorithm.tis=false (or {kind}_correction=none)")
+    _require(a.shift_correction == "none" or d.enabled, "algorithm.shift_correction", a.shift_correction,
+             "the shift ratio pi_policy / pi_cal is identically 1 without DLC", "enable dlc or set it to none")
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Check the whole tree once, before any process group or model exists."""
     _require(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0", "use a non-negative number of RL steps")
@@ -667,6 +704,7 @@ def validate_config(cfg: RunConfig) -> None:
     if a.tis:
         _require(d.enabled, "algorithm.tis", a.tis, "the TIS weight corrects for sampling from pi_cal",
                  "enable dlc or set algorithm.tis=false")
+    _validate_offpolicy(a, d)
 
     _validate_optim("optimizer.policy", cfg.optimizer.policy)
     _validate_optim("optimizer.memory", cfg.optimizer.memory)
@@ -678,7 +716,8 @@ def validate_config(cfg: RunConfig) -> None:
                      f"set optimizer.{name}.optimizer=adam or {name}.parallel.distributed_optimizer=false")
 
     t = cfg.task
-    _require(t.name in ("synthetic", "math"), "task.name", t.name, "unknown task", "use synthetic or math")
+    _require(t.name in ("synthetic", "synthetic_coupled", "math"), "task.name", t.name, "unknown task",
+             "use synthetic, synthetic_coupled or math")
     if t.name == "math":
         _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
                  "pass task.path=/path/to/train.jsonl (or .json / .parquet)")

@@ -1,7 +1,8 @@
 """Metrics stage: per-step statistics of a rollout batch, and the sinks (JSONL, TensorBoard, W&B, console, plots).
 
-Over-sharpening shows up as falling policy entropy and falling mode coverage (distinct correct answers per query)
-while AVG@G still rises; the plots written at the end put those curves side by side.
+Over-sharpening shows up as falling policy entropy and falling mode coverage (distinct correct answers per query,
+the entropy over correct answers, PASS@k for k well above G) while AVG@G still rises; the plots written at the end
+put those curves side by side, with both off-policy ratios of DLC.
 """
 
 from __future__ import annotations
@@ -49,6 +50,47 @@ def rollout_metrics(batch: RolloutBatch, correct_threshold: float = 0.5) -> dict
     out.update(batch.stats)
     if modes_per_query:
         out["modes/distinct_correct_per_query"] = sum(modes_per_query) / len(modes_per_query)
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased PASS@k of one query from n samples with c correct: 1 - C(n - c, k) / C(n, k) (Chen et al. 2021)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def coverage_metrics(batch: RolloutBatch, correct_threshold: float = 0.5) -> dict[str, float]:
+    """The over-sharpening signals of a batch of n samples per query (evaluation): PASS@k for k = 1, 2, 4, ... <= n
+    (unbiased estimator, so k well above the training G is measured from one large sample), and the entropy (nats)
+    of the empirical distribution over correct modes, averaged over queries with at least one correct sample (0 when
+    a query's correct answers all hit one mode: collapse)."""
+    correct = (batch.correct if batch.correct is not None else batch.rewards > correct_threshold)
+    groups = batch.group_ids.unique()
+    sizes = [int((batch.group_ids == g).sum()) for g in groups]
+    n = min(sizes) if sizes else 0
+    out: dict[str, float] = {}
+    if n == 0:
+        return out
+    ks = sorted({2 ** i for i in range(n.bit_length()) if 2 ** i <= n} | {n})
+    per_k = {k: [] for k in ks}
+    entropies = []
+    for g in groups:
+        sel = batch.group_ids == g
+        c = int(correct[sel].sum())
+        for k in ks:
+            per_k[k].append(pass_at_k(int(sel.sum()), c, k))
+        if batch.modes is not None and c > 0:
+            m = batch.modes[sel]
+            counts = m[m >= 0].unique(return_counts=True)[1].float()
+            p = counts / counts.sum()
+            entropies.append(float(-(p * p.log()).sum()))
+    for k in ks:
+        out[f"acc/pass_at_{k}"] = sum(per_k[k]) / len(per_k[k])
+    if entropies:
+        out["modes/answer_entropy"] = sum(entropies) / len(entropies)
     return out
 
 
@@ -141,6 +183,11 @@ PLOT_PANELS = (
     ("KL(pi_cal || pi_theta) and PPO KL", ("dlc/kl_cal_policy", "policy/ppo_kl")),
     ("Memory-model loss", ("memory/loss",)),
     ("IAC weight", ("iac/weight_mean", "iac/weight_max")),
+    # eval/pass_at_<k> for every k the evaluation measured (filled in by write_plots), and the answer entropy
+    ("PASS@k, policy alone (k up to eval.group_size)", ("eval/answer_entropy",)),
+    ("Off-policy ratios: mismatch pi_old/pi_policy, shift pi_policy/pi_cal",
+     ("offpolicy/mismatch/p05", "offpolicy/mismatch/p95", "offpolicy/shift/p05", "offpolicy/shift/p50",
+      "offpolicy/shift/p95")),
 )
 
 
@@ -153,13 +200,20 @@ def write_plots(history: list[dict], out_path: Path, title: str = "") -> Optiona
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    panels = list(PLOT_PANELS)
+    pass_keys = sorted({k for r in history for k in r if k.startswith("eval/pass_at_") and k[13:].isdigit()},
+                       key=lambda k: int(k[13:]))
+    panels = [(name, tuple(pass_keys) + keys) if name.startswith("PASS@k") else (name, keys) for name, keys in panels]
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11.5))
     steps = [r["step"] for r in history]
-    for ax, (name, keys) in zip(axes.flat, PLOT_PANELS):
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, keys) in zip(axes.flat, panels):
         for k in keys:
-            ys = [r.get(k, float("nan")) for r in history]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(steps, ys, label=k, marker=".")
+            # only the steps that logged k (evaluations run every eval.interval steps), joined by a line
+            pts = [(st, r[k]) for st, r in zip(steps, history) if k in r and math.isfinite(r[k])]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker=".")
         ax.set_title(name)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from megatron_rlvr.algorithms import count_loss_units, policy_loss, tis_weights
+from megatron_rlvr.algorithms import count_loss_units, offpolicy_weights, policy_loss, tis_weights
 from megatron_rlvr.config import RunConfig
 from megatron_rlvr.rollout.types import RolloutBatch
 
@@ -51,7 +51,12 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     a = cfg.algorithm
     n = len(batch)
     mask = batch.response_mask
-    tis = tis_weights(old_logprobs, batch.logprob_cal, a.tis_cap) if a.tis else None
+    # Off-policy weights: legacy `tis` (one product ratio) or the separated mismatch x shift corrections; the
+    # stats of both ratios are logged every step either way.
+    is_w, is_stats = offpolicy_weights(
+        old_logprobs, batch.logprob_rollout_policy, batch.logprob_cal, mask, a.mismatch_correction, a.mismatch_cap,
+        a.mismatch_mask_low, a.shift_correction, a.shift_cap, a.shift_mask_low)
+    tis = tis_weights(old_logprobs, batch.logprob_cal, a.tis_cap) if a.tis else is_w
     adv_tok = batch.advantages
     fields = dict(tokens=batch.tokens, mask=mask, old=old_logprobs, adv=adv_tok, ref=ref_logprobs, tis=tis)
     per_step, first = [], None
@@ -86,6 +91,7 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     # Per-micro-batch losses are globally normalised partial sums: only their total (`loss`) is meaningful.
     for k in ("policy/pg_loss", "policy/num_tokens"):
         out.pop(k, None)
+    out.update(is_stats)
     return out
 
 

@@ -126,3 +126,67 @@ def test_build_task_reads_the_task_config():
     assert all(t.num_modes(e) == 3 for e in t.prompts)
     with pytest.raises(ValueError, match="task.name='nope'"):
         build_task(TaskConfig(name="nope"))
+
+
+# ---- variant synthetic_coupled (the over-sharpening study's task)
+@pytest.fixture(scope="module")
+def coupled():
+    from megatron_rlvr.tasks import CoupledShiftCipherTask
+
+    return CoupledShiftCipherTask(num_queries=64, answers_per_query=4, seed=0)
+
+
+def test_coupled_queries_each_have_their_own_k_allowed_shifts_labelled_in_shift_order(coupled):
+    assert len(coupled.prompts) == 64 and [ex.index for ex in coupled.prompts] == list(range(64))
+    for ex in coupled.prompts:
+        md = ex.metadata
+        assert len(md["shifts"]) == 4 and md["shifts"] == sorted(md["shifts"]) and 0 not in md["shifts"]
+        assert [coupled.score_text(ex, a) for a in md["answers"]] == [(1.0, m) for m in range(4)]
+        assert [coupled.describe_response(ex, a) for a in md["answers"]] == [f"mode {m}" for m in range(4)]
+        assert sum(md["mode_weights"]) == pytest.approx(1.0)
+    assert len({tuple(ex.metadata["shifts"]) for ex in coupled.prompts}) > 8  # not one set for all
+
+
+def test_coupled_regular_queries_allow_the_family_habit_as_their_top_mode_and_exceptions_do_not(coupled):
+    exceptions = [ex for ex in coupled.prompts if ex.metadata["exception"]]
+    assert 8 <= len(exceptions) <= 32
+    for ex in coupled.prompts:
+        md = ex.metadata
+        habit_text = f"{md['habit']}{shift_text(md['query'], md['habit'])}"
+        if md["exception"]:
+            assert md["habit"] not in md["shifts"]
+            assert coupled.score_text(ex, habit_text) == (0.0, -1)
+            assert coupled.describe_response(ex, habit_text) == f"habit {md['habit']}"
+        else:
+            top = md["shifts"][max(range(4), key=lambda m: md["mode_weights"][m])]
+            assert top == md["habit"] and coupled.score_text(ex, habit_text)[0] == 1.0
+    habits = {}
+    for ex in coupled.prompts:  # one habit per family: the shared structure that couples the queries
+        habits.setdefault(ex.metadata["family"], set()).add(ex.metadata["habit"])
+    assert all(len(h) == 1 for h in habits.values())
+
+
+def test_coupled_first_prompts_cover_every_family_so_the_evaluation_sees_them_all(coupled):
+    assert {ex.metadata["family"] for ex in coupled.prompts[:8]} == set("abcdefgh")
+
+
+def test_coupled_warm_start_over_uses_the_habit_on_exceptions_and_skews_modes_elsewhere(coupled):
+    rng = random.Random(0)
+    pairs = coupled.warm_start_examples(6000, 0.3, rng)
+    by_prompt = {tuple(ex.prompt_ids): ex for ex in coupled.prompts}
+    labels = collections.Counter()
+    for p, r in pairs:
+        ex = by_prompt[tuple(p)]
+        text = coupled.tokenizer.decode(r[:-1])
+        kind = coupled.describe_response(ex, text)
+        labels[(ex.metadata["exception"], kind.split()[0])] += 1
+    exc_total = sum(v for (e, _), v in labels.items() if e)
+    assert 0.3 < labels[(True, "habit")] / exc_total < 0.5  # HABIT_SHARE, plus some incorrect draws hitting it
+    assert labels[(False, "habit")] == 0  # on regular queries the habit is a correct mode, labelled as one
+
+
+def test_build_task_knows_the_coupled_variant_and_the_default_is_unchanged():
+    from megatron_rlvr.tasks import CoupledShiftCipherTask
+
+    assert isinstance(build_task(TaskConfig(name="synthetic_coupled")), CoupledShiftCipherTask)
+    assert type(build_task(TaskConfig())) is ShiftCipherTask

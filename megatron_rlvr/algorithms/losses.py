@@ -6,7 +6,9 @@ Per token t of response i (ratio rho = pi_theta / pi_old, advantage A_i broadcas
     pg_it   = max(-A_i * rho_it, -A_i * clip(rho_it, 1 - eps_low, 1 + eps_high)) * w_it
     loss_it = pg_it + kl_coef * KL_it - entropy_coef * H_it
 
-where w_it is the optional DLC truncated importance weight min(pi_old / pi_cal, C) (no gradient) and
+where w_it is the optional off-policy importance weight (no gradient): the legacy DLC truncated weight
+min(pi_old / pi_cal, C) of `tis_weights`, or the product of the separated mismatch and shift corrections of
+`megatron_rlvr.algorithms.offpolicy.offpolicy_weights` (token- or sequence-level, truncated or masked), and
 KL_it one of the k1/k2/k3 estimators of KL(pi_theta || pi_ref) (Schulman, "Approximating KL divergence").
 
 Aggregation and exact micro-batching
@@ -148,7 +150,8 @@ def policy_loss(
         kl_coef, kl_estimator: weight and estimator ('k1' | 'k2' | 'k3') of the KL(pi_theta || pi_ref) term.
         entropy: (N, T) per-token entropy of pi_theta with gradient; needed when entropy_coef > 0.
         entropy_coef: weight of the entropy bonus (subtracted from the loss).
-        tis_weights: (N, T) DLC truncated importance weights (see `tis_weights`), or None.
+        tis_weights: (N, T) off-policy importance weights (`tis_weights`, or `offpolicy_weights` of the
+            offpolicy module), or None.
         max_response_len: constant L_max for 'seq-mean-token-sum-norm'.
         global_token_count, global_seq_count: global denominators for exact micro-batching.
 

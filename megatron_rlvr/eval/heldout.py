@@ -94,7 +94,7 @@ class Evaluator:
             m["entropy"] = sum(ent) / len(ent)
         m.update({k: v for k, v in es.task.pop_stats().items() if k.startswith("verify/")})
         if self.legacy:  # the keys the CPU default always logged (plots and docs read them)
-            from megatron_rlvr.metrics import rollout_metrics
+            from megatron_rlvr.metrics import coverage_metrics, rollout_metrics
             from megatron_rlvr.rollout.types import pack_generations
 
             batch = pack_generations(gens, [s[0] for s in scored], [i // n for i in range(len(gens))],
@@ -103,6 +103,10 @@ class Evaluator:
             for k in ("acc/avg_at_g", "acc/pass_at_g", "modes/distinct_correct_per_query", "response/length_mean"):
                 if k in rm:
                     m[k.split("/")[-1]] = rm[k]
+            # entropy of the correct modes a query's samples hit (0 = collapsed onto one mode)
+            cov = coverage_metrics(batch)
+            if "modes/answer_entropy" in cov:
+                m["correct_mode_entropy"] = cov["modes/answer_entropy"]
         return m
 
     def __call__(self, engine, step: int) -> dict[str, float]:

@@ -16,6 +16,9 @@
   shifts of a family by a Zipf law (1/rank: 0.48, 0.24, 0.16, 0.12 for 4 modes) and mixes in incorrect answers
   (disallowed shifts carried out correctly, and slips) at a per-family rate around `incorrect_fraction`, so RLVR
   starts from a policy with several modes at different probabilities and uneven success rates.
+- ``synthetic_coupled``: the same cipher built for the over-sharpening study (`CoupledShiftCipherTask`): every
+  query allows its own shifts, every family has a habit shift that the warm start over-uses, and a quarter of the
+  queries ("exceptions") do not allow their family's habit, so reinforcing it elsewhere harms them (coupling).
 - ``math``: prompts and answers from dataset files in the layouts other frameworks publish (`tasks.layouts`:
   .jsonl / .json / .parquet, dotted keys, chat-message prompts, presets gsm8k|math|deepscaler|dapo|verl), rendered
   through the tokenizer's chat template (`tasks.chat`), scored with math-verify on the response's last \\boxed{} (or
@@ -35,7 +38,7 @@ from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
 from megatron_rlvr.tasks.chat import ChatSettings, PromptRenderer
 from megatron_rlvr.tasks.layouts import FORMATS, DatasetError, load_math_rows, resolve_keys
 from megatron_rlvr.tasks.math_task import MathTask, math_equal
-from megatron_rlvr.tasks.synthetic import ShiftCipherTask
+from megatron_rlvr.tasks.synthetic import CoupledShiftCipherTask, ShiftCipherTask
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 
@@ -45,6 +48,8 @@ def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, s
     task's settings (tokenizer, chat template, verifier) with its own `path`, (prompt, answer) `keys` and `limit`."""
     if task_cfg.name == "synthetic":
         return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+    if task_cfg.name == "synthetic_coupled":
+        return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
     if task_cfg.name == "math":
         path = path or task_cfg.path
         if path is None:
@@ -58,11 +63,12 @@ def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, s
         tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
         return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
                         verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit)
-    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
+    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic, "
+                     "synthetic_coupled or math")
 
 
 __all__ = [
-    "FORMATS", "CharTokenizer", "ChatSettings", "DatasetError", "Example", "HFTokenizer", "MathTask", "PromptRenderer",
-    "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal",
+    "FORMATS", "CharTokenizer", "ChatSettings", "CoupledShiftCipherTask", "DatasetError", "Example", "HFTokenizer",
+    "MathTask", "PromptRenderer", "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal",
     "resolve_keys", "zipf_weights",
 ]

@@ -124,3 +124,111 @@ class ShiftCipherTask(Task):
                 text = ex.metadata["answers"][mode]
             out.append((list(ex.prompt_ids), self.tokenizer.encode(text, add_eos=True)))
         return out
+
+
+COUPLED_ZIPF_EXPONENT = 1.5  # steeper prior than the default task: 4 modes get 0.60, 0.21, 0.12, 0.07
+EXCEPTION_FRACTION = 0.25  # share of queries whose family habit is NOT an allowed shift
+HABIT_SHARE = 0.35  # how often the warm start answers an exception query with its family's (wrong) habit
+
+
+class CoupledShiftCipherTask(ShiftCipherTask):
+    """Variant `synthetic_coupled`: the shift cipher with per-query answer sets and family habits, built so that the
+    paper's collapse mechanism can act (sampling bias + semantic coupling, its section 3.3).
+
+    Every family (first letter) has a *habit*, one shift in 1..7, and a preference order over all shifts. Each query
+    allows its own `answers_per_query` shifts out of 1..7 (its modes, labelled 0..K-1 in increasing shift order):
+    - regular queries (75%) allow the habit; the warm start favours their allowed shifts by the family's order with
+      a steep Zipf law (exponent 1.5), so the habit dominates and the tail modes are rarely sampled in a group of 8;
+    - exception queries (25%) do not allow the habit, yet the warm start answers them with it 35% of the time (the
+      family's reflex, wrong here) and spreads the rest over their allowed shifts in the family's order.
+    Reinforcing the habit on the regular queries of a family pushes it up on the family's exceptions too (shared
+    parameters, near-identical inputs), where it is wrong, while the rare correct modes everywhere are the ones a
+    finite group fails to sample: the setting in which GRPO should lose modes and PASS@k for large k, while AVG@k
+    still rises. Prompts are ordered round-robin over families, so the first `eval.num_prompts` cover every family.
+    """
+
+    name = "synthetic_coupled"
+
+    def __init__(self, num_queries: int = 64, answers_per_query: int = 4, seed: int = 0):
+        if not 1 <= answers_per_query <= MAX_SHIFT - 2:
+            raise ValueError(
+                f"task.answers_per_query={answers_per_query}: the coupled task draws each query's shifts from 1..7 "
+                f"without the family habit and keeps a wrong non-zero shift; fix: use 1..{MAX_SHIFT - 2} (e.g. 4)")
+        super().__init__(num_queries, 1, seed)  # the queries themselves; answers are re-drawn below
+        self.answers_per_query = answers_per_query
+        rng = random.Random(f"shift-cipher-coupled:{seed}")
+        nonzero = list(range(1, MAX_SHIFT + 1))
+        family_order = {f: rng.sample(nonzero, len(nonzero)) for f in ALPHABET}  # preference order over shifts
+        habit = {f: order[0] for f, order in family_order.items()}
+        difficulty = {f: rng.uniform(1 - DIFFICULTY_SPREAD, 1 + DIFFICULTY_SPREAD) for f in ALPHABET}
+        weights = zipf_weights(answers_per_query, COUPLED_ZIPF_EXPONENT)
+        by_family: dict[str, list[Example]] = {f: [] for f in ALPHABET}
+        for ex in self.prompts:  # sorted by query, so the per-family draws are reproducible
+            q = ex.metadata["query"]
+            f = q[0]
+            exception = rng.random() < EXCEPTION_FRACTION
+            others = [k for k in nonzero if k != habit[f]]
+            allowed = set(rng.sample(others, answers_per_query if exception else answers_per_query - 1))
+            if not exception:
+                allowed.add(habit[f])
+            shifts = sorted(allowed)
+            preferred = [k for k in family_order[f] if k in allowed]
+            by_family[f].append(Example(
+                index=0, prompt=ex.prompt, prompt_ids=ex.prompt_ids,
+                metadata={
+                    "query": q, "shifts": shifts, "answers": [f"{k}{shift_text(q, k)}" for k in shifts],
+                    "mode_weights": [weights[preferred.index(k)] for k in shifts], "family": f,
+                    "difficulty": difficulty[f], "habit": habit[f], "exception": exception,
+                },
+            ))
+        ordered: list[Example] = []
+        while any(by_family.values()):
+            for f in ALPHABET:
+                if by_family[f]:
+                    ordered.append(by_family[f].pop(0))
+        self.prompts = [Example(index=i, prompt=e.prompt, prompt_ids=e.prompt_ids, metadata=e.metadata)
+                        for i, e in enumerate(ordered)]
+        self.shifts = self.wrong_shifts = []  # per query here: see metadata["shifts"]
+
+    def describe_response(self, example: Example, response_text: str) -> str:
+        """'mode i', 'habit k' (the family habit on an exception), 'wrong shift k', 'slip' or 'malformed'."""
+        m = _RESPONSE.fullmatch(response_text.strip())
+        if m is None:
+            return "malformed"
+        k, letters = int(m.group(1)), m.group(2)
+        if letters != shift_text(example.metadata["query"], k):
+            return "slip"
+        shifts = example.metadata["shifts"]
+        if k in shifts:
+            return f"mode {shifts.index(k)}"
+        return f"habit {k}" if k == example.metadata["habit"] else f"wrong shift {k}"
+
+    def incorrect_answer_text(self, example: Example, rng: random.Random) -> str:
+        q, shifts = example.metadata["query"], example.metadata["shifts"]
+        if rng.random() < 0.7:
+            k = rng.choice([k for k in range(MAX_SHIFT + 1) if k not in shifts])
+            return f"{k}{shift_text(q, k)}"
+        k = rng.choice(shifts)
+        letters = list(shift_text(q, k))
+        i = rng.randrange(QUERY_LEN)
+        letters[i] = shift_text(letters[i], rng.randrange(1, len(ALPHABET)))
+        return f"{k}{''.join(letters)}"
+
+    def warm_start_examples(
+        self, n: int, incorrect_fraction: float, rng: random.Random
+    ) -> list[tuple[list[int], list[int]]]:
+        if not 0 <= incorrect_fraction < 1:
+            raise ValueError(f"incorrect_fraction={incorrect_fraction}: must be in [0, 1); fix: use e.g. 0.3")
+        out = []
+        for _ in range(n):
+            ex = rng.choice(self.prompts)
+            md = ex.metadata
+            if md["exception"] and rng.random() < HABIT_SHARE:
+                text = f"{md['habit']}{shift_text(md['query'], md['habit'])}"
+            elif rng.random() < min(0.95, incorrect_fraction * md["difficulty"]):
+                text = self.incorrect_answer_text(ex, rng)
+            else:
+                mode = rng.choices(range(self.num_modes(ex)), weights=md["mode_weights"])[0]
+                text = md["answers"][mode]
+            out.append((list(ex.prompt_ids), self.tokenizer.encode(text, add_eos=True)))
+        return out

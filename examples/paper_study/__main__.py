@@ -1,0 +1,3 @@
+from examples.paper_study.run import main
+
+raise SystemExit(main())
