@@ -29,8 +29,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-# Elements of one float32 chunk (chunk_tokens * V / tp): 2^25 floats = 128 MiB, i.e. 220 tokens at V = 151936.
-DEFAULT_CHUNK_ELEMENTS = 1 << 25
+# Elements of one float32 chunk (chunk_tokens * V / tp): 2^26 floats = 256 MiB, i.e. 441 tokens at V = 151936.
+DEFAULT_CHUNK_ELEMENTS = 1 << 26
 
 
 def chunk_tokens_for(vocab_shard: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:

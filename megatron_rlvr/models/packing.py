@@ -29,6 +29,8 @@ class PackedRows:
     flat_index: torch.Tensor  # (T,) int64: position of each packed token in the flattened (n * L) layout
     max_seqlen: int
     shape: tuple[int, int]  # (n, L)
+    bounds: list[int]  # cu_seqlens as Python ints
+
 
     @property
     def num_tokens(self) -> int:
@@ -37,12 +39,16 @@ class PackedRows:
     def to(self, device: torch.device) -> "PackedRows":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return PackedRows(move(self.tokens), move(self.position_ids), move(self.cu_seqlens), move(self.is_start),
-                          move(self.flat_index), self.max_seqlen, self.shape)
+                          move(self.flat_index), self.max_seqlen, self.shape, self.bounds)
 
     def seq_params(self) -> PackedSeqParams:
         """Megatron's THD parameters for this pack (on the device of ``cu_seqlens``)."""
-        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
-                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                                 max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
+        # The boundaries as Python ints, for attention that loops over sequences (provider.SDPAttention): reading
+        # them from a GPU tensor in every layer would synchronise the host each time.
+        params.host_bounds = self.bounds
+        return params
 
     def next_token_targets(self) -> torch.Tensor:
         """(T,) the token each packed position predicts (the next token; 0 where the next is another sequence's)."""
@@ -94,4 +100,4 @@ def pack_rows(tokens: torch.Tensor, lengths: torch.Tensor) -> PackedRows:
     packed = tokens.reshape(-1)[flat_index].unsqueeze(0)
     return PackedRows(tokens=packed, position_ids=pos.unsqueeze(0), cu_seqlens=cu.to(torch.int32),
                       is_start=pos == 0, flat_index=flat_index, max_seqlen=int(lengths.max()) if n else 0,
-                      shape=(n, L))
+                      shape=(n, L), bounds=cu.tolist())

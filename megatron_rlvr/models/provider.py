@@ -95,7 +95,7 @@ class SDPAttention(DotProductAttention):
             raise NotImplementedError("SDPAttention packs self-attention only (cu_seqlens_q == cu_seqlens_kv)")
         if getattr(packed_seq_params, "cu_seqlens_q_padded", None) is not None:
             raise NotImplementedError("SDPAttention does not support padded packed sequences (cu_seqlens_q_padded)")
-        bounds = cu_q.tolist()
+        bounds = getattr(packed_seq_params, "host_bounds", None) or cu_q.tolist()
         outs = []
         for s, e in zip(bounds[:-1], bounds[1:]):
             q, k, v = (t[s:e].permute(1, 0, 2).unsqueeze(0) for t in (query, key, value))  # (1, heads, len, hn)
