@@ -209,7 +209,8 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
               "max_tokens_per_micro_batch": args.max_tokens, "micro_batch_size": args.micro_batch_size,
               **{f"{v}_{ph}_s": round(s, 4) for v, phases in results.items() for ph, (s, _) in phases.items()},
               **{f"{v}_{ph}_peak_gib": round(m, 3) for v, phases in results.items() for ph, (_, m) in phases.items()},
-              "static_gib": round(static, 3), "packed_over_plain": round(ratio_plain, 4), "packed_over_padded": round(ratio_padded, 4)}
+              "static_gib": round(static, 3), "packed_over_plain": round(ratio_plain, 4),
+              "packed_over_padded": round(ratio_padded, 4)}
     with open(out / "bench_packing.csv", "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(record))
         if f.tell() == 0:

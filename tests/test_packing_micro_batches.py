@@ -54,7 +54,8 @@ def test_balanced_split_over_ranks_evens_out_tokens_and_covers_every_row():
 
 def test_unbalanced_split_is_the_round_robin_of_earlier_releases():
     rows = torch.tensor([5, 2, 7, 1, 0])
-    assert [s.tolist() for s in split_over_ranks(rows, torch.ones(8, dtype=torch.long), 2, False)] == [[5, 7, 0], [2, 1]]
+    shares = split_over_ranks(rows, torch.ones(8, dtype=torch.long), 2, balanced=False)
+    assert [s.tolist() for s in shares] == [[5, 7, 0], [2, 1]]
 
 
 def test_gather_trims_columns_to_the_longest_row_and_carries_lengths_when_packing():

@@ -130,7 +130,8 @@ def test_token_budget_across_two_data_parallel_ranks_keeps_every_loss_aggregatio
     outs = run_distributed(_worker, world_size=2, args=({}, AGGS, variants, True), timeout=400)
     for out in outs:
         _check(out, AGGS, variants)
-    for a, b in zip(outs[0][("token-mean", "packed_budget")]["params"], outs[1][("token-mean", "packed_budget")]["params"]):
+    rank0, rank1 = (o[("token-mean", "packed_budget")]["params"] for o in outs)
+    for a, b in zip(rank0, rank1):
         assert torch.equal(a, b), "data-parallel replicas hold the same weights after the step"
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
@@ -376,7 +376,8 @@ class TrainableModel:
 
         For each micro-batch (a dict with at least ``tokens`` (n, L) int64; its other tensors are moved to the
         device; with ``lengths`` (n,) its rows are packed into one THD sequence of their first lengths[i] tokens,
-        and the per-token values past a row's length are 0) the model computes per-token log-probs (n, L) (and entropies if `with_entropy`) with grad and
+        and the per-token values past a row's length are 0) the model computes per-token log-probs (n, L) (and
+        entropies if `with_entropy`) with grad and
         calls ``loss, stats = loss_fn(logprobs, entropy, mb)``.
 
         Normalisation: the gradient is that of the SUM of `loss` over all micro-batches of all data-parallel

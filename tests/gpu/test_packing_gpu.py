@@ -63,7 +63,8 @@ def test_log_prob_memory_beyond_logits_and_gradient_is_a_few_chunks_not_tokens_b
     unchunked = _extra_peak(
         lambda: torch.log_softmax(logits.float(), -1).gather(-1, target[:, None]).squeeze(-1), logits)
     print(f"\nextra peak beyond bf16 logits + grad at {n} tokens x V {V}: chunked {ours / 2**30:.2f} GiB, "
-          f"unchunked float32 log_softmax {unchunked / 2**30:.2f} GiB (tokens x V float32 = {full_fp32 / 2**30:.2f} GiB)")
+          f"unchunked float32 log_softmax {unchunked / 2**30:.2f} GiB "
+          f"(tokens x V float32 = {full_fp32 / 2**30:.2f} GiB)")
     assert ours <= 6 * DEFAULT_CHUNK_ELEMENTS * 4 + 64 * n * 4, ours
     assert ours < full_fp32 / 2 < unchunked
 
