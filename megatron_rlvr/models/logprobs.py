@@ -6,17 +6,17 @@ logits of this tensor-parallel rank. Materialising ``z.float()`` for the whole m
 bytes (10 GB at 16k tokens and V = 151936) plus the same again for the saved softmax. :class:`_ChunkedTokenStats`
 never holds more than one chunk of (chunk_tokens, V / tp) float32:
 
-* forward: pass 1 takes each chunk's row maxima (one MAX all-reduce over TP for all rows); pass 2 takes the
-  target logit, sum(exp) and, for the entropy, sum(exp * z) (one SUM all-reduce of the three stacked). Only (tokens,)
-  statistics are saved, plus the input logits themselves (in their own dtype: bf16 on GPU; autograd holds the
-  output layer's result anyway).
+* forward: one pass over the logits takes, per chunk, the row maxima, the target logit, sum(exp) and, for the
+  entropy, sum(exp * z), relative to this shard's maxima; under TP one MAX all-reduce of the maxima and one SUM
+  all-reduce of the rescaled sums (all rows at once) combine the shards. Only (tokens,) statistics are saved, plus
+  the input logits themselves (in their own dtype: bf16 on GPU; autograd holds the output layer's result anyway).
 * backward: recomputes each chunk's softmax from the saved row statistics and writes that chunk of the gradient
   into one (tokens, V / tp) tensor of the logits' dtype. The gradient of a shard depends only on the shard and the
   global row statistics, so the backward needs no communication.
 
 The arithmetic per row is Megatron-Core's ``vocab_parallel_cross_entropy`` (max, shift, exp, sum, log; softmax =
-exp / sum; grad = (softmax - onehot) * grad) in the same order, so for float32 logits the values and gradients are
-bitwise those of the unchunked Megatron path. Megatron's fused cross-entropy (``megatron.core.fusions``) keeps the
+exp / sum; grad = (softmax - onehot) * grad) in the same order, so for float32 logits without tensor parallelism the
+values and gradients are bitwise those of the unchunked Megatron path (with TP: equal up to float32 rounding). Megatron's fused cross-entropy (``megatron.core.fusions``) keeps the
 whole float32 softmax for the backward and has no entropy, so it does not fit here.
 
 Entropy: H = lse(z) - E_p[z] and dH/dz_j = p_j (E_p[z] - z_j).
@@ -49,33 +49,45 @@ def _all_reduce(t: torch.Tensor, op, group: Optional[dist.ProcessGroup]) -> None
         dist.all_reduce(t, op=op, group=group)
 
 
+def _scaled_chunk(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A fresh float32 copy of `logits` / T (safe to modify in place; T = 1 costs no division)."""
+    z = logits.to(torch.float32, copy=True)
+    return z if temperature == 1.0 else z.div_(temperature)
+
+
 class _ChunkedTokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, temperature, with_entropy, group, chunk):
-        # logits (n, Vs) any float dtype; target (n,) int64 global vocab ids.
+        # logits (n, Vs) any float dtype; target (n,) int64 global vocab ids. One pass over the logits: each chunk's
+        # statistics are taken relative to this shard's row maxima, then rescaled to the global maxima (a no-op
+        # without tensor parallelism, so TP=1 keeps Megatron's exact arithmetic).
         n, vs = logits.shape
         start = _vocab_start(vs, group)
         local = target - start
         in_shard = (local >= 0) & (local < vs)
         local = torch.where(in_shard, local, torch.zeros_like(local))
         row_max = torch.empty(n, dtype=torch.float32, device=logits.device)
-        for s in range(0, n, chunk):
-            z = logits[s : s + chunk].float() / temperature  # (c, Vs)
-            row_max[s : s + chunk] = torch.max(z, dim=-1)[0]
-        _all_reduce(row_max, dist.ReduceOp.MAX, group)
         k = 3 if with_entropy else 2
         sums = torch.empty(k, n, dtype=torch.float32, device=logits.device)  # predicted, sum_exp[, sum_exp_z]
         for s in range(0, n, chunk):
             e = slice(s, s + chunk)
-            z = logits[e].float() / temperature
-            zs = z - row_max[e].unsqueeze(-1) if with_entropy else z.sub_(row_max[e].unsqueeze(-1))
+            z = _scaled_chunk(logits[e], temperature)  # (c, Vs)
+            m = torch.max(z, dim=-1)[0]
+            row_max[e] = m
+            zs = z - m.unsqueeze(-1) if with_entropy else z.sub_(m.unsqueeze(-1))
             rows = torch.arange(zs.shape[0], device=zs.device)
             sums[0, e] = torch.where(in_shard[e], zs[rows, local[e]], torch.zeros((), device=zs.device))
             torch.exp(zs, out=zs)
             sums[1, e] = zs.sum(dim=-1)
             if with_entropy:
                 sums[2, e] = (zs * z).sum(dim=-1)
-        _all_reduce(sums, dist.ReduceOp.SUM, group)
+        if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
+            local_max = row_max.clone()
+            _all_reduce(row_max, dist.ReduceOp.MAX, group)
+            shift = local_max - row_max  # <= 0
+            sums[0] += torch.where(in_shard, shift, torch.zeros_like(shift))
+            sums[1:] *= torch.exp(shift)
+            _all_reduce(sums, dist.ReduceOp.SUM, group)
         sum_exp = sums[1]
         logprob = -(torch.log(sum_exp) - sums[0])
         entropy = None
@@ -96,25 +108,28 @@ class _ChunkedTokenStats(torch.autograd.Function):
         T, chunk = ctx.temperature, ctx.chunk
         if grad_ent is not None and grad_ent.numel() == 0:
             grad_ent = None
+        if grad_lp is None:
+            grad_lp = torch.zeros_like(row_max)
         grad = torch.empty_like(logits)
         n = logits.shape[0]
         for s in range(0, n, chunk):
             e = slice(s, s + chunk)
-            z = logits[e].float() / T
-            p = z - row_max[e].unsqueeze(-1)
-            torch.exp(p, out=p)
-            p.div_(sum_exp[e].unsqueeze(-1))  # softmax, as Megatron's cross-entropy computes it
-            rows = torch.arange(p.shape[0], device=p.device)
+            z = _scaled_chunk(logits[e], T)
+            rows = torch.arange(z.shape[0], device=z.device)
             if grad_ent is None:
-                g = p
+                g = z.sub_(row_max[e].unsqueeze(-1)).exp_().div_(sum_exp[e].unsqueeze(-1))  # softmax (Megatron's)
                 g[rows, local[e]] -= in_shard[e].float()  # d nll / dz = p - onehot
-                g.mul_((-grad_lp[e] if grad_lp is not None else torch.zeros_like(row_max[e])).unsqueeze(-1))
+                g.mul_(-grad_lp[e].unsqueeze(-1))
             else:
                 # d/dz [g_lp * logprob + g_ent * H] = g_lp (onehot - p) + g_ent p (E_p[z] - z)
-                g_lp = grad_lp[e] if grad_lp is not None else torch.zeros_like(row_max[e])
-                g = p * (grad_ent[e].unsqueeze(-1) * (mean_z[e].unsqueeze(-1) - z) - g_lp.unsqueeze(-1))
-                g[rows, local[e]] += torch.where(in_shard[e], g_lp, torch.zeros_like(g_lp))
-            grad[e] = g / T
+                p = (z - row_max[e].unsqueeze(-1)).exp_().div_(sum_exp[e].unsqueeze(-1))
+                g = z.neg_().add_(mean_z[e].unsqueeze(-1)).mul_(grad_ent[e].unsqueeze(-1))
+                g.sub_(grad_lp[e].unsqueeze(-1)).mul_(p)
+                del p
+                g[rows, local[e]] += torch.where(in_shard[e], grad_lp[e], torch.zeros_like(grad_lp[e]))
+            if T != 1.0:
+                g.div_(T)
+            grad[e].copy_(g)
         return grad, None, None, None, None, None
 
 
