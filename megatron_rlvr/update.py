@@ -50,7 +50,7 @@ def recompute_logprobs(model, batch: RolloutBatch, temperature: float, micro_bat
     """log pi(token | prefix) of every token under `model`'s current weights, (N, L), plus entropy (N, L).
 
     With `algo`, its ``pack_sequences`` and ``max_tokens_per_micro_batch`` apply (every rank computes all rows);
-    packed rows are 0 past their length."""
+    then every row is 0 past its length."""
     pack = bool(algo and algo.pack_sequences)
     max_tokens = algo.max_tokens_per_micro_batch if algo else 0
     if not pack and max_tokens <= 0:
@@ -59,8 +59,7 @@ def recompute_logprobs(model, batch: RolloutBatch, temperature: float, micro_bat
     lengths = sequence_lengths(batch)
     plan = plan_micro_batches(torch.arange(len(batch)), lengths, micro_batch_size, max_tokens, packed=pack)
     return model.forward_logprobs(batch.tokens, temperature=temperature, micro_batch_size=micro_batch_size,
-                                  with_entropy=with_entropy, lengths=lengths if pack else None,
-                                  micro_batches=plan)
+                                  with_entropy=with_entropy, lengths=lengths, micro_batches=plan, pack=pack)
 
 
 def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: RunConfig, step: int,

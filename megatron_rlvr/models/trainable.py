@@ -323,14 +323,15 @@ class TrainableModel:
     @torch.no_grad()
     def forward_logprobs(self, tokens: torch.Tensor, temperature: float, micro_batch_size: int,
                          with_entropy: bool = False, lengths: Optional[torch.Tensor] = None,
-                         micro_batches: Optional[list[torch.Tensor]] = None,
+                         micro_batches: Optional[list[torch.Tensor]] = None, pack: bool = True,
                          ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-token log-probs (N, L) (and entropies) of `tokens` (N, L) at `temperature`, on every rank (CPU).
 
         Runs the pipeline schedule forward-only in micro-batches of `micro_batch_size` sequences, or over the row
         index sets `micro_batches` (a partition of range(N), e.g. token-budgeted); the last stage's results are
-        broadcast to all stages. Values at t = 0 are 0. With `lengths` (N,) each micro-batch is packed (THD): row
-        i counts its first ``lengths[i]`` tokens only and its values past them are 0.
+        broadcast to all stages. Values at t = 0 are 0. With `lengths` (N,), row i counts its first ``lengths[i]``
+        tokens only (its values past them are 0): each micro-batch is packed (THD) if `pack`, else its rows are cut
+        to its longest row.
         """
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be an int64 (N, L) tensor, got {tuple(tokens.shape)} {tokens.dtype}")
@@ -341,9 +342,17 @@ class TrainableModel:
         order = torch.cat(groups) if groups else torch.arange(0)
         if not torch.equal(order.sort().values, torch.arange(n)):
             raise ValueError("micro_batches must partition the rows range(N) of tokens")
-        mbs = [{"tokens": tokens[g]} if lengths is None else {"tokens": tokens[g], "lengths": lengths[g]}
-               for g in groups]
+        mbs = []
+        for g in groups:
+            if lengths is None:
+                mbs.append({"tokens": tokens[g]})
+                continue
+            width = int(lengths[g].max()) if len(g) else 1
+            extra = {"lengths": lengths[g]} if pack else {"row_lengths": lengths[g]}
+            mbs.append({"tokens": tokens[g][:, :width], **extra})
         mbs = self._prepare(mbs)
+        full = tokens.shape[1]
+        widen = lambda x: torch.nn.functional.pad(x, (0, full - x.shape[1]))  # noqa: E731  (back to (n, L))
 
         def step_fn(data_iterator, model):
             mb = self._to_device(next(data_iterator))
@@ -351,6 +360,9 @@ class TrainableModel:
 
             def collect(logits):
                 lp, ent = self._token_stats(logits, mb, temperature, with_entropy)
+                if lengths is not None and "_packed" not in mb:  # cut padded rows: 0 past each length
+                    keep = torch.arange(lp.shape[1], device=lp.device) < mb["row_lengths"].unsqueeze(1)
+                    lp, ent = lp * keep, None if ent is None else ent * keep
                 return logits.new_zeros(()), {"logprobs": lp.cpu(), "entropy": None if ent is None else ent.cpu()}
 
             return out, collect
@@ -361,8 +373,8 @@ class TrainableModel:
             outs = self._run_schedule(mbs, step_fn, forward_only=True)
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 inverse = torch.argsort(order)  # back to the caller's row order
-                lp = torch.cat([o["logprobs"] for o in outs])[inverse]
-                ent = torch.cat([o["entropy"] for o in outs])[inverse] if with_entropy else None
+                lp = torch.cat([widen(o["logprobs"]) for o in outs])[inverse]
+                ent = torch.cat([widen(o["entropy"]) for o in outs])[inverse] if with_entropy else None
                 result = (lp, ent)
             else:
                 result = None
