@@ -16,6 +16,6 @@ python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_packing_gpu.py
   | tee "$OUT/packing_gpu_tests.log" || status=$?
 python3 -m megatron_rlvr.cli bench train --response-lengths "${LENGTHS:-lognormal:median=1024,max=4096}" \
   --policy "${POLICY:-qwen3-1.7b}" --memory "${MEMORY:-qwen3-0.6b}" --prompts "${PROMPTS:-8}" --group-size 8 \
-  --micro-batch-size 4 --max-tokens "${MAX_TOKENS:-16384}" --steps 2 --out "$OUT/bench_packing" 2>&1 \
+  --micro-batch-size 4 --max-tokens "${MAX_TOKENS:-16384}" --steps "${STEPS:-3}" --out "$OUT/bench_packing" 2>&1 \
   | tee "$OUT/bench_packing.log"
 exit $status
