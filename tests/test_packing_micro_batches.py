@@ -90,3 +90,22 @@ def test_pack_rows_refuses_lengths_outside_the_row():
 def test_lengths_from_mask_end_at_the_last_masked_token():
     mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
     assert lengths_from_mask(mask).tolist() == [3, 1, 5]
+
+
+def test_bench_length_distribution_has_the_asked_median_and_never_exceeds_its_max():
+    from megatron_rlvr.bench_packing import sample_lengths
+
+    x = sample_lengths("lognormal:median=1024,max=4096", 20000, seed=1)
+    assert int(x.max()) <= 4096 and int(x.min()) >= 1
+    assert abs(float(x.float().median()) - 1024) < 40
+    assert torch.equal(sample_lengths("uniform:min=5,max=9", 50, seed=3), sample_lengths("uniform:min=5,max=9", 50, 3))
+    assert torch.equal(sample_lengths("fixed:len=7", 3), torch.tensor([7, 7, 7]))
+
+
+@pytest.mark.parametrize("spec,message", [("gamma:k=1", "unknown distribution"), ("lognormal:median=5", "needs"),
+                                          ("uniform:min", "key=value")])
+def test_bad_length_specs_are_refused_with_the_reason(spec, message):
+    from megatron_rlvr.bench_packing import parse_length_spec
+
+    with pytest.raises(ValueError, match=message):
+        parse_length_spec(spec)
