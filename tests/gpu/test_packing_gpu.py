@@ -39,7 +39,7 @@ def test_chunked_bf16_log_probs_at_the_qwen3_vocabulary_equal_the_float64_refere
     ((r_lp.double() * w_lp).sum() + (r_ent.double() * w_ent).sum()).backward()
     torch.testing.assert_close(lp, r_lp, rtol=1e-5, atol=5e-5)
     torch.testing.assert_close(ent, r_ent, rtol=1e-5, atol=5e-5)
-    torch.testing.assert_close(ours.float(), up.grad.float(), rtol=1.6e-2, atol=1e-7)
+    torch.testing.assert_close(ours.float(), up.grad.float(), rtol=1.6e-2, atol=1e-6)
 
 
 def _extra_peak(fn, logits) -> int:
