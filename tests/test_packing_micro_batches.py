@@ -109,3 +109,12 @@ def test_bad_length_specs_are_refused_with_the_reason(spec, message):
 
     with pytest.raises(ValueError, match=message):
         parse_length_spec(spec)
+
+
+def test_a_negative_token_budget_is_a_config_error_naming_the_field():
+    from megatron_rlvr.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="algorithm.max_tokens_per_micro_batch"):
+        load_config(overrides=["algorithm.max_tokens_per_micro_batch=-1"])
+    cfg = load_config(overrides=["algorithm.pack_sequences=true", "algorithm.max_tokens_per_micro_batch=4096"])
+    assert cfg.algorithm.pack_sequences and cfg.algorithm.max_tokens_per_micro_batch == 4096
