@@ -51,15 +51,16 @@ def single_rank():
 
 
 @pytest.mark.parametrize("n,v,chunk", [(13, 111, 4), (6, 151936, 4)])
-def test_float32_log_probs_and_grads_are_bitwise_megatrons_cross_entropy(single_rank, n, v, chunk):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_float32_log_probs_and_grads_are_bitwise_megatrons_cross_entropy(single_rank, n, v, chunk, temperature):
     from megatron.core import parallel_state, tensor_parallel
 
     logits, target = _inputs(n, v, seed=3)
     w = torch.randn(n)
-    lp, _ = token_stats(logits, target, 0.7, False, parallel_state.get_tensor_model_parallel_group(), chunk)
+    lp, _ = token_stats(logits, target, temperature, False, parallel_state.get_tensor_model_parallel_group(), chunk)
     (lp * w).sum().backward()
     ours_grad, logits.grad = logits.grad.clone(), None
-    nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float() / 0.7, target)
+    nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float() / temperature, target)
     (-nll * w).sum().backward()
     assert torch.equal(lp.detach(), -nll.detach())
     assert torch.equal(ours_grad, logits.grad)

@@ -50,9 +50,16 @@ def _all_reduce(t: torch.Tensor, op, group: Optional[dist.ProcessGroup]) -> None
 
 
 def _scaled_chunk(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """A fresh float32 copy of `logits` / T (safe to modify in place; T = 1 costs no division)."""
-    z = logits.to(torch.float32, copy=True)
-    return z if temperature == 1.0 else z.div_(temperature)
+    """A fresh float32 copy of `logits` / T (safe to modify in place)."""
+    return logits.to(torch.float32, copy=True).div_(temperature)
+
+
+def _shifted(logits: torch.Tensor, temperature: float, shift: torch.Tensor) -> torch.Tensor:
+    """Fresh float32 z / T - shift[:, None]. At T = 1 one pass: bf16 - float32 promotes to float32 exactly, the
+    same values as casting first and subtracting after."""
+    if temperature == 1.0:
+        return torch.sub(logits, shift.unsqueeze(-1))
+    return _scaled_chunk(logits, temperature).sub_(shift.unsqueeze(-1))
 
 
 class _ChunkedTokenStats(torch.autograd.Function):
@@ -71,10 +78,15 @@ class _ChunkedTokenStats(torch.autograd.Function):
         sums = torch.empty(k, n, dtype=torch.float32, device=logits.device)  # predicted, sum_exp[, sum_exp_z]
         for s in range(0, n, chunk):
             e = slice(s, s + chunk)
-            z = _scaled_chunk(logits[e], temperature)  # (c, Vs)
-            m = torch.max(z, dim=-1)[0]
+            if temperature == 1.0:
+                z = logits[e]  # (c, Vs) in its own dtype: the max is exact, float32 arithmetic starts below
+                m = torch.max(z, dim=-1)[0].float()
+                zs = torch.sub(z, m.unsqueeze(-1))
+            else:
+                z = _scaled_chunk(logits[e], temperature)  # (c, Vs)
+                m = torch.max(z, dim=-1)[0]
+                zs = z - m.unsqueeze(-1) if with_entropy else z.sub_(m.unsqueeze(-1))
             row_max[e] = m
-            zs = z - m.unsqueeze(-1) if with_entropy else z.sub_(m.unsqueeze(-1))
             rows = torch.arange(zs.shape[0], device=zs.device)
             sums[0, e] = torch.where(in_shard[e], zs[rows, local[e]], torch.zeros((), device=zs.device))
             torch.exp(zs, out=zs)
@@ -114,16 +126,16 @@ class _ChunkedTokenStats(torch.autograd.Function):
         n = logits.shape[0]
         for s in range(0, n, chunk):
             e = slice(s, s + chunk)
-            z = _scaled_chunk(logits[e], T)
-            rows = torch.arange(z.shape[0], device=z.device)
+            # softmax as Megatron's cross-entropy computes it: exp(z - max) / sum
+            p = _shifted(logits[e], T, row_max[e]).exp_().div_(sum_exp[e].unsqueeze(-1))
+            rows = torch.arange(p.shape[0], device=p.device)
             if grad_ent is None:
-                g = z.sub_(row_max[e].unsqueeze(-1)).exp_().div_(sum_exp[e].unsqueeze(-1))  # softmax (Megatron's)
+                g = p
                 g[rows, local[e]] -= in_shard[e].float()  # d nll / dz = p - onehot
                 g.mul_(-grad_lp[e].unsqueeze(-1))
             else:
                 # d/dz [g_lp * logprob + g_ent * H] = g_lp (onehot - p) + g_ent p (E_p[z] - z)
-                p = (z - row_max[e].unsqueeze(-1)).exp_().div_(sum_exp[e].unsqueeze(-1))
-                g = z.neg_().add_(mean_z[e].unsqueeze(-1)).mul_(grad_ent[e].unsqueeze(-1))
+                g = _shifted(logits[e], T, mean_z[e]).neg_().mul_(grad_ent[e].unsqueeze(-1))
                 g.sub_(grad_lp[e].unsqueeze(-1)).mul_(p)
                 del p
                 g[rows, local[e]] += torch.where(in_shard[e], grad_lp[e], torch.zeros_like(grad_lp[e]))
