@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed RL steps (after one warm-up step)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="runs/bench_train")
+    from megatron_rlvr import bench_packing
+
+    bench_packing.add_arguments(p)
     args = p.parse_args(argv)
+    if args.response_lengths:  # the update stage at ragged lengths: padded vs packed vs plain (bench_packing.py)
+        return bench_packing.run(args)
 
     from megatron_rlvr import runtime
     from megatron_rlvr.advantage import assign_advantages

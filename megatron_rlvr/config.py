@@ -186,8 +186,14 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     # PPO epochs over each step's rollouts
     ppo_epochs: int = 1
-    # sequences per micro-batch in the policy/memory update
+    # sequences per micro-batch in the policy/memory update (unless max_tokens_per_micro_batch is set)
     micro_batch_size: int = 16
+    # pack each micro-batch's sequences into one THD sequence (no compute on padding) in the log-prob recompute and
+    # the policy/memory updates; false = right-padded rows (float rounding differs slightly between the two)
+    pack_sequences: bool = False
+    # token budget per micro-batch (packed: real tokens; padded: rows x longest row), rows balanced by tokens
+    # across data-parallel ranks; 0 = micro_batch_size sequences per micro-batch
+    max_tokens_per_micro_batch: int = 0
     # optimizer steps per RL step (the global batch is split into this many mini-batches)
     mini_batches: int = 1
     # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (SPEC 2.5); the product of both
@@ -688,6 +694,8 @@ def validate_config(cfg: RunConfig) -> None:
     _require(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0", "use 0 to disable")
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", a.ppo_epochs, "must be >= 1", "use 1 or more")
     _require(a.micro_batch_size >= 1, "algorithm.micro_batch_size", a.micro_batch_size, "must be >= 1", "use 1+")
+    _require(a.max_tokens_per_micro_batch >= 0, "algorithm.max_tokens_per_micro_batch", a.max_tokens_per_micro_batch,
+             "must be >= 0", "use 0 (micro_batch_size sequences) or a token budget such as 16384")
     _require(a.mini_batches >= 1, "algorithm.mini_batches", a.mini_batches, "must be >= 1", "use 1 or more")
     n_seq = r.prompts_per_step * r.group_size
     _require(n_seq % a.mini_batches == 0, "algorithm.mini_batches", a.mini_batches,

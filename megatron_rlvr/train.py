@@ -54,10 +54,10 @@ def main(cfg: RunConfig) -> int:
                 with timer("advantage"):
                     metrics.update(assign_advantages(batch, a))
                 with timer("logprob_recompute"):
-                    old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True)
+                    old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True, algo=a)
                     ref_lp = None
                     if run.reference is not None:
-                        ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size)
+                        ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size, algo=a)
                 mask = batch.response_mask
                 metrics["policy/entropy"] = float(entropy[mask].mean())
                 metrics["rollout/logprob_abs_diff"] = logprob_gap(old_lp, batch.logprob_rollout_policy, mask)

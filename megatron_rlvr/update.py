@@ -3,6 +3,8 @@
 Loss normalisation is global: every micro-batch's loss is divided by the token (or sequence) count of the whole
 mini-batch across all data-parallel ranks (`count_loss_units` on the full batch, which every rank holds), so
 micro-batching and data parallelism never change the gradient (tested against the unsplit loss).
+Micro-batches are planned by ``micro_batching`` (sequence count or token budget) and, with
+``algorithm.pack_sequences``, packed into THD sequences by the model (``models.packing``).
 """
 
 from __future__ import annotations
@@ -12,25 +14,30 @@ from typing import Optional
 import torch
 
 from megatron_rlvr.algorithms import count_loss_units, offpolicy_weights, policy_loss, tis_weights
-from megatron_rlvr.config import RunConfig
+from megatron_rlvr.config import AlgorithmConfig, RunConfig
+from megatron_rlvr.micro_batching import gather_micro_batch, plan_micro_batches, split_over_ranks
+from megatron_rlvr.models.packing import lengths_from_mask
 from megatron_rlvr.rollout.types import RolloutBatch
 
 
-def _micro_batches(rows: torch.Tensor, size: int, fields: dict[str, Optional[torch.Tensor]]) -> list[dict]:
-    out = []
-    for i in range(0, len(rows), size):
-        idx = rows[i : i + size]
-        out.append({k: v[idx] for k, v in fields.items() if v is not None})
-    return out
-
-
-def _dp_share(model, rows: torch.Tensor) -> torch.Tensor:
-    """This data-parallel rank's rows of a mini-batch (strided, so every rank gets a similar length mix)."""
+def _micro_batches(model, rows: torch.Tensor, lengths: torch.Tensor, fields: dict[str, Optional[torch.Tensor]],
+                   micro_batch_size: int, max_tokens: int = 0, pack: bool = False) -> list[dict]:
+    """This data-parallel rank's micro-batches of the mini-batch `rows` (see ``micro_batching``)."""
     from megatron.core import parallel_state
 
     with model.ctx.layout(model.name):
         rank, size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    return rows[rank::size]
+    budget = max_tokens > 0
+    mine = split_over_ranks(rows, lengths, size, balanced=budget)[rank]
+    plan = plan_micro_batches(mine, lengths, micro_batch_size, max_tokens, packed=pack)
+    # Token-budgeted micro-batches drop the columns past their longest row (the fixed-size path keeps the
+    # batch's width, so its numbers stay those of earlier releases).
+    return [gather_micro_batch(idx, fields, lengths, pack=pack, trim=budget) for idx in plan]
+
+
+def sequence_lengths(batch: RolloutBatch) -> torch.Tensor:
+    """(N,) real tokens of each row: prompt + response."""
+    return batch.prompt_lens + batch.response_lens
 
 
 def _mean_stats(all_stats: list[dict]) -> dict[str, float]:
@@ -39,10 +46,20 @@ def _mean_stats(all_stats: list[dict]) -> dict[str, float]:
 
 
 def recompute_logprobs(model, batch: RolloutBatch, temperature: float, micro_batch_size: int,
-                       with_entropy: bool = False):
-    """log pi(token | prefix) of every token under `model`'s current weights, (N, L), plus entropy (N, L)."""
+                       with_entropy: bool = False, algo: Optional[AlgorithmConfig] = None):
+    """log pi(token | prefix) of every token under `model`'s current weights, (N, L), plus entropy (N, L).
+
+    With `algo`, its ``pack_sequences`` and ``max_tokens_per_micro_batch`` apply (every rank computes all rows);
+    then every row is 0 past its length."""
+    pack = bool(algo and algo.pack_sequences)
+    max_tokens = algo.max_tokens_per_micro_batch if algo else 0
+    if not pack and max_tokens <= 0:
+        return model.forward_logprobs(batch.tokens, temperature=temperature, micro_batch_size=micro_batch_size,
+                                      with_entropy=with_entropy)
+    lengths = sequence_lengths(batch)
+    plan = plan_micro_batches(torch.arange(len(batch)), lengths, micro_batch_size, max_tokens, packed=pack)
     return model.forward_logprobs(batch.tokens, temperature=temperature, micro_batch_size=micro_batch_size,
-                                  with_entropy=with_entropy)
+                                  with_entropy=with_entropy, lengths=lengths, micro_batches=plan, pack=pack)
 
 
 def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: RunConfig, step: int,
@@ -59,6 +76,7 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     tis = tis_weights(old_logprobs, batch.logprob_cal, a.tis_cap) if a.tis else is_w
     adv_tok = batch.advantages
     fields = dict(tokens=batch.tokens, mask=mask, old=old_logprobs, adv=adv_tok, ref=ref_logprobs, tis=tis)
+    lengths = sequence_lengths(batch)
     per_step, first = [], None
     mini = n // a.mini_batches
     for epoch in range(a.ppo_epochs):
@@ -78,7 +96,8 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
                     global_token_count=n_tok, global_seq_count=n_seq,
                 )
 
-            mbs = _micro_batches(_dp_share(policy, rows), a.micro_batch_size, fields)
+            mbs = _micro_batches(policy, rows, lengths, fields, a.micro_batch_size, a.max_tokens_per_micro_batch,
+                                 a.pack_sequences)
             stats = policy.train_step(mbs, loss_fn, temperature=cfg.rollout.temperature,
                                       with_entropy=a.entropy_coef > 0)
             first = stats if first is None else first
@@ -95,9 +114,11 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     return out
 
 
-def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_batch_size: int) -> float:
+def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_batch_size: int,
+                       algo: Optional[AlgorithmConfig] = None) -> tuple[float, float]:
     """One optimizer step of next-token cross-entropy on the `mask`ed tokens (mean over all of them); used by the
-    memory update and by the warm start."""
+    memory update and by the warm start. With `algo`, its packing and token budget apply (rows count up to their
+    last masked token). Returns (loss, grad_norm)."""
     n_tok, _ = count_loss_units(mask)
 
     def loss_fn(logprobs, entropy, mb):
@@ -106,7 +127,10 @@ def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_ba
         return nll / max(n_tok, 1), {"nll_sum": nll.detach()}
 
     rows = torch.arange(tokens.shape[0])
-    mbs = _micro_batches(_dp_share(model, rows), micro_batch_size, dict(tokens=tokens, mask=mask))
+    pack = bool(algo and algo.pack_sequences)
+    max_tokens = algo.max_tokens_per_micro_batch if algo else 0
+    mbs = _micro_batches(model, rows, lengths_from_mask(mask), dict(tokens=tokens, mask=mask), micro_batch_size,
+                         max_tokens, pack)
     stats = model.train_step(mbs, loss_fn, temperature=1.0, with_entropy=False)
     return float(stats["loss"]), float(stats.get("grad_norm", 0.0))
 
@@ -114,5 +138,6 @@ def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_ba
 def update_memory(memory, batch: RolloutBatch, cfg: RunConfig) -> dict[str, float]:
     """Cross-entropy on the response tokens (prompt as context): the memory model learns the empirical rollout
     distribution, so pi_cal = softmax(z_policy - lam * z_memory) down-weights modes sampled often (SPEC 2.5)."""
-    loss, grad_norm = cross_entropy_step(memory, batch.tokens, batch.response_mask, cfg.algorithm.micro_batch_size)
+    loss, grad_norm = cross_entropy_step(memory, batch.tokens, batch.response_mask, cfg.algorithm.micro_batch_size,
+                                         algo=cfg.algorithm)
     return {"memory/loss": loss, "memory/grad_norm": grad_norm}

@@ -4,7 +4,8 @@ Qwen3 = pre-norm decoder with RMSNorm (eps 1e-6), RMSNorm on queries and keys pe
 grouped-query attention, no biases, non-interleaved RoPE (theta 1e6), tied or untied embeddings per size
 (presets.py). Layers come from Transformer-Engine's spec when TE is importable and a GPU is present (or when
 ``transformer_impl == "transformer_engine"``), otherwise from Megatron's local spec with attention computed by
-``torch.nn.functional.scaled_dot_product_attention`` (:class:`SDPAttention`: causal, GQA-aware, no mask tensor).
+``torch.nn.functional.scaled_dot_product_attention`` (:class:`SDPAttention`: causal, GQA-aware, no mask tensor;
+packed ``thd`` sequences attend within each sequence).
 
 Call these inside the model's parallel layout (``ParallelContext.layout``): the model captures the current
 Megatron process groups.
@@ -60,25 +61,47 @@ class SDPAttention(DotProductAttention):
     """Megatron core attention computed by torch SDPA: causal, grouped-query, no materialised mask.
 
     Takes and returns Megatron's layouts: query (sq, b, np, hn), key/value (sk, b, ng, hn) -> (sq, b, np * hn),
-    with np/ng the heads/groups of this tensor-parallel rank. Parameters and checkpoints are those of
-    DotProductAttention (it has none for Qwen3).
+    with np/ng the heads/groups of this tensor-parallel rank. Packed sequences (``packed_seq_params`` in the
+    ``thd`` format: query (t, np, hn), key/value (t, ng, hn) -> (t, np * hn)) attend causally within each
+    sequence of ``cu_seqlens``: one SDPA call per sequence, the same math as the padded batch without the padding.
+    Parameters and checkpoints are those of DotProductAttention (it has none for Qwen3).
     """
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SDPAttention supports neither packed sequences nor attention bias")
+        if attention_bias is not None:
+            raise NotImplementedError("SDPAttention does not support an attention bias")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         if mask_type != AttnMaskType.causal:
             raise NotImplementedError(f"SDPAttention implements causal attention only, got {mask_type}")
+        if packed_seq_params is not None:
+            return self._forward_packed(query, key, value, packed_seq_params)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # (b, heads, s, hn)
-        p = self.attention_dropout.p if self.training else 0.0
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=p, scale=self.softmax_scale,
-            enable_gqa=q.size(1) != k.size(1),
-        )
+        ctx = self._sdpa(q, k, v)
         sq, b = query.size(0), query.size(1)
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
+
+    def _sdpa(self, q, k, v):
+        p = self.attention_dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=p, scale=self.softmax_scale, enable_gqa=q.size(1) != k.size(1),
+        )
+
+    def _forward_packed(self, query, key, value, packed_seq_params):
+        if packed_seq_params.qkv_format != "thd":
+            raise NotImplementedError(f"SDPAttention packs only the thd format, got {packed_seq_params.qkv_format!r}")
+        cu_q, cu_kv = packed_seq_params.cu_seqlens_q, packed_seq_params.cu_seqlens_kv
+        if cu_kv is not None and cu_kv is not cu_q and not torch.equal(cu_q, cu_kv):
+            raise NotImplementedError("SDPAttention packs self-attention only (cu_seqlens_q == cu_seqlens_kv)")
+        if getattr(packed_seq_params, "cu_seqlens_q_padded", None) is not None:
+            raise NotImplementedError("SDPAttention does not support padded packed sequences (cu_seqlens_q_padded)")
+        bounds = getattr(packed_seq_params, "host_bounds", None) or cu_q.tolist()
+        outs = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (t[s:e].permute(1, 0, 2).unsqueeze(0) for t in (query, key, value))  # (1, heads, len, hn)
+            outs.append(self._sdpa(q, k, v)[0].permute(1, 0, 2))  # (len, np, hn)
+        ctx = torch.cat(outs) if outs else query.new_zeros(0, query.size(1), query.size(2))
+        return ctx.reshape(query.size(0), self.hidden_size_per_partition)
 
 
 def layer_spec(shape: Qwen3Shape, model_cfg: ModelConfig) -> ModuleSpec:

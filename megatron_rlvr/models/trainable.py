@@ -12,7 +12,9 @@ Token log-probabilities are computed vocab-parallel from the sharded logits (no 
 entropy of that distribution.
 
 Data contract of the multi-rank calls: every rank of one model-parallel (TP x PP) group passes the same tokens /
-micro-batches; different data-parallel ranks pass their own share, the same number of micro-batches each.
+micro-batches; different data-parallel ranks pass their own share (the numbers of micro-batches may differ).
+Micro-batches are right-padded (n, L) rows, or, when they carry ``lengths``, packed into one THD sequence
+(``models.packing``); the per-token results come back in the (n, L) layout either way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
@@ -34,6 +36,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rlvr.config import ModelConfig, OptimConfig
+from megatron_rlvr.models.logprobs import token_stats
+from megatron_rlvr.models.packing import PackedRows, pack_rows
 from megatron_rlvr.models.presets import Qwen3Shape
 from megatron_rlvr.models.provider import build_gpt_model, resolve_dtype, transformer_config
 from megatron_rlvr.parallel import ParallelContext, set_seed, use_deterministic_algorithms
@@ -49,25 +53,27 @@ def vocab_parallel_token_stats(
     """Per-token log-probs (and entropies) of `tokens` under next-token logits sharded over the TP vocab.
 
     logits: (b, s, V / tp) of this TP rank, position t predicting token t + 1; tokens: (b, s) int64.
-    Returns (b, s) fp32 tensors with 0 at t = 0. Differentiable (Megatron's vocab-parallel cross-entropy; the
-    entropy's sums are all-reduced with an identity backward, which is exact as each rank's partial sum depends
-    on its own shard only).
+    Returns (b, s) fp32 tensors with 0 at t = 0. Differentiable; chunked over tokens, so no (b * s, V / tp) float32
+    tensor is ever materialised (``models.logprobs``).
     """
-    z = logits[:, :-1].float() / temperature  # (b, s-1, V/tp), a fresh tensor: safe to be consumed in place
-    target = tokens[:, 1:]
-    entropy = None
-    if with_entropy:
-        group = parallel_state.get_tensor_model_parallel_group()
-        z_max = z.detach().amax(dim=-1, keepdim=True)
-        dist.all_reduce(z_max, op=dist.ReduceOp.MAX, group=group)
-        e = torch.exp(z - z_max)
-        sum_e = tensor_parallel.reduce_from_tensor_model_parallel_region(e.sum(dim=-1))  # (b, s-1)
-        p_z = tensor_parallel.reduce_from_tensor_model_parallel_region((e * z).sum(dim=-1)) / sum_e
-        ent = z_max.squeeze(-1) + torch.log(sum_e) - p_z  # logsumexp(z) - E_p[z]
-        entropy = torch.nn.functional.pad(ent, (1, 0))
-        z = z.clone()  # the cross-entropy below works in place on its input; z is saved for the entropy grad
-    nll = tensor_parallel.vocab_parallel_cross_entropy(z, target)  # (b, s-1)
-    return torch.nn.functional.pad(-nll, (1, 0)), entropy
+    # Position s - 1 predicts nothing; it gets a dummy target and its result is dropped (no copy of the logits).
+    target = torch.cat([tokens[:, 1:], tokens.new_zeros(tokens.shape[0], 1)], dim=1)
+    lp, ent = token_stats(logits, target, temperature, with_entropy, _tp_group())
+    shift = lambda x: torch.nn.functional.pad(x[:, :-1], (1, 0))  # noqa: E731
+    return shift(lp), None if ent is None else shift(ent)
+
+
+def packed_token_stats(
+    logits: torch.Tensor, packed: PackedRows, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`vocab_parallel_token_stats` of a packed micro-batch: logits (1, T, V / tp) -> (n, L) per-token values
+    in the rows' padded layout (0 at t = 0 and past each row's length)."""
+    lp, ent = token_stats(logits[0], packed.next_token_targets(), temperature, with_entropy, _tp_group())
+    return packed.token_values_to_rows(lp), None if ent is None else packed.token_values_to_rows(ent)
+
+
+def _tp_group():
+    return parallel_state.get_tensor_model_parallel_group() if parallel_state.model_parallel_is_initialized() else None
 
 
 def _init_sgd_state(opt: torch.optim.Optimizer, config: Any = None) -> None:
@@ -241,25 +247,52 @@ class TrainableModel:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _to_device(self, mb: dict) -> dict:
-        return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in mb.items()}
+        out = {}
+        for k, v in mb.items():
+            if torch.is_tensor(v):
+                v = v.to(self.ctx.device, non_blocking=True)
+            elif isinstance(v, PackedRows):
+                v = v.to(self.ctx.device)
+            out[k] = v
+        return out
 
-    def _forward_chunk(self, model, tokens: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _prepare(micro_batches: list[dict]) -> list[dict]:
+        """Pack every micro-batch that carries ``lengths`` (n,): its rows become one THD sequence (``_packed``)."""
+        return [{**mb, "_packed": pack_rows(mb["tokens"], mb["lengths"])} if "lengths" in mb else mb
+                for mb in micro_batches]
+
+    def _forward_chunk(self, model, mb: dict) -> torch.Tensor:
+        packed = mb.get("_packed")
+        if packed is not None:
+            # One (1, T) row; attention and RoPE restart at each cu_seqlens boundary. Logits (1, T, V/tp).
+            return model(packed.tokens, packed.position_ids, None, packed_seq_params=packed.seq_params())
+        tokens = mb["tokens"]
         b, s = tokens.shape
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
         # Causal attention without a mask tensor (SDPA / TE causal); logits (b, s, V/tp) on the last stage.
         return model(tokens, position_ids, None)
 
+    @staticmethod
+    def _token_stats(logits: torch.Tensor, mb: dict, temperature: float, with_entropy: bool):
+        packed = mb.get("_packed")
+        if packed is not None:
+            return packed_token_stats(logits, packed, temperature, with_entropy)
+        return vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy)
+
     def _run_schedule(self, micro_batches: list[dict], step_fn, forward_only: bool) -> list:
         n_chunks = len(self.ddp_chunks)
         iters = [iter(micro_batches) for _ in range(n_chunks)]
-        first = micro_batches[0]["tokens"]
+        first = micro_batches[0]
+        # Pipelines exchange (seq, micro-batch, hidden) activations; a packed micro-batch is one row of T tokens.
+        seq, mbs = (first["_packed"].num_tokens, 1) if "_packed" in first else tuple(first["tokens"].shape[::-1])
         return get_forward_backward_func()(
             forward_step_func=step_fn,
             data_iterator=iters if n_chunks > 1 else iters[0],
             model=self.ddp_chunks,
             num_microbatches=len(micro_batches),
-            seq_length=first.shape[1],
-            micro_batch_size=first.shape[0],
+            seq_length=seq,
+            micro_batch_size=mbs,
             forward_only=forward_only,
         )
 
@@ -280,6 +313,9 @@ class TrainableModel:
             tok = mb.get("tokens")
             if not torch.is_tensor(tok) or tok.dim() != 2 or tok.dtype != torch.long:
                 raise ValueError(f"micro-batch {i}: 'tokens' must be an int64 tensor of shape (n, L)")
+            lengths = mb.get("lengths")
+            if lengths is not None and (not torch.is_tensor(lengths) or lengths.shape != tok.shape[:1]):
+                raise ValueError(f"micro-batch {i}: 'lengths' must be a tensor of shape ({tok.shape[0]},)")
 
     # ------------------------------------------------------------------------------------------ public API
     def reset_rng(self, seed: int) -> None:
@@ -289,24 +325,47 @@ class TrainableModel:
 
     @torch.no_grad()
     def forward_logprobs(self, tokens: torch.Tensor, temperature: float, micro_batch_size: int,
-                         with_entropy: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                         with_entropy: bool = False, lengths: Optional[torch.Tensor] = None,
+                         micro_batches: Optional[list[torch.Tensor]] = None, pack: bool = True,
+                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-token log-probs (N, L) (and entropies) of `tokens` (N, L) at `temperature`, on every rank (CPU).
 
-        Runs the pipeline schedule forward-only in micro-batches of `micro_batch_size` sequences; the last
-        stage's results are broadcast to all stages. Values at t = 0 are 0.
+        Runs the pipeline schedule forward-only in micro-batches of `micro_batch_size` sequences, or over the row
+        index sets `micro_batches` (a partition of range(N), e.g. token-budgeted); the last stage's results are
+        broadcast to all stages. Values at t = 0 are 0. With `lengths` (N,), row i counts its first ``lengths[i]``
+        tokens only (its values past them are 0): each micro-batch is packed (THD) if `pack`, else its rows are cut
+        to its longest row.
         """
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be an int64 (N, L) tensor, got {tuple(tokens.shape)} {tokens.dtype}")
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-        mbs = [{"tokens": t} for t in tokens.split(micro_batch_size)]
+        n = tokens.shape[0]
+        groups = micro_batches if micro_batches is not None else list(torch.arange(n).split(micro_batch_size))
+        order = torch.cat(groups) if groups else torch.arange(0)
+        if not torch.equal(order.sort().values, torch.arange(n)):
+            raise ValueError("micro_batches must partition the rows range(N) of tokens")
+        mbs = []
+        for g in groups:
+            if lengths is None:
+                mbs.append({"tokens": tokens[g]})
+                continue
+            width = int(lengths[g].max()) if len(g) else 1
+            extra = {"lengths": lengths[g]} if pack else {"row_lengths": lengths[g]}
+            mbs.append({"tokens": tokens[g][:, :width], **extra})
+        mbs = self._prepare(mbs)
+        full = tokens.shape[1]
+        widen = lambda x: torch.nn.functional.pad(x, (0, full - x.shape[1]))  # noqa: E731  (back to (n, L))
 
         def step_fn(data_iterator, model):
             mb = self._to_device(next(data_iterator))
-            out = self._forward_chunk(model, mb["tokens"])
+            out = self._forward_chunk(model, mb)
 
             def collect(logits):
-                lp, ent = vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy)
+                lp, ent = self._token_stats(logits, mb, temperature, with_entropy)
+                if lengths is not None and "_packed" not in mb:  # cut padded rows: 0 past each length
+                    keep = torch.arange(lp.shape[1], device=lp.device) < mb["row_lengths"].unsqueeze(1)
+                    lp, ent = lp * keep, None if ent is None else ent * keep
                 return logits.new_zeros(()), {"logprobs": lp.cpu(), "entropy": None if ent is None else ent.cpu()}
 
             return out, collect
@@ -316,8 +375,9 @@ class TrainableModel:
                 m.eval()
             outs = self._run_schedule(mbs, step_fn, forward_only=True)
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-                lp = torch.cat([o["logprobs"] for o in outs])
-                ent = torch.cat([o["entropy"] for o in outs]) if with_entropy else None
+                inverse = torch.argsort(order)  # back to the caller's row order
+                lp = torch.cat([widen(o["logprobs"]) for o in outs])[inverse]
+                ent = torch.cat([widen(o["entropy"]) for o in outs])[inverse] if with_entropy else None
                 result = (lp, ent)
             else:
                 result = None
@@ -330,7 +390,9 @@ class TrainableModel:
         """One optimizer step over `micro_batches` (this data-parallel rank's share of the batch).
 
         For each micro-batch (a dict with at least ``tokens`` (n, L) int64; its other tensors are moved to the
-        device) the model computes per-token log-probs (n, L) (and entropies if `with_entropy`) with grad and
+        device; with ``lengths`` (n,) its rows are packed into one THD sequence of their first lengths[i] tokens,
+        and the per-token values past a row's length are 0) the model computes per-token log-probs (n, L) (and
+        entropies if `with_entropy`) with grad and
         calls ``loss, stats = loss_fn(logprobs, entropy, mb)``.
 
         Normalisation: the gradient is that of the SUM of `loss` over all micro-batches of all data-parallel
@@ -343,16 +405,19 @@ class TrainableModel:
         The same dict is returned on every rank.
         """
         self._check_micro_batches(micro_batches)
+        micro_batches = self._prepare(micro_batches)
         with self.ctx.layout(self.name):
             dp = parallel_state.get_data_parallel_world_size()
+            # Data-parallel ranks may hold different numbers of (token-budgeted) micro-batches: each rank undoes
+            # its own schedule's 1 / num_microbatches.
             scale = len(micro_batches) * dp
 
             def step_fn(data_iterator, model):
                 mb = self._to_device(next(data_iterator))
-                out = self._forward_chunk(model, mb["tokens"])
+                out = self._forward_chunk(model, mb)
 
                 def loss_func(logits):
-                    lp, ent = vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy)
+                    lp, ent = self._token_stats(logits, mb, temperature, with_entropy)
                     loss, stats = loss_fn(lp, ent, mb)
                     if loss.dim() != 0:
                         raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
@@ -372,11 +437,13 @@ class TrainableModel:
             summary = None
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 keys = sorted(reports[0])
-                sums = torch.tensor([[r[k] for k in keys] for r in reports], dtype=torch.float64,
-                                    device=self.ctx.device).sum(0)
+                rows = torch.tensor([[r[k] for k in keys] + [1.0] for r in reports], dtype=torch.float64,
+                                    device=self.ctx.device)
+                sums = rows.sum(0)
                 dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
                 sums = sums.tolist()
-                summary = {k: v / (len(reports) * dp) for k, v in zip(keys, sums)}
+                count = sums.pop()  # micro-batches over all data-parallel ranks
+                summary = {k: v / count for k, v in zip(keys, sums)}
                 summary["loss"] = sums[keys.index("loss")]
             summary = self._broadcast_from_last_stage(summary)
             summary.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
