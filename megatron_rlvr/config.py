@@ -168,6 +168,9 @@ class AlgorithmConfig:
     clip_eps_low: float = 0.2
     # PPO clip upper epsilon (DAPO clip-higher uses 0.28)
     clip_eps_high: float = 0.2
+    # PPO dual-clip constant c > 1 (verl's clip_ratio_c, e.g. 3.0): bounds the loss of negative-advantage tokens
+    # at -A * c; null = off
+    clip_ratio_c: Optional[float] = None
     # DAPO dynamic sampling: drop groups whose rewards are all equal, oversample to refill
     dynamic_sampling: bool = False
     # DAPO dynamic sampling: at most this many extra generation rounds per step
@@ -682,6 +685,9 @@ def validate_config(cfg: RunConfig) -> None:
     for k in ("clip_eps_low", "clip_eps_high"):
         v = getattr(a, k)
         _require(0 < v < 1, f"algorithm.{k}", v, "PPO clip epsilon must be in (0, 1)", "use e.g. 0.2 (0.28 high)")
+    if a.clip_ratio_c is not None:
+        _require(a.clip_ratio_c > 1, "algorithm.clip_ratio_c", a.clip_ratio_c, "the dual-clip constant must be > 1",
+                 "use e.g. 3.0 (verl's default), or null to disable")
     _require(a.dynamic_sampling_max_rounds >= 0, "algorithm.dynamic_sampling_max_rounds",
              a.dynamic_sampling_max_rounds, "must be >= 0", "use e.g. 3")
     if a.overlong_shaping:

@@ -93,7 +93,7 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
                     clip_eps_high=a.clip_eps_high, loss_agg=a.loss_agg, ref_logprobs=mb.get("ref"),
                     kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=entropy, entropy_coef=a.entropy_coef,
                     tis_weights=mb.get("tis"), max_response_len=cfg.rollout.max_new_tokens,
-                    global_token_count=n_tok, global_seq_count=n_seq,
+                    global_token_count=n_tok, global_seq_count=n_seq, clip_ratio_c=a.clip_ratio_c,
                 )
 
             mbs = _micro_batches(policy, rows, lengths, fields, a.micro_batch_size, a.max_tokens_per_micro_batch,

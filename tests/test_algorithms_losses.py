@@ -217,3 +217,25 @@ def test_at_the_first_step_old_equals_new_so_ratio_is_one_and_approx_kl_zero():
     assert stats["approx_kl"].item() == 0.0
     assert stats["pg_clipfrac"].item() == 0.0
     assert stats["num_tokens"].item() == 34
+
+
+def test_dual_clip_bounds_negative_advantage_tokens_at_c_times_minus_a():
+    # (A, ratio): (-1, 5) bounded at c = 3, (-1, 2) below the bound, (+1, 5) positive advantages never dual-clipped
+    old = torch.zeros(3, 1)
+    lp = torch.tensor([[LOG(5.0)], [LOG(2.0)], [LOG(5.0)]], requires_grad=True)
+    adv = torch.tensor([-1.0, -1.0, 1.0])
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    loss, stats = policy_loss(lp, old, adv, mask, clip_ratio_c=3.0)
+    # per token: min(max(5, 1.2), 3) = 3; max(2, 1.2) = 2; max(-5, -1.2) = -1.2
+    assert loss.item() == pytest.approx((3.0 + 2.0 - 1.2) / 3)
+    assert stats["pg_clipfrac_lower"].item() == pytest.approx(1 / 3)
+    loss.backward()
+    torch.testing.assert_close(lp.grad[:, 0], torch.tensor([0.0, 2.0, 0.0]) / 3)  # the bounded token: no gradient
+    plain, _ = policy_loss(lp.detach(), old, adv, mask)
+    assert plain.item() == pytest.approx((5.0 + 2.0 - 1.2) / 3)  # off by default
+
+
+def test_dual_clip_constant_must_exceed_one():
+    lp = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        policy_loss(lp, lp, torch.tensor([-1.0]), torch.ones(1, 1, dtype=torch.bool), clip_ratio_c=0.5)

@@ -1,17 +1,18 @@
 """Advantage stage: per-response advantages from verifier rewards (SPEC 2.1), then IAC (SPEC 2.2).
 
 Every estimator maps rewards (N,) of a flat batch plus the query id of each response to one scalar advantage
-per response; the trainer broadcasts it to that response's tokens. Conventions, chosen to match the reference
-implementations (verl, OpenRLHF, TRL) so that results are comparable:
+per response; the trainer broadcasts it to that response's tokens. Conventions (docs/ALGORITHMS.md, "Where this
+project deliberately differs from verl", lists the departures from verl's reference implementation):
 
 - `grpo` divides by the *unbiased* (Bessel-corrected, G - 1) standard deviation of the group plus `eps`;
   an all-equal group therefore gets advantage exactly 0.
 - `reinforce_pp_baseline` subtracts the group mean, then whitens with the mean and *population* standard
-  deviation of the whole batch (one value per response, not per token). `batch_ids` may split the input into
+  deviation of the whole batch (one value per response, not per token as verl's `masked_whiten` does). `batch_ids` may split the input into
   several independently whitened batches (e.g. independent runs vectorised into one call by the toy study).
 - `rloo` uses the mean of the other G - 1 rewards of the group as baseline, which equals
   G / (G - 1) * (r_i - mean(r)).
-- `raw` (A = r) is the only estimator that allows groups of size 1; the others raise, because a group
+- `raw` (A = r) is the only estimator that allows groups of size 1; the others raise (verl instead uses mean 0 and
+  std 1 for a singleton, i.e. A = r), because a group
   baseline of a single sample is undefined (or zero by construction) and that is almost always a bug in
   how the batch was assembled.
 

@@ -4,6 +4,8 @@ truncated importance weight of DLC (SPEC 2.3-2.5).
 Per token t of response i (ratio rho = pi_theta / pi_old, advantage A_i broadcast to the tokens):
 
     pg_it   = max(-A_i * rho_it, -A_i * clip(rho_it, 1 - eps_low, 1 + eps_high)) * w_it
+              (with the dual clip, for A_i < 0: min(that max, -A_i * c) before the weight; off by default,
+               on by default in verl with c = 3)
     loss_it = pg_it + kl_coef * KL_it - entropy_coef * H_it
 
 where w_it is the optional off-policy importance weight (no gradient): the legacy DLC truncated weight
@@ -21,6 +23,7 @@ exactly (and likewise across data-parallel ranks when the counts are all-reduced
 - `token-mean` (DAPO, token-level):  sum_{i,t} m_it loss_it / global_token_count
 - `seq-mean-token-mean` (GRPO):      sum_i [ sum_t m_it loss_it / n_i ] / global_seq_count
 - `seq-mean-token-sum-norm` (Dr.GRPO): sum_{i,t} m_it loss_it / (max_response_len * global_seq_count)
+  (a configured constant; verl's default divisor is the batch's padded width, which changes with micro-batching)
 
 with m the response mask, n_i = sum_t m_it the length of response i, global_token_count the number of
 response tokens and global_seq_count the number of responses with at least one response token in the global
@@ -50,7 +53,9 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Ten
 
     With log_r = log pi_ref - log pi_theta:  k1 = -log_r (unbiased, can be negative),
     k2 = log_r^2 / 2 (biased, low variance), k3 = exp(log_r) - 1 - log_r (unbiased, >= 0).
-    log_r is clamped to [-20, 20] for k3 only, where exp would otherwise overflow.
+    log_r is clamped to [-20, 20] for k3 only, where exp would otherwise overflow. Unlike verl's `low_var_kl`, the
+    k3 estimate itself is not clamped (to [-10, 10] there): a clamp would zero the KL gradient of exactly the tokens
+    that drifted most.
     """
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; choose one of {', '.join(KL_ESTIMATORS)}")
@@ -136,6 +141,7 @@ def policy_loss(
     max_response_len: int | None = None,
     global_token_count: int | None = None,
     global_seq_count: int | None = None,
+    clip_ratio_c: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped policy loss of one (micro-)batch, aggregated by `loss_agg` (module docstring).
 
@@ -154,6 +160,9 @@ def policy_loss(
             offpolicy module), or None.
         max_response_len: constant L_max for 'seq-mean-token-sum-norm'.
         global_token_count, global_seq_count: global denominators for exact micro-batching.
+        clip_ratio_c: PPO dual-clip constant c > 1 (Ye et al. 2020, as in verl): for negative advantages the
+            per-token surrogate is capped at -A * c, so a token whose ratio exploded cannot dominate the loss.
+            None disables it.
 
     Returns:
         (loss scalar, stats) with detached scalar tensors: `pg_loss` (the surrogate part, same aggregation),
@@ -174,6 +183,13 @@ def policy_loss(
     surr_unclipped = -adv * ratio
     surr_clipped = -adv * ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
     pg = torch.maximum(surr_unclipped, surr_clipped)
+    dual = None
+    if clip_ratio_c is not None:
+        if not clip_ratio_c > 1.0:
+            raise ValueError(f"clip_ratio_c must be > 1 (e.g. 3.0), got {clip_ratio_c!r}")
+        capped = -adv * clip_ratio_c  # (N, 1): the bound of the surrogate for A < 0
+        dual = (adv < 0) & (pg > capped)
+        pg = torch.where(adv < 0, torch.minimum(pg, capped), pg)
     if tis_weights is not None:
         if tis_weights.shape != logprobs.shape:
             raise ValueError(f"tis_weights must have shape {tuple(logprobs.shape)}, got {tuple(tis_weights.shape)}")
@@ -218,6 +234,8 @@ def policy_loss(
             "ratio_max": torch.where(m, ratio.detach(), zeros).max() if m.any() else zeros.sum(),
             "num_tokens": m.sum().float(),
         }
+        if dual is not None:
+            stats["pg_clipfrac_lower"] = token_mean(dual.float())  # tokens the dual clip bounded
         if kl is not None:
             stats["kl"] = token_mean(kl.detach())
         if ent is not None:
