@@ -56,9 +56,14 @@ def _train(argv: list[str]) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from megatron_rlvr.errors import RunError
     from megatron_rlvr.train import main as train_main
 
-    return train_main(cfg) or 0
+    try:
+        return train_main(cfg) or 0
+    except (ConfigError, RunError) as err:  # a run-folder / checkpoint problem the user fixes: one line
+        print(str(err), file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else err.exit_code
 
 
 def _delegate(module: str, argv: list[str]) -> int:
