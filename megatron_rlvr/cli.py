@@ -57,13 +57,14 @@ def _train(argv: list[str]) -> int:
         print(cfg.to_yaml())
         return 0
     from megatron_rlvr.errors import RunError
+    from megatron_rlvr.tasks import DatasetError
     from megatron_rlvr.train import main as train_main
 
     try:
         return train_main(cfg) or 0
-    except (ConfigError, RunError) as err:  # a run-folder / checkpoint problem the user fixes: one line
+    except (ConfigError, DatasetError, RunError) as err:  # bad input or run-folder state the user fixes: one line
         print(str(err), file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else err.exit_code
+        return err.exit_code if isinstance(err, RunError) else 2
 
 
 def _delegate(module: str, argv: list[str]) -> int:

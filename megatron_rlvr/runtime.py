@@ -88,6 +88,16 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def prompt_budget(cfg: RunConfig) -> tuple[int, str]:
+    """The longest prompt a rollout can take: the models' context minus the tokens a response may add."""
+    from megatron_rlvr.models.presets import get_preset
+
+    names = ["policy"] + (["memory"] if cfg.dlc.enabled else [])
+    context = min(get_preset(getattr(cfg, n).preset).max_position_embeddings for n in names)
+    return context - cfg.rollout.max_new_tokens, (f"the models' context of {context} positions minus "
+                                                   f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
+
+
 def setup(cfg: RunConfig) -> Run:
     """Process groups, run folder with the resolved config, task and prompt sampler."""
     quiet_library_warnings()
@@ -108,7 +118,7 @@ def setup(cfg: RunConfig) -> Run:
     seed_everything(cfg.seed)
     if is_rank0():
         run_dir.mkdir(parents=True, exist_ok=True)
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, *prompt_budget(cfg))
     return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, task=task, sampler=PromptSampler(task, cfg.seed), stop=stop)
 
 

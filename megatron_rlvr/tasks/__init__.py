@@ -27,14 +27,17 @@ pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tok
 
 from __future__ import annotations
 
+from typing import Optional
+
 from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
 from megatron_rlvr.tasks.math_task import DatasetError, MathTask, load_math_rows, math_equal
 from megatron_rlvr.tasks.synthetic import ShiftCipherTask
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 
-def build_task(task_cfg) -> Task:
-    """The task described by a `TaskConfig` (megatron_rlvr.config)."""
+def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason: str = "") -> Task:
+    """The task described by a `TaskConfig` (megatron_rlvr.config). Math prompts longer than `max_prompt_tokens`
+    are refused at load (or skipped with task.skip_malformed), `length_reason` saying where the limit comes from."""
     if task_cfg.name == "synthetic":
         return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
     if task_cfg.name == "math":
@@ -45,7 +48,7 @@ def build_task(task_cfg) -> Task:
             raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
                              "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
         return MathTask(task_cfg.path, HFTokenizer(task_cfg.tokenizer), task_cfg.prompt_key, task_cfg.answer_key,
-                        task_cfg.skip_malformed)
+                        task_cfg.skip_malformed, max_prompt_tokens, length_reason)
     raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic or math")
 
 

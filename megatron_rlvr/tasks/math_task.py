@@ -189,16 +189,31 @@ class MathTask(Task):
     name = "math"
 
     def __init__(self, paths: str | Sequence[str], tokenizer: Tokenizer, prompt_key: str = "prompt",
-                 answer_key: str = "answer", skip_malformed: bool = False):
+                 answer_key: str = "answer", skip_malformed: bool = False, max_prompt_tokens: Optional[int] = None,
+                 length_reason: str = ""):
         data = load_math_rows(paths, prompt_key, answer_key, skip_malformed)
         self.tokenizer = tokenizer
         self.skipped = data.skipped
         add_bos = tokenizer.bos_id is not None
-        self.prompts = [
-            Example(index=i, prompt=r.prompt, prompt_ids=tokenizer.encode(r.prompt, add_bos=add_bos),
-                    metadata={"answer": r.answer, "source": r.source, "line": r.line})
-            for i, r in enumerate(data.rows)
-        ]
+        self.prompts = []
+        for r in data.rows:
+            ids = tokenizer.encode(r.prompt, add_bos=add_bos)
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                # Checked here, at load: otherwise the run dies at the step that first samples this prompt.
+                err = DatasetError(r.source, r.line, prompt_key,
+                                   f"the prompt is {len(ids)} tokens, more than the {max_prompt_tokens} that fit"
+                                   + (f" ({length_reason})" if length_reason else ""),
+                                   "shorten or remove the row, lower rollout.max_new_tokens, or set "
+                                   "task.skip_malformed=true to skip such rows")
+                if not skip_malformed:
+                    raise err
+                self.skipped.append(str(err))
+                continue
+            self.prompts.append(Example(index=len(self.prompts), prompt=r.prompt, prompt_ids=ids,
+                                        metadata={"answer": r.answer, "source": r.source, "line": r.line}))
+        if not self.prompts:
+            raise DatasetError(",".join(sorted({r.source for r in data.rows})), None, None,
+                               f"no usable rows ({len(self.skipped)} skipped)", "check the files and the limits")
 
     @property
     def num_skipped(self) -> int:
