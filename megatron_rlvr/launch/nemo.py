@@ -28,6 +28,7 @@ from pathlib import Path
 import nemo_run as run
 from nemo_run.config import get_nemorun_home
 
+from megatron_rlvr.errors import PREEMPTED_EXIT_CODE
 from megatron_rlvr.launch.spec import DEFAULT_ENV, LaunchSpec
 
 # Entry point of a dedicated rollout server: `python -m <module> CONFIG --host H --port P`.
@@ -59,9 +60,25 @@ def rollout_server_script(config_path: str, port: int) -> str:
     )
 
 
+def requeue_filter_lines() -> list[str]:
+    """nemo-run's sbatch script requeues any failed job (`scontrol requeue`, up to the executor's retries). Only a
+    trainer that stopped for preemption or the time limit (exit PREEMPTED_EXIT_CODE, after writing a checkpoint)
+    should come back: this shell function lets `scontrol requeue` through for that exit code only."""
+    code = PREEMPTED_EXIT_CODE
+    return [
+        f"# requeue only a trainer that checkpointed and exited {code} (SIGUSR1 before the time limit, or SIGTERM);",
+        "# any other failure ends the job (nemo-run's epilogue would requeue every failure)",
+        'scontrol() { if [ "$1" = requeue ] && [ "${exitcode:-0}" != ' + str(code) + ' ]; then '
+        'echo "exit code ${exitcode:-?}: a failure, not a preemption; not requeued"; return 0; fi; '
+        'command scontrol "$@"; }',
+    ]
+
+
 def sbatch_setup_lines(spec: LaunchSpec, dedicated_rollout: bool) -> str:
-    """Lines the sbatch script runs before srun: the rendezvous address and, if dedicated, the server URLs."""
-    lines = ["# torch.distributed rendezvous: rank 0 runs on the first training node"]
+    """Lines the sbatch script runs before srun: the requeue filter, the rendezvous address and, if dedicated, the
+    server URLs."""
+    lines = requeue_filter_lines()
+    lines.append("# torch.distributed rendezvous: rank 0 runs on the first training node")
     if dedicated_rollout:
         # Het group 1 holds the training nodes; nemo-run's $head_node_ip is the first node of the whole job.
         lines.append('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" | head -n1)')
@@ -94,7 +111,10 @@ def _slurm_executor(spec: LaunchSpec, nodes: int, tasks_per_node: int, heterogen
         container_image=spec.container_image,
         container_mounts=list(spec.container_mounts),
         env_vars=_env(spec),
-        additional_parameters=dict(spec.sbatch_args) or None,
+        additional_parameters={**({"requeue": True} if spec.max_requeues else {}), **spec.sbatch_args} or None,
+        # SIGUSR1 to every task ahead of the time limit: the trainer checkpoints and exits 75 (then requeued)
+        signal=f"USR1@{spec.preempt_signal_s}" if spec.preempt_signal_s else None,
+        retries=spec.max_requeues,
         job_name_prefix=f"{spec.job_name}-",
         heterogeneous=heterogeneous,
         setup_lines=setup_lines,

@@ -73,6 +73,10 @@ class LaunchSpec:
     master_port: int = 29500
     # Slurm job name prefix and nemo-run experiment title
     job_name: str = "megatron-rlvr"
+    # Slurm: send SIGUSR1 this many seconds before the time limit (the trainer checkpoints and exits 75); 0 = never
+    preempt_signal_s: int = 180
+    # Slurm: requeue a job stopped by preemption or the time limit (exit 75) at most this many times
+    max_requeues: int = 3
     # print what would be submitted and exit
     dryrun: bool = False
 
@@ -199,6 +203,9 @@ def validate_launch(cfg: RunConfig, spec: LaunchSpec) -> None:
                  "pass --partition NAME (see `sinfo -s`)")
         _require(bool(_SLURM_TIME.match(spec.time)), "--time", spec.time, "not a Slurm time limit",
                  "use HH:MM:SS or D-HH:MM:SS, e.g. 04:00:00")
+        _require(0 <= spec.preempt_signal_s <= 65535, "--preempt-signal-seconds", spec.preempt_signal_s,
+                 "must be in [0, 65535] (Slurm's --signal limit)", "use e.g. 180 (time to finish a step and save)")
+        _require(spec.max_requeues >= 0, "--max-requeues", spec.max_requeues, "must be >= 0", "use e.g. 3")
         _require(bool(spec.container_image), "--container-image", spec.container_image,
                  "Slurm jobs run in a Pyxis container and none was given",
                  "pass --container-image IMAGE (with megatron-rlvr installed), e.g. a .sqsh file or registry tag")
