@@ -246,17 +246,24 @@ def clean_stale_tmp(root: Path) -> list[Path]:
     return removed
 
 
-def _disk_full(err: BaseException) -> bool:
-    seen = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+def _disk_full(err: BaseException, free_bytes: int) -> bool:
+    """Whether a failed checkpoint write ran out of space. Megatron wraps the writer's error in a
+    CheckpointException (per-rank `failures`), and torch's zip writer reports ENOSPC only as
+    "[enforce fail at inline_container.cc] ... unexpected pos", so the free space decides those."""
+    pending, texts = [err], []
+    while pending:
+        e = pending.pop()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        text = str(seen)
-        if "No space left" in text or "Disk quota exceeded" in text:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    # torch.save reports ENOSPC from its zip writer as "[enforce fail at inline_container.cc] ... unexpected pos"
-    return "inline_container" in str(err) and ("unexpected pos" in str(err) or "write" in str(err))
+        texts.append(str(e))
+        pending += [c for c in (e.__cause__, e.__context__) if c is not None]
+        for failure in getattr(e, "failures", {}).values():  # rank -> (exception, traceback) in torch
+            pending += [f for f in (failure if isinstance(failure, tuple) else (failure,))
+                        if isinstance(f, BaseException)]
+    text = " ".join(texts)
+    if "No space left" in text or "Disk quota exceeded" in text:
+        return True
+    return free_bytes < 64 * 2**20 and ("inline_container" in text or "Worker failure" in text)
 
 
 def save_checkpoint(root: Path, step: int, models: dict, trainer_state: dict, config_yaml: str,
@@ -278,11 +285,11 @@ def save_checkpoint(root: Path, step: int, models: dict, trainer_state: dict, co
             if tokenizer is not None:
                 tokenizer.save(tmp / "tokenizer")  # copied into Hugging Face exports
             _fsync_dir(tmp)
-    except Exception as err:
+    except BaseException as err:  # torch's CheckpointException derives from BaseException
         free = shutil.disk_usage(root).free
         if _is_rank0():
             shutil.rmtree(tmp, ignore_errors=True)
-        if _disk_full(err):
+        if _disk_full(err, free):
             raise RunError(f"writing checkpoint {final} failed: the disk holding {root} is full "
                            f"({free / 2**20:.0f} MiB free); the previous checkpoint is intact; fix: free space there "
                            "(or lower checkpoint.keep_last, or move run_dir) and rerun the same command to resume"

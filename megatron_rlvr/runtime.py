@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_rlvr import checkpoint as ckpt
 from megatron_rlvr import run_guard
@@ -145,7 +146,7 @@ def build_models(run: Run) -> None:
         for name in names:
             try:
                 run.models[name].load_checkpoint(resume / name, load_optimizer=True)
-            except Exception as err:  # a checkpoint without integrity record, damaged: name it, not Megatron
+            except (Exception, CheckpointException) as err:  # damaged, without integrity record: name it
                 raise RunError(f"loading {resume / name} failed ({type(err).__name__}: {str(err)[:160]}); the "
                                "checkpoint is damaged or incomplete; fix: point checkpoint.load at an earlier "
                                "iter folder, or start over with checkpoint.load=none") from err

@@ -93,12 +93,17 @@ def test_a_fresh_start_over_newer_checkpoints_keeps_the_checkpoint_it_just_wrote
     assert list(copy_of_base.glob("metrics.jsonl.replaced-*")), "the earlier run's metrics were not kept"
 
 
-def test_a_deleted_latest_resumes_from_the_newest_intact_checkpoint(copy_of_base, cache):
+def test_a_restart_with_latest_deleted_resumes_from_the_newest_checkpoint_and_drops_unfinished_ones(copy_of_base,
+                                                                                                   cache):
     (copy_of_base / "checkpoints" / "latest").unlink()
+    stale = copy_of_base / "checkpoints" / "iter_0000006.tmp"  # as a kill -9 during a save leaves it
+    (stale / "policy").mkdir(parents=True)
+    (stale / "policy" / "__0_0.distcp").write_bytes(b"half")
     res = train(copy_of_base, cache, "steps=4")
     assert "resumed from" in res.stdout and "iter_0000004" in res.stdout
     assert "latest is missing" in res.stderr
     assert (copy_of_base / "checkpoints" / "iter_0000002").is_dir()
+    assert not stale.exists() and "removed the unfinished checkpoint folder" in res.stdout
 
 
 def test_resuming_with_fewer_steps_than_done_is_refused_and_changes_nothing(copy_of_base, cache):
@@ -193,15 +198,18 @@ def _damage(ckpts: Path, how: str) -> None:
         shutil.rmtree(it)
 
 
-@pytest.mark.parametrize("how", ["truncated trainer_state", "missing integrity record", "random bytes in a shard",
-                                 "garbage in latest", "latest names a deleted folder"])
+@pytest.mark.parametrize("how, resumed", [
+    ("truncated trainer_state", "iter_0000002"), ("missing integrity record", "iter_0000002"),
+    ("random bytes in a shard", "iter_0000002"), ("garbage in latest", "iter_0000004"),
+    ("latest names a deleted folder", "iter_0000002"),
+])
 def test_damaged_checkpoint_files_fall_back_to_the_newest_intact_checkpoint_with_a_warning(copy_of_base, how,
-                                                                                          capsys):
+                                                                                          resumed, capsys):
     from megatron_rlvr.checkpoint import find_checkpoint
 
     ckpts = copy_of_base / "checkpoints"
     _damage(ckpts, how)
-    assert find_checkpoint(ckpts, "auto") == ckpts / "iter_0000002"
+    assert find_checkpoint(ckpts, "auto") == ckpts / resumed
     assert "warning:" in capsys.readouterr().err
 
 
@@ -214,14 +222,6 @@ def test_an_explicitly_named_damaged_checkpoint_is_refused_naming_file_and_the_p
     with pytest.raises(RunError, match=r"iter_0000004 is damaged: .*memory/__0_0.distcp.*checkpoint.load=.*"
                                        r"iter_0000002"):
         find_checkpoint(ckpts, str(ckpts / "iter_0000004"))
-
-
-def test_stale_tmp_checkpoint_folders_are_removed_at_the_next_start(copy_of_base, cache):
-    stale = copy_of_base / "checkpoints" / "iter_0000006.tmp"
-    (stale / "policy").mkdir(parents=True)
-    (stale / "policy" / "__0_0.distcp").write_bytes(b"half")
-    res = train(copy_of_base, cache, "steps=4")
-    assert not stale.exists() and "removed the unfinished checkpoint folder" in res.stdout
 
 
 # ----------------------------------------------------------------------------------------------- full disk
