@@ -14,6 +14,7 @@ if [ "$cmd" = stop ]; then
     for d in slurmd slurmctld munged; do
         [ -f "$dir/$d.pid" ] && kill "$(cat "$dir/$d.pid")" 2>/dev/null
     done
+    [ -L "$dir/munge" ] && rm -rf "$(readlink "$dir/munge")" "$dir/munge"
     exit 0
 fi
 
@@ -28,13 +29,13 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
 fi
 [ "$(id -u)" = 0 ] || fail "slurmd must run as root to start jobs as their user; this is uid $(id -u)"
 
-# munge: one key, a private socket, its own pid file
-mkdir -p "$dir/munge"; chown munge: "$dir/munge" 2>/dev/null
+# munge: one key, a private socket, its own pid file, in a folder the munge user can reach (DIR may be private)
+mdir=$(mktemp -d /tmp/slurm-munge.XXXXXX); chown munge: "$mdir"; chmod 755 "$mdir"; ln -sfn "$mdir" "$dir/munge"
 [ -s /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=128 2>/dev/null; chown munge: /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-sock="$dir/munge/munge.socket"
-runuser -u munge -- munged --socket="$sock" --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" \
-    --seed-file="$dir/munge/munged.seed" 2>"$dir/munged.err" || fail "munged did not start: $(head -c 300 "$dir/munged.err")"
-cp "$dir/munge/munged.pid" "$dir/munged.pid" 2>/dev/null
+sock="$mdir/munge.socket"
+runuser -u munge -- munged --socket="$sock" --pid-file="$mdir/munged.pid" --log-file="$mdir/munged.log" \
+    --seed-file="$mdir/munged.seed" 2>"$dir/munged.err" || fail "munged did not start: $(head -c 300 "$dir/munged.err")"
+cp "$mdir/munged.pid" "$dir/munged.pid" 2>/dev/null
 
 host=$(hostname -s)
 cpus=$(nproc)

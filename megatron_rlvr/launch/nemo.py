@@ -84,7 +84,7 @@ def no_container_lines() -> list[str]:
         r'srun() { local a=() d=""; while [ $# -gt 0 ]; do case "$1" in '
         r'--container-image|--container-workdir) shift 2 ;; '
         r'--container-mounts) d=$(tr , "\n" <<<"$2" | sed -n "s|:/nemo_run$||p"); shift 2 ;; '
-        r'*) a+=("${1//\/nemo_run\//$d/}"); shift ;; esac; done; command srun "${a[@]}"; }',
+        r'*) a+=("${1/#\/nemo_run\//$d/}"); shift ;; esac; done; command srun "${a[@]}"; }',
     ]
 
 
