@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_rlvr.checkpoint import INTEGRITY, LATEST, iter_dir_name, read_latest, step_of, verify_checkpoint
+from megatron_rlvr.checkpoint import INTEGRITY, LATEST, iter_dir_name, read_latest, verify_checkpoint
 from megatron_rlvr.convert import ConversionError, qwen3_map
 from megatron_rlvr.convert.dist_ckpt import DistCheckpointReader
 from megatron_rlvr.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, HFFolderWriter, atomic_output_dir, tokenizer_files_in
@@ -60,7 +60,8 @@ def resolve_model_dir(ckpt: str | Path, model: str = "policy", step: Optional[in
 
 
 def _check_complete(it: Path, model: str) -> None:
-    """A trainer checkpoint is exported only once finished (its integrity record exists) and intact."""
+    """A trainer checkpoint is exported only once finished (never a `.tmp` folder) and, when it has an integrity
+    record, only if its files match it."""
     if ".tmp" in it.name:
         raise ConversionError(f"{it} is an unfinished checkpoint (its write never completed); export a finished "
                               "iter_XXXXXXX folder instead")
@@ -69,9 +70,6 @@ def _check_complete(it: Path, model: str) -> None:
         if problems:
             raise ConversionError(f"checkpoint {it} is damaged: {'; '.join(problems[:3])}; export an earlier "
                                   "checkpoint with --step N")
-    elif step_of(it) is not None and not (it / "trainer_state.pt").is_file():
-        raise ConversionError(f"{it} is a half-written checkpoint (no {INTEGRITY} and no trainer_state.pt); export "
-                              "a finished one with --step N")
 
 
 def export_checkpoint(
