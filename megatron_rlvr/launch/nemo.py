@@ -129,6 +129,10 @@ def _slurm_executor(spec: LaunchSpec, nodes: int, tasks_per_node: int, heterogen
         # SIGUSR1 to every task ahead of the time limit: the trainer checkpoints and exits 75 (then requeued)
         signal=f"USR1@{spec.preempt_signal_s}" if spec.preempt_signal_s else None,
         retries=spec.max_requeues,
+        # After a stop signal every rank checkpoints and exits 75; nemo-run's --kill-on-bad-exit=1 would kill the
+        # ranks that exit a moment later and turn the step's exit code into a failure (no requeue). The later
+        # flag wins; --wait=60 still ends the other ranks a minute after the first one exits (e.g. a crash).
+        srun_args=["--kill-on-bad-exit=0"],
         job_name_prefix=f"{spec.job_name}-",
         heterogeneous=heterogeneous,
         setup_lines=setup_lines,
