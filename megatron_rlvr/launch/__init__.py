@@ -129,7 +129,8 @@ def resolve(argv: list[str]) -> ResolvedLaunch:
         container_mounts=parse_mounts(args.container_mounts), env=parse_key_values(args.env, "--env"),
         sbatch_args=parse_sbatch_flags(args.sbatch), rollout_nodes=args.rollout_nodes,
         rollout_port=args.rollout_port, master_port=args.master_port, job_name=args.job_name,
-        no_container=args.no_container, cpu_only=args.cpu_only, preempt_signal_s=args.preempt_signal_seconds, max_requeues=args.max_requeues, dryrun=args.dryrun,
+        no_container=args.no_container, cpu_only=args.cpu_only, preempt_signal_s=args.preempt_signal_seconds,
+        max_requeues=args.max_requeues, dryrun=args.dryrun,
     )
     if spec.executor == "local" and args.gpus_per_node is not None:
         _check_local_gpus(spec.gpus_per_node)
