@@ -66,14 +66,15 @@ def _train(argv: list[str]) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    from megatron_rlvr.tasks.layouts import DatasetError
+    from megatron_rlvr.errors import RunError
+    from megatron_rlvr.tasks import DatasetError
     from megatron_rlvr.train import main as train_main
 
     try:
         return train_main(cfg) or 0
-    except DatasetError as err:  # a bad dataset file: one line naming file, line, field and fix
+    except (ConfigError, DatasetError, RunError) as err:  # bad input or run-folder state the user fixes: one line
         print(str(err), file=sys.stderr)
-        return 2
+        return err.exit_code if isinstance(err, RunError) else 2
 
 
 def _data(argv: list[str]) -> int:
@@ -91,8 +92,10 @@ def _data(argv: list[str]) -> int:
     from megatron_rlvr.tasks.inspect import describe
     from megatron_rlvr.tasks.layouts import DatasetError
 
+    from megatron_rlvr.runtime import prompt_budget
+
     try:
-        task = build_task(cfg.task)
+        task = build_task(cfg.task, *prompt_budget(cfg))  # with the prompt-length check training applies
     except (DatasetError, ValueError, FileNotFoundError) as err:  # the one line training would stop with
         print(str(err), file=sys.stderr)
         return 2

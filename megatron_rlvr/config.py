@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -350,6 +351,10 @@ class CheckpointConfig:
     keep_last: int = 2
     # export both models to Hugging Face format at the end of the run
     export_hf: bool = True
+    # fields that may differ from the checkpoint's config on resume (each change is recorded in the run folder)
+    allow_config_change: list = field(default_factory=list)
+    # integrity record checked on resume: sha256 (sizes and checksums of every file) | size (sizes only, faster)
+    verify: str = "sha256"
 
 
 @dataclass
@@ -514,6 +519,18 @@ def _merge(base: dict, upd: dict) -> dict:
     return out
 
 
+def _read_yaml(path: Path) -> Any:
+    """The YAML file's content; a syntax error names the file, line and column (not "<unicode string>")."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError("config", where, f"YAML syntax error: {problem}",
+                          "fix the file at that line (indentation, a missing ':' or an unclosed quote)") from None
+
+
 def load_config(
     path: Optional[str | os.PathLike] = None,
     overrides: Optional[list[str]] = None,
@@ -531,7 +548,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError("config", str(path), "config file not found", "pass an existing YAML file")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = _read_yaml(p)
         if not isinstance(loaded, dict):
             raise ConfigError("config", str(path), "the YAML file is not a mapping", "write key: value pairs")
         tree = _merge(tree, loaded)
@@ -628,8 +645,20 @@ def _validate_offpolicy(a: AlgorithmConfig, d: DLCConfig) -> None:
              "the shift ratio pi_policy / pi_cal is identically 1 without DLC", "enable dlc or set it to none")
 
 
+def _require_finite(node: Any, prefix: str = "") -> None:
+    """Every float field of the tree is a finite number: inf / nan would pass the range checks below (inf > 0)
+    and fail steps later as NaN weights or a sampling error."""
+    for f in dataclasses.fields(node):
+        value, path = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _require_finite(value, f"{path}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            _require(False, path, value, "must be a finite number (inf and nan are not)", "give a finite value")
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Check the whole tree once, before any process group or model exists."""
+    _require_finite(cfg)
     _require(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0", "use a non-negative number of RL steps")
     _require(cfg.mode in ("full", "rollout_only", "train_only"), "mode", cfg.mode, "unknown mode",
              "use full, rollout_only or train_only")
@@ -769,6 +798,12 @@ def validate_config(cfg: RunConfig) -> None:
     _require(c.keep_last >= 0, "checkpoint.keep_last", c.keep_last, "must be >= 0", "use 0 to keep all")
     _require(c.load in ("auto", "none") or Path(c.load).expanduser().exists(), "checkpoint.load", c.load,
              "checkpoint folder does not exist", "use auto, none, or an existing checkpoint folder")
+    _require(c.verify in ("sha256", "size"), "checkpoint.verify", c.verify, "unknown integrity check",
+             "use sha256 or size")
+    keys = {k for k, _, _ in describe_tree()} if c.allow_config_change else set()
+    for name in c.allow_config_change:
+        _require(str(name) in keys, "checkpoint.allow_config_change", name, "not a config field",
+                 "name fields by their dotted key, e.g. [rollout.group_size, seed]")
 
 
 DATASET_FORMATS = ("gsm8k", "math", "deepscaler", "dapo", "verl")  # megatron_rlvr.tasks.layouts.FORMATS

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from megatron_rlvr.errors import RunError
 from megatron_rlvr.rollout.types import RolloutBatch
 
 
@@ -122,11 +125,65 @@ def _scalar(v) -> Optional[float]:
     return None
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A torn last line (a crash or a full disk during its append) is dropped with a
+    warning naming the file; a damaged line before the end is an error naming file and line."""
+    lines = Path(path).read_bytes().split(b"\n")
+    rows = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if all(not rest.strip() for rest in lines[i + 1:]):
+                print(f"warning: {path} line {i + 1} is torn (an append that did not finish); dropped it, the "
+                      "step is logged again when it reruns", file=sys.stderr, flush=True)
+                break
+            raise RunError(f"{path} line {i + 1} is not a metrics row ({raw[:60]!r}); fix: repair or delete that "
+                           "line (or the file, to start its metrics over)") from None
+        rows.append(row)
+    return rows
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (tmp + fsync + rename): a crash leaves the old or the new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line with a single write to an O_APPEND file, then fsync; if the write fails or is short (full
+    disk), the file is cut back to its old size, so it never ends in a torn line."""
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+            os.fsync(fd)
+        except OSError as err:
+            os.ftruncate(fd, before)
+            raise RunError(f"appending to {path} failed ({err.strerror or err}); the disk may be full; fix: free "
+                           "space and rerun the same command (it resumes from the last checkpoint)") from err
+    finally:
+        os.close(fd)
+
+
 class MetricsLogger:
     """Writes one JSON line per step (and TensorBoard / W&B when enabled). Only rank 0 writes.
 
     On resume, lines of steps after the resumed checkpoint are dropped, so metrics.jsonl of a resumed run equals
-    that of an uninterrupted one.
+    that of an uninterrupted one. Lines are appended whole (see `append_line`); a run that starts over (step 0)
+    in a folder with metrics keeps the old file as metrics.jsonl.replaced-<time>.
     """
 
     def __init__(self, run_dir: Path, cfg, enabled: bool = True, resume_step: int = 0) -> None:
@@ -137,9 +194,15 @@ class MetricsLogger:
         if not enabled:
             return
         if self.path.exists():
-            kept = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
-            self.history = [r for r in kept if r["step"] < resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            rows = read_metrics(self.path)
+            self.history = [r for r in rows if r["step"] < resume_step]
+            text = "".join(json.dumps(r) + "\n" for r in self.history)
+            if resume_step == 0 and rows:
+                backup = self.path.with_name(f"metrics.jsonl.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(self.path, backup)
+                print(f"metrics of the earlier run in this folder moved to {backup}", flush=True)
+            if not self.path.exists() or text != self.path.read_text(errors="replace"):
+                _replace_file(self.path, text)
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -157,9 +220,8 @@ class MetricsLogger:
         row.update({k: s for k, v in sorted(metrics.items()) if (s := _scalar(v)) is not None})
         if not self.enabled:
             return row
+        append_line(self.path, json.dumps(row) + "\n")
         self.history.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":

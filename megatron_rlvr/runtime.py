@@ -15,9 +15,12 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_rlvr import checkpoint as ckpt
+from megatron_rlvr import run_guard
 from megatron_rlvr.config import OptimConfig, RunConfig, check_world_size
+from megatron_rlvr.errors import PREEMPTED_EXIT_CODE, RunError
 
 
 def is_rank0() -> bool:
@@ -43,6 +46,7 @@ class Run:
     engine: object = None
     engine_dtype: torch.dtype = torch.float32  # what the rollout engine computes in (`rollout.dtype`)
     start_step: int = 0
+    stop: run_guard.StopSignals = field(default_factory=run_guard.StopSignals)  # SIGTERM/SIGUSR1 requests
 
     @property
     def ckpt_root(self) -> Path:
@@ -62,7 +66,7 @@ class Run:
     def save(self, step: int) -> Path:
         return ckpt.save_checkpoint(self.ckpt_root, step, self.models, self.trainer_state(step),
                                     self.cfg.to_yaml(), tokenizer=self.task.tokenizer,
-                                    keep_last=self.cfg.checkpoint.keep_last)
+                                    keep_last=self.cfg.checkpoint.keep_last, verify=self.cfg.checkpoint.verify)
 
 
 def seed_everything(seed: int) -> None:
@@ -86,6 +90,16 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def prompt_budget(cfg: RunConfig) -> tuple[int, str]:
+    """The longest prompt a rollout can take: the models' context minus the tokens a response may add."""
+    from megatron_rlvr.models.presets import get_preset
+
+    names = ["policy"] + (["memory"] if cfg.dlc.enabled else [])
+    context = min(get_preset(getattr(cfg, n).preset).max_position_embeddings for n in names)
+    return context - cfg.rollout.max_new_tokens, (f"the models' context of {context} positions minus "
+                                                   f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
+
+
 def setup(cfg: RunConfig) -> Run:
     """Process groups, run folder with the resolved config, task and prompt sampler."""
     quiet_library_warnings()
@@ -95,18 +109,23 @@ def setup(cfg: RunConfig) -> Run:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_world_size(cfg, world)
+    run_dir = Path(cfg.run_dir).expanduser()
+    stop = run_guard.StopSignals().install()  # from here on, SIGTERM/SIGUSR1 end the run with a checkpoint
+    if os.environ.get("RANK", "0") == "0":
+        # Before any rendezvous: a second `train` on this run_dir fails at once (torchrun stops its other ranks).
+        run_guard.lock_run_dir(run_dir)
+        for stale in ckpt.clean_stale_tmp(run_dir / "checkpoints"):
+            log(f"removed the unfinished checkpoint folder {stale} of an earlier process")
     ctx = init_distributed(cfg)
     seed_everything(cfg.seed)
-    run_dir = Path(cfg.run_dir).expanduser()
     if is_rank0():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, *prompt_budget(cfg))
     if is_rank0():
         from megatron_rlvr.tasks.inspect import write_first_prompt
 
         write_first_prompt(task, run_dir)  # what the model sees, for the user to check
-    return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, task=task, sampler=PromptSampler(task, cfg.seed))
+    return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, task=task, sampler=PromptSampler(task, cfg.seed), stop=stop)
 
 
 def build_models(run: Run) -> None:
@@ -117,13 +136,25 @@ def build_models(run: Run) -> None:
     cfg = run.cfg
     names = ["policy"] + (["memory"] if cfg.dlc.enabled else [])
     resume = ckpt.find_checkpoint(run.ckpt_root, cfg.checkpoint.load)
+    state = None
+    if resume is not None and (resume / "trainer_state.pt").is_file():
+        # Checked before any model is built: a resume that cannot be exact fails in seconds, with one line.
+        state = ckpt.load_trainer_state(resume)
+        run_guard.check_resume_step(cfg, resume, state["step"])
+        run_guard.check_config_change(cfg, resume, state["step"], run.run_dir)
+    if is_rank0():
+        (run.run_dir / "config.yaml").write_text(cfg.to_yaml())  # after the checks: a refused resume keeps it
     warm = None if resume is not None else ensure_warm_start(cfg, run.task, run.build_model, log)
     for name in names:
         run.models[name] = run.build_model(name, getattr(cfg.optimizer, name))
-    if resume is not None and (resume / "trainer_state.pt").is_file():
+    if state is not None:
         for name in names:
-            run.models[name].load_checkpoint(resume / name, load_optimizer=True)
-        state = ckpt.load_trainer_state(resume)
+            try:
+                run.models[name].load_checkpoint(resume / name, load_optimizer=True)
+            except (Exception, CheckpointException) as err:  # damaged, without integrity record: name it
+                raise RunError(f"loading {resume / name} failed ({type(err).__name__}: {str(err)[:160]}); the "
+                               "checkpoint is damaged or incomplete; fix: point checkpoint.load at an earlier "
+                               "iter folder, or start over with checkpoint.load=none") from err
         run.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         run.start_step = state["step"]
@@ -206,12 +237,27 @@ def engine_offloaded(run: Run) -> Iterator[None]:
             engine.resume_memory()
 
 
+def stop_preempted(run: Run, step: int) -> int:
+    """After a stop signal, at the start of `step`: checkpoint the steps done (unless saved already) and return the
+    exit code the launcher maps to a requeue."""
+    path = None
+    if run.cfg.mode != "rollout_only" and step > run.start_step:
+        last = ckpt.find_checkpoint(run.ckpt_root, "auto", verify=False)
+        path = last if last is not None and last.name == ckpt.iter_dir_name(step) else run.save(step)
+    if run.engine is not None:
+        run.engine.shutdown()
+    log(f"stopped by {run.stop.name} before step {step}: "
+        + (f"checkpoint {path}" if path else "no new step to checkpoint")
+        + f"; exit {PREEMPTED_EXIT_CODE}, the same command resumes")
+    return PREEMPTED_EXIT_CODE
+
+
 def finish(run: Run, final_step: int, history: list[dict]) -> None:
     """Final checkpoint, plots, and the Hugging Face export of both models."""
     from megatron_rlvr.metrics import write_plots
 
     cfg = run.cfg
-    last = ckpt.find_checkpoint(run.ckpt_root, "auto")
+    last = ckpt.find_checkpoint(run.ckpt_root, "auto", verify=False)
     if cfg.mode != "rollout_only" and (last is None or last.name != ckpt.iter_dir_name(final_step)):
         last = run.save(final_step)
     if is_rank0() and cfg.logging.plots:

@@ -38,6 +38,10 @@ def main(cfg: RunConfig) -> int:
     step = run.start_step
     with StepProgress(cfg.steps, run.start_step, enabled=cfg.logging.progress and runtime.is_rank0()) as bar:
         for step in range(run.start_step, cfg.steps):
+            if run.stop.requested():  # SIGTERM/SIGUSR1 (preemption): checkpoint the steps done, exit for requeue
+                code = runtime.stop_preempted(run, step)
+                logger.close()
+                return code
             timer = PhaseTimer()
             with timer("rollout"):
                 if cfg.mode == "train_only":

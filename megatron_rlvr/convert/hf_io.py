@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -29,18 +30,44 @@ DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_dead_tmp_dirs(out: Path) -> list[Path]:
+    """Remove `.<name>.tmp-<host>-<pid>-*` / `.old-` folders next to `out` left by a dead process of this host (kill -9
+    during a conversion or an export); folders of live processes and of other hosts are left alone."""
+    host, removed = socket.gethostname(), []
+    for kind in ("tmp", "old"):
+        for p in out.parent.glob(f".{out.name}.{kind}-*"):
+            parts = p.name[len(f".{out.name}.{kind}-"):].rsplit("-", 2)
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `out`; on success rename it to `out`, on any error delete it."""
+    """Yield a fresh temporary folder next to `out`; on success rename it to `out`, on any error delete it. The
+    folder's name carries host and pid, so the next writer of `out` removes it if this process was killed."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not overwrite:
         raise ConversionError(f"output folder {out} already exists; choose a new --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    clean_dead_tmp_dirs(out)
+    owner = f"{socket.gethostname()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{owner}", dir=out.parent))
     try:
         yield tmp
         if out.exists():  # overwrite: swap in the new folder first, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{owner}", dir=out.parent))
             os.rename(out, old / out.name)
             os.rename(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -74,12 +101,17 @@ def shape_from_hf_config(hf_dir: Path) -> tuple[Qwen3Shape, Optional[torch.dtype
         raise ConversionError(
             f"{path}: unsupported architecture (model_type={raw.get('model_type')!r}, architectures={archs}); "
             f"this converter handles {qwen3_map.HF_ARCHITECTURE} (model_type 'qwen3') only")
+    layer_types, n_layers = raw.get("layer_types"), raw.get("num_hidden_layers")
+    if isinstance(layer_types, list) and isinstance(n_layers, int) and len(layer_types) != n_layers:
+        raise ConversionError(f"{path}: layer_types lists {len(layer_types)} layers but num_hidden_layers is "
+                              f"{n_layers}; fix config.json so they agree (one entry per layer)")
     from transformers import Qwen3Config
 
     try:
         cfg = Qwen3Config.from_pretrained(str(hf_dir))  # normalises old-style rope_theta into rope_parameters
-    except (ValueError, TypeError) as err:  # transformers validates its configs (e.g. layer_types vs layers)
-        raise ConversionError(f"{path} is not a valid Qwen3 config: {err}") from None
+    except Exception as err:  # transformers / huggingface_hub validate configs with their own error types
+        reason = " ".join(str(err).split())
+        raise ConversionError(f"{path} is not a valid Qwen3 config: {reason}") from None
     from megatron_rlvr.convert.qwen3_support import check_supported
 
     check_supported(cfg, str(path))
@@ -162,7 +194,11 @@ class HFFolderReader:
         # Opened per call: safetensors memory-maps the file, and pages read through a kept-open handle stay
         # mapped (resident) until it closes, which would add the whole input's size to the peak memory.
         with safe_open(str(self.dir / self.location[name]), framework="pt") as f:
-            return f.get_tensor(name) if index is None else f.get_slice(name)[index]
+            tensor = f.get_tensor(name) if index is None else f.get_slice(name)[index]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConversionError(f"{self.dir / self.location[name]}: {name} holds NaN or inf values; the weights are "
+                                  "damaged (or were exported from a diverged run): re-download or re-export them")
+        return tensor
 
     def tokenizer_files(self) -> list[Path]:
         return [p for p in sorted(self.dir.iterdir()) if p.is_file() and _is_tokenizer_file(p)]

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_rlvr.checkpoint import LATEST, iter_dir_name
+from megatron_rlvr.checkpoint import INTEGRITY, LATEST, iter_dir_name, read_latest, verify_checkpoint
 from megatron_rlvr.convert import ConversionError, qwen3_map
 from megatron_rlvr.convert.dist_ckpt import DistCheckpointReader
 from megatron_rlvr.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, HFFolderWriter, atomic_output_dir, tokenizer_files_in
@@ -41,9 +41,14 @@ def resolve_model_dir(ckpt: str | Path, model: str = "policy", step: Optional[in
         it = base
         for folder in (base, base / "checkpoints"):
             if (folder / LATEST).is_file():
-                it = folder / (folder / LATEST).read_text().strip()
+                named = read_latest(folder, lambda _msg: None)
+                if named is None:
+                    raise ConversionError(f"{folder / LATEST} is damaged (it does not name an iter_XXXXXXX folder); "
+                                          "pass --step N or an iter folder")
+                it = folder / named
                 break
     if (it / model / "metadata.json").is_file():
+        _check_complete(it, model)
         return it / model, it
     if (it / "metadata.json").is_file():
         return it, it
@@ -52,6 +57,19 @@ def resolve_model_dir(ckpt: str | Path, model: str = "policy", step: Optional[in
                               f"{sorted(p.name for p in it.iterdir())})")
     raise ConversionError(f"{it} is not a checkpoint: expected an iter_XXXXXXX folder, a run's checkpoints folder "
                           "(with a 'latest' file), a run folder with --step, or a model folder with metadata.json")
+
+
+def _check_complete(it: Path, model: str) -> None:
+    """A trainer checkpoint is exported only once finished (never a `.tmp` folder) and, when it has an integrity
+    record, only if its files match it."""
+    if ".tmp" in it.name:
+        raise ConversionError(f"{it} is an unfinished checkpoint (its write never completed); export a finished "
+                              "iter_XXXXXXX folder instead")
+    if (it / INTEGRITY).is_file():
+        problems = verify_checkpoint(it, only=model)
+        if problems:
+            raise ConversionError(f"checkpoint {it} is damaged: {'; '.join(problems[:3])}; export an earlier "
+                                  "checkpoint with --step N")
 
 
 def export_checkpoint(

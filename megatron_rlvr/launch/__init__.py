@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-port", type=int, default=30000, help="HTTP port of dedicated rollout servers")
     p.add_argument("--master-port", type=int, default=29500, help="torch.distributed rendezvous port (slurm)")
     p.add_argument("--job-name", default="megatron-rlvr", help="Slurm job name prefix / nemo-run experiment title")
+    p.add_argument("--no-container", action="store_true",
+                   help="Slurm without Pyxis: the job runs this Python on the nodes themselves (shared filesystem)")
+    p.add_argument("--cpu-only", action="store_true",
+                   help="Slurm: CPU nodes; --gpus-per-node ranks per node run on CPU (gloo), no GPUs are requested")
+    p.add_argument("--preempt-signal-seconds", type=int, default=180,
+                   help="Slurm: SIGUSR1 this many seconds before the time limit; the trainer finishes its step, "
+                   "checkpoints and exits 75, and the job is requeued (default 180; 0 = no signal)")
+    p.add_argument("--max-requeues", type=int, default=3,
+                   help="Slurm: requeue a job that exited 75 (preempted or at its time limit) at most N times "
+                   "(default 3); other failures are never requeued")
     p.add_argument("--dryrun", action="store_true",
                    help="print the sbatch script / torchrun command that would run, and exit")
     return p
@@ -118,7 +128,9 @@ def resolve(argv: list[str]) -> ResolvedLaunch:
         account=args.account, partition=args.partition, time=args.time, container_image=args.container_image,
         container_mounts=parse_mounts(args.container_mounts), env=parse_key_values(args.env, "--env"),
         sbatch_args=parse_sbatch_flags(args.sbatch), rollout_nodes=args.rollout_nodes,
-        rollout_port=args.rollout_port, master_port=args.master_port, job_name=args.job_name, dryrun=args.dryrun,
+        rollout_port=args.rollout_port, master_port=args.master_port, job_name=args.job_name,
+        no_container=args.no_container, cpu_only=args.cpu_only, preempt_signal_s=args.preempt_signal_seconds,
+        max_requeues=args.max_requeues, dryrun=args.dryrun,
     )
     if spec.executor == "local" and args.gpus_per_node is not None:
         _check_local_gpus(spec.gpus_per_node)

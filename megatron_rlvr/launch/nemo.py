@@ -28,6 +28,7 @@ from pathlib import Path
 import nemo_run as run
 from nemo_run.config import get_nemorun_home
 
+from megatron_rlvr.errors import PREEMPTED_EXIT_CODE
 from megatron_rlvr.launch.spec import DEFAULT_ENV, LaunchSpec
 
 # Entry point of a dedicated rollout server: `python -m <module> CONFIG --host H --port P`.
@@ -36,8 +37,9 @@ ROLLOUT_URLS_VAR = "MEGATRON_RLVR_ROLLOUT_URLS"
 
 
 # ----------------------------------------------------------------------------------------------- scripts
-def train_worker_script(config_path: str, dedicated_rollout: bool) -> str:
-    """Body of the Slurm training task; srun runs one copy per GPU."""
+def train_worker_script(config_path: str, dedicated_rollout: bool, python: str = "python") -> str:
+    """Body of the Slurm training task; srun runs one copy per GPU. `python`: the container's, or (without a
+    container) this interpreter's absolute path."""
     override = f' "rollout.server_urls=[${{{ROLLOUT_URLS_VAR}}}]"' if dedicated_rollout else ""
     return (
         "# megatron-rlvr training task: srun starts one copy per GPU.\n"
@@ -46,7 +48,7 @@ def train_worker_script(config_path: str, dedicated_rollout: bool) -> str:
         "export RANK=$SLURM_PROCID\n"
         "export WORLD_SIZE=$SLURM_NTASKS\n"
         "export LOCAL_RANK=$SLURM_LOCALID\n"
-        f"exec python -m megatron_rlvr.cli train {shlex.quote(config_path)}{override}\n"
+        f"exec {shlex.quote(python)} -m megatron_rlvr.cli train {shlex.quote(config_path)}{override}\n"
     )
 
 
@@ -59,9 +61,38 @@ def rollout_server_script(config_path: str, port: int) -> str:
     )
 
 
+def requeue_filter_lines() -> list[str]:
+    """nemo-run's sbatch script requeues any failed job (`scontrol requeue`, up to the executor's retries). Only a
+    trainer that stopped for preemption or the time limit (exit PREEMPTED_EXIT_CODE, after writing a checkpoint)
+    should come back: this shell function lets `scontrol requeue` through for that exit code only."""
+    code = PREEMPTED_EXIT_CODE
+    return [
+        f"# requeue only a trainer that checkpointed and exited {code} (SIGUSR1 before the time limit, or SIGTERM);",
+        "# any other failure ends the job (nemo-run's epilogue would requeue every failure)",
+        'scontrol() { if [ "$1" = requeue ] && [ "${exitcode:-0}" != ' + str(code) + ' ]; then '
+        'echo "exit code ${exitcode:-?}: a failure, not a preemption; not requeued"; return 0; fi; '
+        'command scontrol "$@"; }',
+    ]
+
+
+def no_container_lines() -> list[str]:
+    """nemo-run always writes Pyxis flags into its srun line (`--container-mounts <job dir>:/nemo_run`, a workdir,
+    `bash /nemo_run/scripts/...`). Without Pyxis this shell function drops them and points /nemo_run/ back at the
+    job folder on the shared filesystem, so the same step runs on the node itself."""
+    return [
+        "# --no-container: run the srun steps on the nodes themselves (nemo-run writes Pyxis flags)",
+        r'srun() { local a=() d=""; while [ $# -gt 0 ]; do case "$1" in '
+        r'--container-image|--container-workdir) shift 2 ;; '
+        r'--container-mounts) d=$(tr , "\n" <<<"$2" | sed -n "s|:/nemo_run$||p"); shift 2 ;; '
+        r'*) a+=("${1/#\/nemo_run\//$d/}"); shift ;; esac; done; command srun "${a[@]}"; }',
+    ]
+
+
 def sbatch_setup_lines(spec: LaunchSpec, dedicated_rollout: bool) -> str:
-    """Lines the sbatch script runs before srun: the rendezvous address and, if dedicated, the server URLs."""
-    lines = ["# torch.distributed rendezvous: rank 0 runs on the first training node"]
+    """Lines the sbatch script runs before srun: the requeue filter, the container-less srun (if asked), the
+    rendezvous address and, if dedicated, the server URLs."""
+    lines = requeue_filter_lines() + (no_container_lines() if spec.no_container else [])
+    lines.append("# torch.distributed rendezvous: rank 0 runs on the first training node")
     if dedicated_rollout:
         # Het group 1 holds the training nodes; nemo-run's $head_node_ip is the first node of the whole job.
         lines.append('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST_HET_GROUP_1" | head -n1)')
@@ -90,11 +121,18 @@ def _slurm_executor(spec: LaunchSpec, nodes: int, tasks_per_node: int, heterogen
         time=spec.time,
         nodes=nodes,
         ntasks_per_node=tasks_per_node,
-        gpus_per_node=spec.gpus_per_node,
-        container_image=spec.container_image,
+        gpus_per_node=None if spec.cpu_only else spec.gpus_per_node,
+        container_image=None if spec.no_container else spec.container_image,
         container_mounts=list(spec.container_mounts),
         env_vars=_env(spec),
-        additional_parameters=dict(spec.sbatch_args) or None,
+        additional_parameters={**({"requeue": True} if spec.max_requeues else {}), **spec.sbatch_args} or None,
+        # SIGUSR1 to every task ahead of the time limit: the trainer checkpoints and exits 75 (then requeued)
+        signal=f"USR1@{spec.preempt_signal_s}" if spec.preempt_signal_s else None,
+        retries=spec.max_requeues,
+        # After a stop signal every rank checkpoints and exits 75; nemo-run's --kill-on-bad-exit=1 would kill the
+        # ranks that exit a moment later and turn the step's exit code into a failure (no requeue). The later
+        # flag wins; --wait=60 still ends the other ranks a minute after the first one exits (e.g. a crash).
+        srun_args=["--kill-on-bad-exit=0"],
         job_name_prefix=f"{spec.job_name}-",
         heterogeneous=heterogeneous,
         setup_lines=setup_lines,
@@ -119,7 +157,8 @@ def _add_jobs(exp: run.Experiment, spec: LaunchSpec, config_path: str) -> None:
         return
     dedicated = spec.rollout_nodes > 0
     setup = sbatch_setup_lines(spec, dedicated)
-    train_task = run.Script(inline=train_worker_script(config_path, dedicated))
+    python = sys.executable if spec.no_container else "python"
+    train_task = run.Script(inline=train_worker_script(config_path, dedicated, python))
     train_exec = _slurm_executor(spec, spec.nodes, spec.gpus_per_node, dedicated, setup)
     if not dedicated:
         exp.add(train_task, executor=train_exec, name="train")

@@ -73,6 +73,14 @@ class LaunchSpec:
     master_port: int = 29500
     # Slurm job name prefix and nemo-run experiment title
     job_name: str = "megatron-rlvr"
+    # Slurm without Pyxis: run on the nodes' own environment (this Python, same paths: a shared filesystem)
+    no_container: bool = False
+    # Slurm: CPU nodes (ranks are gloo processes, no GPUs requested)
+    cpu_only: bool = False
+    # Slurm: send SIGUSR1 this many seconds before the time limit (the trainer checkpoints and exits 75); 0 = never
+    preempt_signal_s: int = 180
+    # Slurm: requeue a job stopped by preemption or the time limit (exit 75) at most this many times
+    max_requeues: int = 3
     # print what would be submitted and exit
     dryrun: bool = False
 
@@ -199,12 +207,20 @@ def validate_launch(cfg: RunConfig, spec: LaunchSpec) -> None:
                  "pass --partition NAME (see `sinfo -s`)")
         _require(bool(_SLURM_TIME.match(spec.time)), "--time", spec.time, "not a Slurm time limit",
                  "use HH:MM:SS or D-HH:MM:SS, e.g. 04:00:00")
-        _require(bool(spec.container_image), "--container-image", spec.container_image,
-                 "Slurm jobs run in a Pyxis container and none was given",
-                 "pass --container-image IMAGE (with megatron-rlvr installed), e.g. a .sqsh file or registry tag")
-        _require(bool(spec.container_mounts), "--container-mounts", spec.container_mounts,
-                 "the job must read its config from and write its run dir to shared storage",
-                 "pass --container-mounts /lustre:/lustre (a shared filesystem holding the run dir)")
+        _require(0 <= spec.preempt_signal_s <= 65535, "--preempt-signal-seconds", spec.preempt_signal_s,
+                 "must be in [0, 65535] (Slurm's --signal limit)", "use e.g. 180 (time to finish a step and save)")
+        _require(spec.max_requeues >= 0, "--max-requeues", spec.max_requeues, "must be >= 0", "use e.g. 3")
+        if spec.no_container:
+            _require(not spec.container_image and not spec.container_mounts, "--no-container", True,
+                     "--container-image / --container-mounts were given too", "drop one or the other")
+        else:
+            _require(bool(spec.container_image), "--container-image", spec.container_image,
+                     "Slurm jobs run in a Pyxis container and none was given",
+                     "pass --container-image IMAGE (with megatron-rlvr installed), e.g. a .sqsh file or registry "
+                     "tag, or --no-container on a cluster without Pyxis")
+            _require(bool(spec.container_mounts), "--container-mounts", spec.container_mounts,
+                     "the job must read its config from and write its run dir to shared storage",
+                     "pass --container-mounts /lustre:/lustre (a shared filesystem holding the run dir)")
     job_view(cfg, spec)  # every path of the config must be reachable from the job
     _check_layout(cfg, spec)
     _check_rollout_placement(cfg, spec)
@@ -234,7 +250,7 @@ def job_view(cfg: RunConfig, spec: LaunchSpec) -> RunConfig:
         if value is None or (name == "checkpoint.load" and value in ("auto", "none")):
             continue
         host = os.path.abspath(os.path.expanduser(value))
-        if spec.executor == "slurm":
+        if spec.executor == "slurm" and not spec.no_container:
             mapped = container_path(host, spec.container_mounts)
             _require(mapped is not None, name, host,
                      "this path is not under any --container-mounts source, so the job could not reach it",

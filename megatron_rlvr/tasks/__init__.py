@@ -42,10 +42,13 @@ from megatron_rlvr.tasks.synthetic import CoupledShiftCipherTask, ShiftCipherTas
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 
-def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, str]] = None,
+def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason: str = "",
+               path: Optional[str] = None, keys: Optional[tuple[str, str]] = None,
                limit: Optional[int] = None, tokenizer: Optional[Tokenizer] = None) -> Task:
-    """The task described by a `TaskConfig` (megatron_rlvr.config). A held-out evaluation set reuses the training
-    task's settings (tokenizer, chat template, verifier) with its own `path`, (prompt, answer) `keys` and `limit`."""
+    """The task described by a `TaskConfig` (megatron_rlvr.config). Math prompts longer than `max_prompt_tokens`
+    are refused at load (or skipped with task.skip_malformed), `length_reason` saying where the limit comes from.
+    A held-out evaluation set reuses the training task's settings (tokenizer, chat template, verifier) with its own
+    `path`, (prompt, answer) `keys` and `limit`."""
     if task_cfg.name == "synthetic":
         return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
     if task_cfg.name == "synthetic_coupled":
@@ -62,7 +65,8 @@ def build_task(task_cfg, path: Optional[str] = None, keys: Optional[tuple[str, s
         chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
         tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
         return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
-                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit)
+                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit,
+                        max_prompt_tokens=max_prompt_tokens, length_reason=length_reason)
     raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic, "
                      "synthetic_coupled or math")
 

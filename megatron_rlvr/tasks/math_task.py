@@ -94,7 +94,7 @@ class MathTask(Task):
     def __init__(self, paths: str | Sequence[str], tokenizer: Tokenizer, prompt_key: str = "prompt",
                  answer_key: str = "answer", skip_malformed: bool = False, chat: ChatSettings = ChatSettings(),
                  reward_fn: Optional[str] = None, verify_workers: int = 0, verify_timeout_s: float = 10.0,
-                 limit: Optional[int] = None):
+                 limit: Optional[int] = None, max_prompt_tokens: Optional[int] = None, length_reason: str = ""):
         data = load_math_rows(paths, prompt_key, answer_key, skip_malformed)
         self.paths, self.keys = paths, (prompt_key, answer_key)
         self.tokenizer = tokenizer
@@ -110,12 +110,26 @@ class MathTask(Task):
         self._lock = threading.Lock()
         rows = data.rows if limit is None else data.rows[:limit]
         self.prompts = []
-        for i, r in enumerate(rows):
+        for r in rows:
             text, ids = self.renderer.render(r.prompt)
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                # Checked here, at load: otherwise the run dies at the step that first samples this prompt.
+                err = DatasetError(r.source, r.line, prompt_key,
+                                   f"the prompt is {len(ids)} tokens, more than the {max_prompt_tokens} that fit"
+                                   + (f" ({length_reason})" if length_reason else ""),
+                                   "shorten or remove the row, lower rollout.max_new_tokens, or set "
+                                   "task.skip_malformed=true to skip such rows")
+                if not skip_malformed:
+                    raise err
+                self.skipped.append(str(err))
+                continue
             meta = {"answer": r.answer, "source": r.source, "line": r.line}
             if reward_fn is not None:
                 meta["row"] = r.record
-            self.prompts.append(Example(index=i, prompt=text, prompt_ids=ids, metadata=meta))
+            self.prompts.append(Example(index=len(self.prompts), prompt=text, prompt_ids=ids, metadata=meta))
+        if not self.prompts:
+            raise DatasetError(",".join(sorted({r.source for r in rows})), None, None,
+                               f"no usable rows ({len(self.skipped)} skipped)", "check the files and the limits")
 
     @property
     def num_skipped(self) -> int:
