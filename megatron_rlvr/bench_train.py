@@ -103,18 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     runtime.build_models(run)
     runtime.build_engine(run)
     policy, memory = run.models["policy"], run.models["memory"]
-    push_weights(run.engine, run.models)
+    push_weights(run.transport, run.models)
     rows: dict[str, list[float]] = {}
     rl_tok_s, plain_tok_s = [], []
     for step in range(args.steps + 1):
         t = {}
-        batch, t["rollout"] = _timed(lambda: collect_rollouts(run.engine, run.sampler, run.task, cfg, step))
+        batch, t["rollout"] = _timed(lambda: collect_rollouts(run.engine, run.sampler, run.task, cfg, step, run.layout))
         _, t["advantage"] = _timed(lambda: assign_advantages(batch, cfg.algorithm))
         (old_lp, _), t["logprob_recompute"] = _timed(
             lambda: recompute_logprobs(policy, batch, cfg.rollout.temperature, args.micro_batch_size))
         _, t["policy_update"] = _timed(lambda: update_policy(policy, batch, old_lp, cfg, step))
         _, t["memory_update"] = _timed(lambda: update_memory(memory, batch, cfg))
-        _, t["weight_push"] = _timed(lambda: push_weights(run.engine, run.models))
+        _, t["weight_push"] = _timed(lambda: push_weights(run.transport, run.models))
         n_tok, t_plain = _timed(lambda: plain_lm_step(policy, batch.tokens, args.micro_batch_size))
         if step == 0:
             continue  # warm-up: allocator, autotuning, first-touch

@@ -40,7 +40,9 @@ class Run:
     sampler: object = None
     models: dict = field(default_factory=dict)  # "policy", "memory" -> TrainableModel
     reference: object = None  # frozen initial policy, only when algorithm.kl_coef > 0
-    engine: object = None
+    engine: object = None  # this rank's rollout engine (None where it hosts none)
+    layout: object = None  # rollout.layout.RolloutLayout: which ranks host engines
+    transport: object = None  # weight_sync transport into this rank's engine (None where it hosts none)
     start_step: int = 0
 
     @property
@@ -147,47 +149,58 @@ def build_models(run: Run) -> None:
 
 
 def build_engine(run: Run) -> None:
-    """The rollout engine, on global rank 0 only."""
+    """This rank's rollout engine, its layout among the ranks (`rollout.layout`), and the weight transport into it.
+
+    Colocated: one engine per `rollout.tp` ranks, hosted by the first of them (on its GPU and the next tp - 1).
+    Dedicated servers: one client on rank 0. The transport is chosen here, once (`weight_sync.build_transport`).
+    """
+    from megatron_rlvr.rollout.layout import RolloutLayout
+
     cfg = run.cfg
-    if cfg.mode == "train_only" or not is_rank0():
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    run.layout = RolloutLayout(world, tp=cfg.rollout.tp, dedicated=bool(cfg.rollout.server_urls))
+    index = run.layout.engine_index(rank)
+    if cfg.mode == "train_only" or index is None:
         return
     from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.models.provider import resolve_dtype
+    from megatron_rlvr.weight_sync import build_transport
 
     memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     if cfg.rollout.engine == "sglang":
         from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
 
         model_path = None
         if not cfg.rollout.server_urls:
             # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start.
-            model_path = str(build_model_dir(run.run_dir / "sglang_model", get_preset(cfg.policy.preset),
+            model_path = str(build_model_dir(run.run_dir / f"sglang_model_{index}", get_preset(cfg.policy.preset),
                                              get_preset(cfg.memory.preset), tokenizer=run.task.tokenizer,
-                                             dtype="bfloat16" if device == "cuda" else "float32"))
-            cfg.rollout.sglang.setdefault("load_format", "dummy")
-        run.engine = SGLangEngine.from_config(cfg, model_path)
-        if cfg.rollout.server_urls and cfg.rollout.placement == "dedicated":
-            # Servers on their own nodes cannot map this process's tensors: weights go over a process group.
-            run.engine.connect_weight_sync()
+                                             dtype="bfloat16" if cuda else "float32"))
+        run.engine = SGLangEngine.from_config(cfg, model_path, engine_index=index,
+                                              base_gpu_id=device.index if cuda else None)
     else:
         from megatron_rlvr.rollout.embedded import EmbeddedEngine
 
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=dtype,
-                                    batch_size=cfg.rollout.batch_size)
+        # The engine computes in the model's own dtype, so its log-probs match the trainer's recompute.
+        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device,
+                                    dtype=resolve_dtype(cfg.policy.dtype), batch_size=cfg.rollout.batch_size)
+    run.transport = build_transport(run.engine, cfg)
 
 
 @contextmanager
 def engine_offloaded(run: Run) -> Iterator[None]:
-    """Colocated SGLang engines give their GPU memory back while Megatron trains, and take it again after."""
+    """Colocated engines give their accelerator memory back while Megatron trains, and take it again after; every
+    rank releases its own engine (a no-op for the embedded engine and on CPU)."""
     engine = run.engine if run.cfg.rollout.placement == "colocated" else None
-    release = getattr(engine, "release_memory", None)
-    if release is not None:
-        release()
+    if engine is not None:
+        engine.release_memory()
     try:
         yield
     finally:
-        if release is not None:
+        if engine is not None:
             engine.resume_memory()
 
 
@@ -213,5 +226,7 @@ def finish(run: Run, final_step: int, history: list[dict]) -> None:
             if is_rank0():
                 export_checkpoint(last, out, model=name, overwrite=True)
                 log(f"hugging face export of the {name}: {out}")
+    if run.transport is not None:
+        run.transport.close()
     if run.engine is not None:
         run.engine.shutdown()

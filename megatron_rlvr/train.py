@@ -5,7 +5,7 @@
             -> advantages (estimator, then IAC)
             -> policy update (PPO epochs over micro-batches, under Megatron-Core)
             -> memory update (cross-entropy on the same rollouts)
-            -> weight push of both models to the rollout engine
+            -> weight push of both models to every rollout engine
             -> metrics, checkpoint
 """
 
@@ -32,7 +32,7 @@ def main(cfg: RunConfig) -> int:
     policy, memory = run.models["policy"], run.models.get("memory")
     a, T = cfg.algorithm, cfg.rollout.temperature
     if cfg.mode != "train_only":
-        push_weights(run.engine, run.models)
+        push_weights(run.transport, run.models)
     logger = MetricsLogger(run.run_dir, cfg, enabled=runtime.is_rank0(), resume_step=run.start_step)
     step = run.start_step
     with StepProgress(cfg.steps, run.start_step, enabled=cfg.logging.progress and runtime.is_rank0()) as bar:
@@ -42,7 +42,7 @@ def main(cfg: RunConfig) -> int:
                 if cfg.mode == "train_only":
                     batch = RolloutBatch.load(f"{cfg.replay_dir}/step_{step:06d}.pt")
                 else:
-                    batch = collect_rollouts(run.engine, run.sampler, run.task, cfg, step)
+                    batch = collect_rollouts(run.engine, run.sampler, run.task, cfg, step, run.layout)
                 if cfg.logging.save_rollouts and runtime.is_rank0():
                     (run.run_dir / "rollouts").mkdir(exist_ok=True)
                     batch.save(run.run_dir / "rollouts" / f"step_{step:06d}.pt")
@@ -70,7 +70,7 @@ def main(cfg: RunConfig) -> int:
                             metrics.update(update_memory(memory, batch, cfg))
                 with timer("weight_push"):
                     if cfg.mode != "train_only":
-                        metrics["sync/bytes"] = push_weights(run.engine, run.models)
+                        metrics["sync/bytes"] = push_weights(run.transport, run.models)
             if cfg.eval.interval and ((step + 1) % cfg.eval.interval == 0 or step + 1 == cfg.steps):
                 with timer("eval"):
                     metrics.update(evaluate(run.engine, run.task, cfg, step))
