@@ -121,7 +121,7 @@ class SGLangEngine:
     Args:
         model_path: folder from `build_model_dir` (in-process mode; ignored when `server_urls` is given).
         server_urls: attach to running SGLang servers (started with `remote.server_command`) instead.
-        policy_shape, memory_shape: Qwen3 shapes, used to check weight names in `update_weights`.
+        policy_shape, memory_shape: Qwen3 shapes, which the weight transports check tensor names against.
         placement: "colocated" (release/resume GPU memory around training) or "dedicated".
         sglang: extra sglang.Engine / ServerArgs options, passed through verbatim (rollout.sglang).
         device: "cuda" or "cpu"; default cuda when available.
