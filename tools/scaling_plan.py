@@ -49,6 +49,10 @@ def plan(recipe: str, nodes: int, gpus: int = 8, rollout_tp: int = 1) -> dict:
         # dedicated: one broadcast from trainer rank 0 reaches every server rank over the network
         "colocated_bytes_per_step": push * layout.num_engines, "dedicated_bytes_per_step": push,
         "max_new_tokens": cfg.rollout.max_new_tokens, "policy_tp": cfg.policy.parallel.tp,
+        # what each rank receives in the rollout all-gather (rollout/collect.py): every rank's padded block of
+        # int64 (R + 3) and float32 (2R + 1) per sequence
+        "gather_bytes_per_rank": world * per_engine * cfg.rollout.group_size * (
+            (cfg.rollout.max_new_tokens + 3) * 8 + (2 * cfg.rollout.max_new_tokens + 1) * 4),
     }
 
 
@@ -80,19 +84,20 @@ def main(argv=None) -> int:
         bench = rows[-1]
         print(f"measured on {bench['device']} ({bench['date']}, commit {bench['commit']}): {args.bench}")
     head = (f"{'recipe':<20}{'nodes':>6}{'GPUs':>6}{'engines':>8}{'groups/eng':>11}{'seqs/eng':>9}"
-            f"{'push GB/eng':>12}{'coloc GB/step':>14}{'dedic GB/step':>14}")
+            f"{'push GB/eng':>12}{'coloc GB/step':>14}{'dedic GB/step':>14}{'gather MB/rank':>15}")
     if bench:
-        head += f"{'rollout s':>10}{'update s':>9}{'push s':>8}{'step s':>8}"
+        head += f"{'rollout s':>11}{'update s':>10}{'push s':>9}{'step s':>10}"
     print(head)
     for recipe in RECIPES:
         for nodes in (1, 2, 4):
             r = plan(recipe, nodes, rollout_tp=args.rollout_tp)
             line = (f"{recipe:<20}{nodes:>6}{r['gpus']:>6}{r['engines']:>8}{r['groups_per_engine']:>11}"
                     f"{r['seqs_per_engine']:>9}{r['push_bytes_per_engine'] / 1e9:>12.1f}"
-                    f"{r['colocated_bytes_per_step'] / 1e9:>14.1f}{r['dedicated_bytes_per_step'] / 1e9:>14.1f}")
+                    f"{r['colocated_bytes_per_step'] / 1e9:>14.1f}{r['dedicated_bytes_per_step'] / 1e9:>14.1f}"
+                    f"{r['gather_bytes_per_rank'] / 1e6:>15.0f}")
             if bench:
                 e = expected(r, bench)
-                line += f"{e['rollout_s']:>10.1f}{e['update_s']:>9.1f}{e['push_s']:>8.2f}{e['step_s']:>8.1f}"
+                line += f" {e['rollout_s']:>10.1f} {e['update_s']:>9.1f} {e['push_s']:>8.2f} {e['step_s']:>9.1f}"
             print(line)
     return 0
 
