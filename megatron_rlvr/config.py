@@ -136,6 +136,8 @@ class RolloutConfig:
     server_urls: list = field(default_factory=list)
     # weight-push bucket size in MiB
     weight_bucket_mb: int = 512
+    # restarts of a dead rollout engine per step (weights pushed again, the step's rollouts redrawn); then the run stops
+    max_engine_restarts: int = 2
     # extra sglang.Engine / ServerArgs options passed through verbatim
     sglang: dict = field(default_factory=dict)
 
@@ -541,6 +543,8 @@ def validate_config(cfg: RunConfig) -> None:
     _require(r.batch_size >= 1, "rollout.batch_size", r.batch_size, "must be >= 1", "use 1 or more")
     _require(r.placement in ("colocated", "dedicated"), "rollout.placement", r.placement, "unknown placement",
              "use colocated or dedicated")
+    _require(r.max_engine_restarts >= 0, "rollout.max_engine_restarts", r.max_engine_restarts, "must be >= 0",
+             "use 0 to stop at the first engine failure")
     _require(r.tp >= 1, "rollout.tp", r.tp, "must be >= 1", "use 1 (one engine per GPU) or the GPUs per engine")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", r.weight_bucket_mb, "must be >= 1", "use e.g. 512")
 

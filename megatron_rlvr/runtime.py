@@ -43,6 +43,8 @@ class Run:
     engine: object = None  # this rank's rollout engine (None where it hosts none)
     layout: object = None  # rollout.layout.RolloutLayout: which ranks host engines
     transport: object = None  # weight_sync transport into this rank's engine (None where it hosts none)
+    engine_restarts: int = 0  # restarts of dead engines so far (any rank's), reported as rollout/engine_restarts
+    engine_restarted: bool = False  # this rank's engine was rebuilt and still needs both models' weights
     start_step: int = 0
 
     @property
@@ -193,15 +195,72 @@ def build_engine(run: Run) -> None:
 @contextmanager
 def engine_offloaded(run: Run) -> Iterator[None]:
     """Colocated engines give their accelerator memory back while Megatron trains, and take it again after; every
-    rank releases its own engine (a no-op for the embedded engine and on CPU)."""
+    rank releases its own engine (a no-op for the embedded engine and on CPU). An engine found dead here is left
+    for the weight push after the update to report and restart (the update itself does not need it)."""
+    from megatron_rlvr.rollout.engine import RolloutEngineError
+
     engine = run.engine if run.cfg.rollout.placement == "colocated" else None
-    if engine is not None:
-        engine.release_memory()
+    try:
+        if engine is not None:
+            engine.release_memory()
+    except RolloutEngineError as e:
+        print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: rollout engine failed to release its "
+              f"memory ({e}); it is restarted at the weight push", flush=True)
+        engine = None
     try:
         yield
     finally:
-        if engine is not None:
-            engine.resume_memory()
+        try:
+            if engine is not None:
+                engine.resume_memory()
+        except RolloutEngineError as e:
+            print(f"rollout engine failed to resume its memory ({e}); it is restarted at the weight push", flush=True)
+
+
+def with_engine_restarts(run: Run, step: int, what: str, stage, rewind=None, repush: bool = True):
+    """Run a collective stage (`stage()`: the step's rollouts, or the weight push); if any rank's engine dies in it,
+    rebuild the dead engines, push both models into them again (`repush`; the push stage pushes by itself), undo
+    the stage's side effects (`rewind()`: the prompt sampler's position, so the same prompts are redrawn with the
+    same seeds) and run it again, at most `rollout.max_engine_restarts` times per stage. Then stop, with the last
+    checkpoint intact (nothing is saved from a failed step)."""
+    from megatron_rlvr.rollout.engine import EngineDied
+    from megatron_rlvr.weight_sync import push_weights
+
+    limit = run.cfg.rollout.max_engine_restarts
+    dead_here = False
+    for attempt in range(limit + 1):
+        try:
+            if dead_here:
+                _rebuild_engine(run)
+                dead_here = False
+            if attempt and repush:  # every rank takes part in the gathers; only rebuilt engines receive
+                push_weights(run.transport if run.engine_restarted else None, run.models)
+            run.engine_restarted = False
+            return stage()
+        except EngineDied as died:
+            if attempt == limit:
+                last = ckpt.find_checkpoint(run.ckpt_root, "auto")
+                raise RuntimeError(
+                    f"step {step}: the rollout engine died during the {what} and {limit} restart(s) did not help "
+                    f"({died.cause}); the last checkpoint ({last or 'none yet'}) is intact; fix: check the engine's "
+                    "log above (out of memory? a crashed kernel?), then rerun the same command to resume") from died
+            run.engine_restarts += 1
+            dead_here = died.here
+            log(f"step {step}: a rollout engine died during the {what}; restart {attempt + 1}/{limit}")
+            if rewind is not None:
+                rewind()
+
+
+def _rebuild_engine(run: Run) -> None:
+    for part in (run.transport, run.engine):
+        try:
+            if part is not None:
+                (part.close if part is run.transport else part.shutdown)()
+        except Exception:  # a dead engine may fail to shut down cleanly; its processes are gone or going
+            pass
+    run.engine = run.transport = None
+    build_engine(run)
+    run.engine_restarted = True
 
 
 def finish(run: Run, final_step: int, history: list[dict]) -> None:

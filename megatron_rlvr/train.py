@@ -42,7 +42,11 @@ def main(cfg: RunConfig) -> int:
                 if cfg.mode == "train_only":
                     batch = RolloutBatch.load(f"{cfg.replay_dir}/step_{step:06d}.pt")
                 else:
-                    batch = collect_rollouts(run.engine, run.sampler, run.task, cfg, step, run.layout)
+                    position = run.sampler.state_dict()
+                    batch = runtime.with_engine_restarts(
+                        run, step, "rollout", lambda: collect_rollouts(run.engine, run.sampler, run.task, cfg, step,
+                                                                       run.layout),
+                        rewind=lambda: run.sampler.load_state_dict(position))
                 if cfg.logging.save_rollouts and runtime.is_rank0():
                     (run.run_dir / "rollouts").mkdir(exist_ok=True)
                     batch.save(run.run_dir / "rollouts" / f"step_{step:06d}.pt")
@@ -70,7 +74,9 @@ def main(cfg: RunConfig) -> int:
                             metrics.update(update_memory(memory, batch, cfg))
                 with timer("weight_push"):
                     if cfg.mode != "train_only":
-                        metrics["sync/bytes"] = push_weights(run.transport, run.models)
+                        metrics["sync/bytes"] = runtime.with_engine_restarts(
+                            run, step, "weight push", lambda: push_weights(run.transport, run.models), repush=False)
+                        metrics["rollout/engine_restarts"] = float(run.engine_restarts)
             if cfg.eval.interval and ((step + 1) % cfg.eval.interval == 0 or step + 1 == cfg.steps):
                 with timer("eval"):
                     metrics.update(evaluate(run.engine, run.task, cfg, step))

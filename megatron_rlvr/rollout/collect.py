@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from megatron_rlvr.algorithms import dynamic_sampling_keep, overlong_penalty
 from megatron_rlvr.config import RunConfig
-from megatron_rlvr.rollout.engine import RolloutEngine
+from megatron_rlvr.rollout.engine import EngineDied, RolloutEngine, RolloutEngineError, any_rank_failed
 from megatron_rlvr.rollout.layout import RolloutLayout
 from megatron_rlvr.rollout.types import Generation, RolloutBatch, SamplingParams, pack_generations
 
@@ -61,12 +61,18 @@ def _score_round(engine: Optional[RolloutEngine], layout: RolloutLayout, task, e
     mine = layout.engine_index(rank)
     gens: list[Generation] = []
     scored: list[tuple[float, int]] = []
+    failure: Optional[RolloutEngineError] = None
     if mine is not None and len(shards[mine]):
         exs = [examples[i] for i in shards[mine]]
         sp = sampling_params(cfg, task, seed)
         sp.seed_offset = shards[mine].start * G  # the global index of this shard's first request
-        gens = engine.generate([ex.prompt_ids for ex in exs for _ in range(G)], sp)
+        try:
+            gens = engine.generate([ex.prompt_ids for ex in exs for _ in range(G)], sp)
+        except RolloutEngineError as e:  # every rank must leave together, not hang in the all-gather below
+            failure = e
         scored = [score(task, ex, g.response_ids) for ex, g in zip((e for e in exs for _ in range(G)), gens)]
+    if any_rank_failed(failure is not None):
+        raise EngineDied(failure is not None, failure)
     if world > 1:
         gens, scored = _all_gather_round(gens, scored, examples, shards, layout, G, cfg.rollout.max_new_tokens)
     rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)

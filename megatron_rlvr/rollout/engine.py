@@ -13,11 +13,36 @@ how weights travel touches `weight_sync/` and, at most, the receiving method of 
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from megatron_rlvr.rollout.types import Generation, SamplingParams
+
+
+class RolloutEngineError(RuntimeError):
+    """An engine died or failed a request: the trainer may restart it (`rollout.max_engine_restarts`)."""
+
+
+class EngineDied(RuntimeError):
+    """Raised on every rank when any rank's engine failed during a collective stage (rollout, weight push), so
+    all ranks leave the stage together; `here` says whether this rank's own engine is the one that failed."""
+
+    def __init__(self, here: bool, cause: Optional[BaseException]):
+        super().__init__(f"rollout engine failure ({'this rank' if here else 'another rank'}): {cause}")
+        self.here, self.cause = here, cause
+
+
+def any_rank_failed(failed_here: bool) -> bool:
+    """True on every rank if `failed_here` is True on any (one MAX all-reduce; no collective on one process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return failed_here
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([int(failed_here)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 @runtime_checkable

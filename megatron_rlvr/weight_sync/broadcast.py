@@ -19,13 +19,13 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_rlvr.rollout.engine import BroadcastReceiver
+from megatron_rlvr.rollout.engine import BroadcastReceiver, RolloutEngineError
 from megatron_rlvr.weight_sync.base import WeightTransport, buckets, detached, nbytes
 
 logger = logging.getLogger(__name__)
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(RolloutEngineError):
     """The weight-sync group could not be formed, or a server failed to receive a bucket."""
 
 

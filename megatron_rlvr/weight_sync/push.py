@@ -39,16 +39,26 @@ def build_transport(engine, cfg=None, *, shapes: Optional[dict] = None,
 
 def push_weights(transport: Optional[WeightTransport], models: dict) -> int:
     """Stream every model in `models` (name -> TrainableModel) through `transport`; returns the bytes this rank
-    pushed (into its own engine; 0 on a rank without one)."""
-    from megatron_rlvr.convert.live import export_hf_tensors
+    pushed (into its own engine; 0 on a rank without one).
 
-    pushed = 0
+    An engine that dies mid-push (RolloutEngineError) must not leave the other ranks waiting in a gather: this rank
+    drains its stream to the end, and then every rank raises `EngineDied` together (the trainer restarts the
+    engine and pushes again).
+    """
+    from megatron_rlvr.convert.live import export_hf_tensors
+    from megatron_rlvr.rollout.engine import EngineDied, RolloutEngineError, any_rank_failed
+
+    pushed, failure = 0, None
     for name, model in models.items():
         with model.ctx.layout(model.name):  # the gathers run over this model's own TP/PP groups
             stream = export_hf_tensors(model.model_chunks, model.shape)
-            if transport is not None:
-                pushed += transport.push(name, stream)
-            else:
-                for _ in stream:  # take part in the collective gathers
-                    pass
+            if transport is not None and failure is None:
+                try:
+                    pushed += transport.push(name, stream)
+                except RolloutEngineError as e:
+                    failure = e
+            for _ in stream:  # take part in the collective gathers (the rest of it, after a failure)
+                pass
+    if any_rank_failed(failure is not None):
+        raise EngineDied(failure is not None, failure)
     return pushed

@@ -32,6 +32,7 @@ from megatron_rlvr.rollout.sglang.protocol import (
     ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
     SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ CPU_DEFAULTS = dict(attention_backend="torch_native", disable_cuda_graph=True, d
 ENGINE_BASE_PORT, PORTS_PER_ENGINE = 30000, 50
 
 
-class SGLangEngineError(RuntimeError):
+class SGLangEngineError(RolloutEngineError):
     """The SGLang engine failed to start, died, or rejected a request."""
 
 
@@ -252,11 +253,19 @@ class SGLangEngine:
             raise SGLangEngineError(f"SGLang {what} failed: {type(e).__name__}: {e}") from e
 
     def shutdown(self) -> None:
-        if self._engine is not None:
-            try:
-                self._engine.shutdown()
-            finally:
-                self._engine = None
+        """Stop this engine's processes, and only those: SGLang's own `Engine.shutdown` kills every child process
+        of the calling process, which in the trainer includes Megatron's checkpoint writers (a restarted engine
+        would leave the next checkpoint save with a broken pipe)."""
+        if self._engine is None:
+            return
+        eng, self._engine = self._engine, None
+        watchdog = getattr(getattr(eng, "tokenizer_manager", None), "_subprocess_watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()  # else it reports our own kills below as a crash
+        rpc = getattr(eng, "send_to_rpc", None)
+        if rpc is not None:
+            rpc.close(linger=0)
+        _kill_trees(getattr(self, "_child_pids", []))
 
     def __enter__(self) -> "SGLangEngine":
         return self
@@ -399,6 +408,31 @@ def _raise_unless_ok(what: str, res) -> None:
         ok, msg = bool(res.success), getattr(res, "message", "")
     if not ok:
         raise SGLangEngineError(f"SGLang {what} failed: {msg}")
+
+
+def _kill_trees(pids: list[int], timeout_s: float = 60.0) -> None:
+    """SIGTERM each process and its descendants, SIGKILL whatever is left after `timeout_s`."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs += root.children(recursive=True) + [root]
+        except psutil.Error:
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)
 
 
 def _pid_alive(pid: int) -> bool:

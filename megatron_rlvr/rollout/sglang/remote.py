@@ -14,12 +14,13 @@ import concurrent.futures as cf
 import sys
 from typing import Optional, Sequence
 
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.sglang.protocol import MODEL_PACKAGE, SAMPLER_BACKEND
 
 HTTP_TIMEOUT_S = 3600.0
 
 
-class SGLangServerError(RuntimeError):
+class SGLangServerError(RolloutEngineError):
     """An SGLang server is unreachable or answered with an error."""
 
 
