@@ -1,8 +1,10 @@
 """`megatron-rlvr bench kernels|train|rollout`: benchmarks that print baseline, ours and the ratio side by side.
 
-`kernels` runs the fused DLC sampler benchmark (issue 4); `train` times one RL step per phase next to a plain
-Megatron-Core language-model step (issue 8); `rollout` times SGLang decoding of the policy alone against DLC
-inside the engine (issue 5; needs the SGLang environment). All need a CUDA GPU for meaningful numbers.
+`kernels` runs the fused DLC sampler benchmark (issue 4); `train` times whole RL steps per phase (next to a plain
+Megatron-Core language-model step; with `--engine sglang`, SGLang with DLC on and off next to the embedded engine,
+and the 8B + 1.7B weight push); `rollout` times SGLang decoding of the policy alone against DLC inside the engine
+(issue 5). `rollout` and `train --engine sglang` need the SGLang environment. All need a CUDA GPU for meaningful
+numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 TARGETS = {
     "kernels": ("megatron_rlvr.kernels.bench", "tools/bench_kernels.py"),
-    "train": ("megatron_rlvr.bench_train", "tools/bench_train.py"),
+    "train": ("megatron_rlvr.bench_train", None),
     "rollout": ("megatron_rlvr.rollout.sglang.bench", None),
 }
 
@@ -38,9 +40,11 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in TARGETS:
         print("usage: megatron-rlvr bench {kernels,train,rollout} [options]   (--help after the target: its options)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    if argv[0] == "rollout" and importlib.util.find_spec("sglang") is None:
-        raise SystemExit("bench rollout needs SGLang, which lives in its own environment: "
-                         "bash tools/setup_sglang_env.sh, then .venv-sglang/bin/megatron-rlvr bench rollout ...")
+    needs_sglang = argv[0] == "rollout" or (argv[0] == "train" and "sglang" in argv[1:])
+    if needs_sglang and importlib.util.find_spec("sglang") is None:
+        raise SystemExit(f"bench {' '.join(argv[:1])} with SGLang needs SGLang, which lives in its own environment: "
+                         f"bash tools/setup_sglang_env.sh, then .venv-sglang/bin/megatron-rlvr bench {argv[0]} ... "
+                         "(on the GPU device: bash tools/gpu_sglang.sh install first)")
     mod = _load(*TARGETS[argv[0]])
     return mod.main(argv[1:]) or 0
 

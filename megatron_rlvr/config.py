@@ -139,6 +139,8 @@ class RolloutConfig:
     top_p: float = 1.0
     # sequences decoded together by the embedded engine
     batch_size: int = 256
+    # GPUs (ranks) per colocated rollout engine: world_size / tp engines, each serving its shard of the step's prompts
+    tp: int = 1
     # where SGLang engines run: colocated (share GPUs with training, memory released during updates) or dedicated
     placement: str = "colocated"
     # attach to running SGLang servers instead of starting engines (list of http URLs)
@@ -148,6 +150,8 @@ class RolloutConfig:
     # compute dtype of the rollout engine: auto (the policy's dtype, so trainer and engine log-probs agree) |
     # float32 | bfloat16 | float16
     dtype: str = "auto"
+    # restarts of a dead rollout engine per step (weights pushed again, the step's rollouts redrawn); then the run stops
+    max_engine_restarts: int = 2
     # extra sglang.Engine / ServerArgs options passed through verbatim
     sglang: dict = field(default_factory=dict)
 
@@ -689,6 +693,9 @@ def validate_config(cfg: RunConfig) -> None:
     _require(r.batch_size >= 1, "rollout.batch_size", r.batch_size, "must be >= 1", "use 1 or more")
     _require(r.placement in ("colocated", "dedicated"), "rollout.placement", r.placement, "unknown placement",
              "use colocated or dedicated")
+    _require(r.max_engine_restarts >= 0, "rollout.max_engine_restarts", r.max_engine_restarts, "must be >= 0",
+             "use 0 to stop at the first engine failure")
+    _require(r.tp >= 1, "rollout.tp", r.tp, "must be >= 1", "use 1 (one engine per GPU) or the GPUs per engine")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", r.weight_bucket_mb, "must be >= 1", "use e.g. 512")
     _require(r.dtype in ("auto", "float32", "bfloat16", "float16"), "rollout.dtype", r.dtype, "unknown dtype",
              "use auto (the policy's dtype), float32, bfloat16 or float16")
@@ -884,6 +891,10 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
         _require(world_size % mp == 0, f"{name}.parallel", f"tp={par.tp} pp={par.pp}",
                  f"tp * pp = {mp} does not divide the world size {world_size}",
                  f"launch a multiple of {mp} ranks (nodes x gpus_per_node) or change the layout")
+    if not cfg.rollout.server_urls:
+        _require(world_size % cfg.rollout.tp == 0, "rollout.tp", cfg.rollout.tp,
+                 f"GPUs per rollout engine does not divide the world size {world_size}",
+                 f"use a divisor of {world_size} (world_size / rollout.tp engines serve the step's prompts)")
 
 
 def describe_tree(cls=RunConfig, prefix: str = "", inst=None) -> list[tuple[str, str, str]]:

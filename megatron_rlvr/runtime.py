@@ -43,8 +43,12 @@ class Run:
     sampler: object = None
     models: dict = field(default_factory=dict)  # "policy", "memory" -> TrainableModel
     reference: object = None  # frozen initial policy, only when algorithm.kl_coef > 0
-    engine: object = None
+    engine: object = None  # this rank's rollout engine (None where it hosts none)
     engine_dtype: torch.dtype = torch.float32  # what the rollout engine computes in (`rollout.dtype`)
+    layout: object = None  # rollout.layout.RolloutLayout: which ranks host engines
+    transport: object = None  # weight_sync transport into this rank's engine (None where it hosts none)
+    engine_restarts: int = 0  # restarts of dead engines so far (any rank's), reported as rollout/engine_restarts
+    engine_restarted: bool = False  # this rank's engine was rebuilt and still needs both models' weights
     start_step: int = 0
     stop: run_guard.StopSignals = field(default_factory=run_guard.StopSignals)  # SIGTERM/SIGUSR1 requests
 
@@ -186,21 +190,32 @@ def engine_dtype(cfg: RunConfig) -> torch.dtype:
     """The rollout engine's compute dtype: `rollout.dtype`, where auto follows the policy's (resolved) dtype so
     the trainer's recomputed log-probs and the engine's agree (a float32 policy with a bf16 engine gave a step-0
     gap of 3.7e-3 nats per token on an H200, against 0.0 with matching dtypes)."""
-    from megatron_rlvr.models.provider import resolve_dtype
 
     return resolve_dtype(cfg.policy.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype)
 
 
 def build_engine(run: Run) -> None:
-    """The rollout engine, on global rank 0 only."""
+    """This rank's rollout engine, its layout among the ranks (`rollout.layout`), and the weight transport into it.
+
+    Colocated: one engine per `rollout.tp` ranks, hosted by the first of them (on its GPU and the next tp - 1).
+    Dedicated servers: one client on rank 0. The transport is chosen here, once (`weight_sync.build_transport`).
+    """
+    from megatron_rlvr.rollout.layout import RolloutLayout
+
     cfg = run.cfg
     run.engine_dtype = engine_dtype(cfg)
-    if cfg.mode == "train_only" or not is_rank0():
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    run.layout = RolloutLayout(world, tp=cfg.rollout.tp, dedicated=bool(cfg.rollout.server_urls))
+    index = run.layout.engine_index(rank)
+    if cfg.mode == "train_only" or index is None:
         return
     from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.weight_sync import build_transport
 
     memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     dtype_name = str(run.engine_dtype).removeprefix("torch.")
     if cfg.rollout.engine == "sglang":
         from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
@@ -208,33 +223,89 @@ def build_engine(run: Run) -> None:
         model_path = None
         if not cfg.rollout.server_urls:
             # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start.
-            model_path = str(build_model_dir(run.run_dir / "sglang_model", get_preset(cfg.policy.preset),
+            model_path = str(build_model_dir(run.run_dir / f"sglang_model_{index}", get_preset(cfg.policy.preset),
                                              get_preset(cfg.memory.preset), tokenizer=run.task.tokenizer,
-                                             dtype=dtype_name if device == "cuda" else "float32"))
-            cfg.rollout.sglang.setdefault("load_format", "dummy")
-        run.engine = SGLangEngine.from_config(cfg, model_path, dtype=dtype_name)
-        if cfg.rollout.server_urls and cfg.rollout.placement == "dedicated":
-            # Servers on their own nodes cannot map this process's tensors: weights go over a process group.
-            run.engine.connect_weight_sync()
+                                             dtype=dtype_name if cuda else "float32"))
+        run.engine = SGLangEngine.from_config(cfg, model_path, engine_index=index,
+                                              base_gpu_id=device.index if cuda else None, dtype=dtype_name)
     else:
         from megatron_rlvr.rollout.embedded import EmbeddedEngine
 
-        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=run.engine_dtype,
-                                    batch_size=cfg.rollout.batch_size)
+        # The engine computes in `rollout.dtype` (auto: the policy's), so its log-probs match the trainer's.
+        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device,
+                                    dtype=run.engine_dtype, batch_size=cfg.rollout.batch_size)
+    run.transport = build_transport(run.engine, cfg)
 
 
 @contextmanager
 def engine_offloaded(run: Run) -> Iterator[None]:
-    """Colocated SGLang engines give their GPU memory back while Megatron trains, and take it again after."""
+    """Colocated engines give their accelerator memory back while Megatron trains, and take it again after; every
+    rank releases its own engine (a no-op for the embedded engine and on CPU). An engine found dead here is left
+    for the weight push after the update to report and restart (the update itself does not need it)."""
+    from megatron_rlvr.rollout.engine import RolloutEngineError
+
     engine = run.engine if run.cfg.rollout.placement == "colocated" else None
-    release = getattr(engine, "release_memory", None)
-    if release is not None:
-        release()
+    try:
+        if engine is not None:
+            engine.release_memory()
+    except RolloutEngineError as e:
+        print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: rollout engine failed to release its "
+              f"memory ({e}); it is restarted at the weight push", flush=True)
+        engine = None
     try:
         yield
     finally:
-        if release is not None:
-            engine.resume_memory()
+        try:
+            if engine is not None:
+                engine.resume_memory()
+        except RolloutEngineError as e:
+            print(f"rollout engine failed to resume its memory ({e}); it is restarted at the weight push", flush=True)
+
+
+def with_engine_restarts(run: Run, step: int, what: str, stage, rewind=None, repush: bool = True):
+    """Run a collective stage (`stage()`: the step's rollouts, or the weight push); if any rank's engine dies in it,
+    rebuild the dead engines, push both models into them again (`repush`; the push stage pushes by itself), undo
+    the stage's side effects (`rewind()`: the prompt sampler's position, so the same prompts are redrawn with the
+    same seeds) and run it again, at most `rollout.max_engine_restarts` times per stage. Then stop, with the last
+    checkpoint intact (nothing is saved from a failed step)."""
+    from megatron_rlvr.rollout.engine import EngineDied
+    from megatron_rlvr.weight_sync import push_weights
+
+    limit = run.cfg.rollout.max_engine_restarts
+    dead_here = False
+    for attempt in range(limit + 1):
+        try:
+            if dead_here:
+                _rebuild_engine(run)
+                dead_here = False
+            if attempt and repush:  # every rank takes part in the gathers; only rebuilt engines receive
+                push_weights(run.transport if run.engine_restarted else None, run.models)
+            run.engine_restarted = False
+            return stage()
+        except EngineDied as died:
+            if attempt == limit:
+                last = ckpt.find_checkpoint(run.ckpt_root, "auto")
+                raise RuntimeError(
+                    f"step {step}: the rollout engine died during the {what} and {limit} restart(s) did not help "
+                    f"({died.cause}); the last checkpoint ({last or 'none yet'}) is intact; fix: check the engine's "
+                    "log above (out of memory? a crashed kernel?), then rerun the same command to resume") from died
+            run.engine_restarts += 1
+            dead_here = died.here
+            log(f"step {step}: a rollout engine died during the {what}; restart {attempt + 1}/{limit}")
+            if rewind is not None:
+                rewind()
+
+
+def _rebuild_engine(run: Run) -> None:
+    for part in (run.transport, run.engine):
+        try:
+            if part is not None:
+                (part.close if part is run.transport else part.shutdown)()
+        except Exception:  # a dead engine may fail to shut down cleanly; its processes are gone or going
+            pass
+    run.engine = run.transport = None
+    build_engine(run)
+    run.engine_restarted = True
 
 
 def stop_preempted(run: Run, step: int) -> int:
@@ -274,5 +345,7 @@ def finish(run: Run, final_step: int, history: list[dict]) -> None:
             if is_rank0():
                 export_checkpoint(last, out, model=name, overwrite=True)
                 log(f"hugging face export of the {name}: {out}")
+    if run.transport is not None:
+        run.transport.close()
     if run.engine is not None:
         run.engine.shutdown()

@@ -5,7 +5,7 @@
             -> advantages (estimator, then IAC)
             -> policy update (PPO epochs over micro-batches, under Megatron-Core)
             -> memory update (cross-entropy on the same rollouts)
-            -> weight push of both models to the rollout engine
+            -> weight push of both models to every rollout engine
             -> metrics, checkpoint
 """
 
@@ -32,7 +32,7 @@ def main(cfg: RunConfig) -> int:
     policy, memory = run.models["policy"], run.models.get("memory")
     a, T = cfg.algorithm, cfg.rollout.temperature
     if cfg.mode != "train_only":
-        push_weights(run.engine, run.models)
+        push_weights(run.transport, run.models)
     logger = MetricsLogger(run.run_dir, cfg, enabled=runtime.is_rank0(), resume_step=run.start_step)
     evaluate = Evaluator(run, write=runtime.is_rank0())  # the policy alone (lambda = 0) on eval.sets
     step = run.start_step
@@ -47,7 +47,11 @@ def main(cfg: RunConfig) -> int:
                 if cfg.mode == "train_only":
                     batch = RolloutBatch.load(f"{cfg.replay_dir}/step_{step:06d}.pt")
                 else:
-                    batch = collect_rollouts(run.engine, run.sampler, run.task, cfg, step)
+                    position = run.sampler.state_dict()
+                    batch = runtime.with_engine_restarts(
+                        run, step, "rollout", lambda: collect_rollouts(run.engine, run.sampler, run.task, cfg, step,
+                                                                       run.layout),
+                        rewind=lambda: run.sampler.load_state_dict(position))
                 if cfg.logging.save_rollouts and runtime.is_rank0():
                     (run.run_dir / "rollouts").mkdir(exist_ok=True)
                     batch.save(run.run_dir / "rollouts" / f"step_{step:06d}.pt")
@@ -58,7 +62,8 @@ def main(cfg: RunConfig) -> int:
                 with timer("advantage"):
                     metrics.update(assign_advantages(batch, a))
                 with timer("logprob_recompute"):
-                    old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True, algo=a)
+                    old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True,
+                                                         algo=a)
                     ref_lp = None
                     if run.reference is not None:
                         ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size, algo=a)
@@ -79,10 +84,13 @@ def main(cfg: RunConfig) -> int:
                             metrics.update(update_memory(memory, batch, cfg))
                 with timer("weight_push"):
                     if cfg.mode != "train_only":
-                        metrics["sync/bytes"] = push_weights(run.engine, run.models)
+                        metrics["sync/bytes"] = runtime.with_engine_restarts(
+                            run, step, "weight push", lambda: push_weights(run.transport, run.models), repush=False)
+                        metrics["rollout/engine_restarts"] = float(run.engine_restarts)
             if cfg.eval.interval and ((step + 1) % cfg.eval.interval == 0 or step + 1 == cfg.steps):
                 with timer("eval"):
-                    metrics.update(evaluate(run.engine, step))
+                    # on rank 0's engine only: rank 0 logs, and the other ranks' engines would repeat the work
+                    metrics.update(evaluate(run.engine if runtime.is_rank0() else None, step))
             metrics.update(timer.as_metrics())
             metrics["throughput/rollout_tokens_per_s"] = metrics["rollout/tokens"] / max(timer.times["rollout"], 1e-9)
             train_time = timer.times.get("policy_update", 0.0) + timer.times.get("logprob_recompute", 0.0)

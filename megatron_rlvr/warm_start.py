@@ -122,7 +122,8 @@ def _read_done(root: Path) -> Optional[dict]:
         return None  # a damaged record: train again
 
 
-def ensure_warm_start(cfg: RunConfig, task, build_model: Callable, log: Callable[[str], None] = print) -> Optional[Path]:
+def ensure_warm_start(cfg: RunConfig, task, build_model: Callable,
+                      log: Callable[[str], None] = print) -> Optional[Path]:
     """Return the folder holding warm-started `policy/` (and `memory/`) checkpoints, training them if not cached.
 
     `build_model(name, optim_cfg)` builds a fresh TrainableModel; the warm start uses its own optimizer, so RL

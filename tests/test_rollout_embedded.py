@@ -19,7 +19,7 @@ def sharpen(engine, name, factor):
     """Scale the output head so logits spread over several nats (random init gives near-uniform ones)."""
     model = engine.models[name]
     key = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
-    engine.update_weights(name, [(key, dict(model.named_parameters())[key].detach() * factor)])
+    engine.load_weights(name, [(key, dict(model.named_parameters())[key].detach() * factor)])
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_ragged_batch_equals_one_by_one_generation(engine):
 def test_sampled_tokens_do_not_depend_on_the_engine_batch_size(engine):
     sampling = SamplingParams(max_new_tokens=6, temperature=1.0, lam=0.7, seed=21, stop_token_ids=(2,))
     small = EmbeddedEngine(TINY, MEM, batch_size=1)
-    small.update_weights("policy", engine.policy.named_parameters())
-    small.update_weights("memory", engine.memory.named_parameters())
+    small.load_weights("policy", engine.policy.named_parameters())
+    small.load_weights("memory", engine.memory.named_parameters())
     prompts = PROMPTS * 2
     a, b = engine.generate(prompts, sampling), small.generate(prompts, sampling)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]
@@ -105,7 +105,7 @@ def test_equal_seeds_reproduce_and_other_seeds_or_indices_differ(engine):
 
 def test_lam_zero_equals_plain_policy_sampling_without_a_memory_model(engine):
     plain = EmbeddedEngine(TINY, None, batch_size=4)
-    plain.update_weights("policy", engine.policy.named_parameters())
+    plain.load_weights("policy", engine.policy.named_parameters())
     sp = SamplingParams(max_new_tokens=8, temperature=1.0, lam=0.0, seed=17)
     a, b = engine.generate(PROMPTS, sp), plain.generate(PROMPTS, sp)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]
@@ -133,7 +133,7 @@ def test_first_token_frequencies_follow_the_calibrated_distribution():
     # memory == policy, so pi_cal = softmax((1 - lam) z / T): DLC flattens what the policy over-samples
     e = EmbeddedEngine(TINY, TINY, batch_size=4096, init_seed=2)
     sharpen(e, "policy", 25.0)
-    e.update_weights("memory", e.policy.named_parameters())
+    e.load_weights("memory", e.policy.named_parameters())
     prompt = [1, 97]
     z = e.policy(input_ids=torch.tensor([prompt])).logits[0, -1].float()
     n = 3000
@@ -178,7 +178,7 @@ def test_weight_update_changes_outputs_and_copies_values():
     sp = SamplingParams(max_new_tokens=8, temperature=0.0)
     before = [g.response_ids for g in e.generate(PROMPTS, sp)]
     other = build_qwen3(TINY, seed=123)
-    e.update_weights("policy", other.state_dict().items())
+    e.load_weights("policy", other.state_dict().items())
     after = [g.response_ids for g in e.generate(PROMPTS, sp)]
     assert after != before
     for name, p in e.policy.named_parameters():
@@ -194,22 +194,22 @@ def test_weight_update_rejects_unknown_names_and_wrong_shapes_without_partial_co
     snapshot = q.detach().clone()
     with pytest.raises(ValueError, match=r"unknown tensor 'model.layers.0.self_attn.q_proj.weights'; fix: did you "
                                          r"mean 'model.layers.0.self_attn.q_proj.weight'"):
-        e.update_weights("policy", [("model.layers.0.self_attn.q_proj.weight", torch.zeros_like(q)),
+        e.load_weights("policy", [("model.layers.0.self_attn.q_proj.weight", torch.zeros_like(q)),
                                     ("model.layers.0.self_attn.q_proj.weights", torch.zeros_like(q))])
     assert torch.equal(q, snapshot)
     with pytest.raises(ValueError, match=r"model.norm.weight has shape \(128,\), the engine's model expects \(64,\)"):
-        e.update_weights("memory", [("model.norm.weight", torch.ones(128))])
+        e.load_weights("memory", [("model.norm.weight", torch.ones(128))])
     with pytest.raises(ValueError, match=r"use 'policy' or 'memory'"):
-        e.update_weights("critic", [])
+        e.load_weights("critic", [])
 
 
 def test_tied_presets_have_no_lm_head_and_say_so():
     e = EmbeddedEngine(get_preset("tiny-tied"), None, batch_size=2)
     assert "lm_head.weight" not in dict(e.policy.named_parameters())
     with pytest.raises(ValueError, match=r"unknown tensor 'lm_head.weight'; fix: this preset ties embeddings"):
-        e.update_weights("policy", [("lm_head.weight", torch.zeros(128, 128))])
+        e.load_weights("policy", [("lm_head.weight", torch.zeros(128, 128))])
     with pytest.raises(ValueError, match=r"this engine has no memory model"):
-        e.update_weights("memory", [])
+        e.load_weights("memory", [])
 
 
 def test_bad_requests_are_rejected_with_the_fix():

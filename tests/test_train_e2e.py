@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small but real: tiny Qwen3 policy + memory, IAC + DLC, a short warm start shared through one cache folder.
 SMALL = [
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "algorithm.micro_batch_size=8",
-    "warm_start.steps=40", "warm_start.batch_size=32", "warm_start.gate=false", "logging.progress=false", "logging.tensorboard=false",
+    "warm_start.steps=40", "warm_start.batch_size=32", "warm_start.gate=false", "logging.progress=false",
+    "logging.tensorboard=false",
     "eval.interval=2", "eval.num_prompts=4", "eval.group_size=4",
 ]
 

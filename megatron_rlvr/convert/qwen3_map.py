@@ -147,6 +147,24 @@ def hf_names(shape: Qwen3Shape) -> list[str]:
     return out
 
 
+def check_hf_name(name: str, shape: Optional[Qwen3Shape] = None, what: str = "weight") -> None:
+    """Raise ValueError unless `name` is a Hugging Face Qwen3 tensor (of `shape`: layer in range, lm_head only
+    when untied). The weight push checks every name with it, so a wrong tensor fails by name, not as a silent
+    partial update inside an engine."""
+    try:
+        rule, layer, _ = resolve_hf(name)
+    except KeyError:
+        rule, layer = None, None
+    ok = rule is not None and (shape is None or (
+        (layer is None or layer < shape.num_hidden_layers) and not (rule.untied_only and shape.tie_word_embeddings)))
+    if not ok:
+        layers = "" if shape is None else f" with {shape.num_hidden_layers} layers"
+        tied = "" if shape is None or not shape.tie_word_embeddings else " (tied embeddings: no lm_head.weight)"
+        raise ValueError(
+            f"{what} {name!r} is not a Hugging Face Qwen3 parameter name of this model{layers}{tied}; export "
+            "weights with the HF Qwen3 mapping (e.g. model.layers.0.self_attn.q_proj.weight, lm_head.weight)")
+
+
 def mcore_shape(shape: Qwen3Shape, name: str) -> tuple[int, ...]:
     """Full (logical) shape of Megatron tensor `name` for `shape`."""
     rule, _ = resolve_mcore(name)

@@ -6,8 +6,8 @@ to `batch_size` prompts is left-padded (attention mask + explicit position ids, 
 same token (with lam = 0 the memory model contributes nothing and is not run). Each step samples with
 `megatron_rlvr.kernels.dlc_sample` (the Triton kernel on CUDA, its float32 PyTorch reference on CPU) from
 pi_cal = softmax((z_policy - lam * z_memory) / T). The RNG stream of a response is (seed of the request, index of
-the token within the response), the seed being `sequence_seed(sampling.seed, request index)`: a request draws the
-same tokens whatever chunk or batch it lands in and however long the other prompts are.
+the token within the response), the seed being `sequence_seed(sampling.seed, sampling.seed_offset + request index)`:
+a request draws the same tokens whatever chunk, batch or engine it lands in and however long the other prompts are.
 Rows that finished (stop token or length) leave the batch and their KV cache rows are dropped.
 """
 
@@ -36,7 +36,8 @@ def sequence_seed(base_seed: int, index: int) -> int:
 
 
 class EmbeddedEngine:
-    """`RolloutEngine` running transformers Qwen3 models in this process (see the module docstring)."""
+    """`RolloutEngine` running transformers Qwen3 models in this process (see the module docstring); its weights
+    arrive through `load_weights` (the in-process receiver of `megatron_rlvr.weight_sync.InProcessCopy`)."""
 
     def __init__(
         self,
@@ -58,7 +59,7 @@ class EmbeddedEngine:
         self.dtype = dtype
         self.batch_size = batch_size
         self.policy_shape, self.memory_shape = policy_shape, memory_shape
-        # weights arrive through update_weights; the seeded init only makes a fresh engine deterministic
+        # weights arrive through load_weights; the seeded init only makes a fresh engine deterministic
         self.models = {"policy": build_qwen3(policy_shape, dtype, self.device, seed=init_seed)}
         if memory_shape is not None:
             self.models["memory"] = build_qwen3(memory_shape, dtype, self.device, seed=init_seed + 1)
@@ -72,16 +73,16 @@ class EmbeddedEngine:
         return self.models.get("memory")
 
     # ------------------------------------------------------------------------------------------- weights
-    def update_weights(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors with Hugging Face Qwen3 names into `model` ("policy" or "memory").
 
         Strict: every name must be a parameter of that model and every shape must match, else nothing is copied
         and a ValueError names the tensor and the fix. A subset of the parameters may be sent (bucketed pushes).
         """
         if model not in ("policy", "memory"):
-            raise ValueError(f"update_weights(model={model!r}): use 'policy' or 'memory'")
+            raise ValueError(f"load_weights(model={model!r}): use 'policy' or 'memory'")
         if model not in self.models:
-            raise ValueError("update_weights('memory', ...): this engine has no memory model; fix: build it with "
+            raise ValueError("load_weights('memory', ...): this engine has no memory model; fix: build it with "
                              "memory_shape (DLC needs one) or push only the policy")
         params = dict(self.models[model].named_parameters())
         staged = []
@@ -92,16 +93,22 @@ class EmbeddedEngine:
                 else:
                     close = difflib.get_close_matches(name, list(params), n=1)
                     fix = f"did you mean {close[0]!r}?" if close else "use Hugging Face Qwen3 parameter names"
-                raise ValueError(f"update_weights({model!r}): unknown tensor {name!r}; fix: {fix}")
+                raise ValueError(f"load_weights({model!r}): unknown tensor {name!r}; fix: {fix}")
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ValueError(
-                    f"update_weights({model!r}): {name} has shape {tuple(tensor.shape)}, the engine's model expects "
+                    f"load_weights({model!r}): {name} has shape {tuple(tensor.shape)}, the engine's model expects "
                     f"{tuple(params[name].shape)}; fix: build the engine with the trainer's preset"
                 )
             staged.append((params[name], tensor))
         with torch.no_grad():
             for param, tensor in staged:
                 param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+
+    def release_memory(self) -> None:
+        """Nothing to give back: the embedded engine's models are small copies that the trainer does not need."""
+
+    def resume_memory(self) -> None:
+        """See `release_memory`."""
 
     def shutdown(self) -> None:
         self.models.clear()
@@ -138,7 +145,7 @@ class EmbeddedEngine:
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = [list(map(int, p)) for p in prompts[start : start + self.batch_size]]
-            seeds = [sequence_seed(sampling.seed, start + j) for j in range(len(chunk))]
+            seeds = [sequence_seed(sampling.seed, sampling.seed_offset + start + j) for j in range(len(chunk))]
             out.extend(self._generate_chunk(chunk, seeds, sampling))
         return out
 

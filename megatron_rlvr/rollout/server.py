@@ -6,7 +6,7 @@
 What `megatron-rlvr launch --rollout-nodes N` runs on each rollout node. It writes the DLC model folder for the
 config's policy and memory presets under `<run_dir>/rollout_server/<host>-<port>/` (random weights: the trainer
 pushes both models' real weights right after it attaches, and after every step, over the weight-sync group of
-`SGLangEngine.connect_weight_sync`), then becomes `python -m sglang.launch_server` for that folder. Options in
+`megatron_rlvr.weight_sync.Broadcast`), then becomes `python -m sglang.launch_server` for that folder. Options in
 `rollout.sglang` are passed on as SGLang flags (`tp_size: 8` -> `--tp-size 8`, `true` -> a bare flag); without
 `tp_size` the server uses all GPUs of the node.
 """

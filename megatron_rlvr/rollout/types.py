@@ -1,13 +1,13 @@
 """Rollout stage: the data contract between rollout engines, rewards and the trainer.
 
-Every engine (embedded, SGLang) implements `RolloutEngine`; the trainer consumes `Generation` records and
-packs them into a `RolloutBatch` for the update.
+Every engine (embedded, SGLang) implements `RolloutEngine` (declared in `rollout/engine.py`); the trainer consumes
+`Generation` records and packs them into a `RolloutBatch` for the update.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Protocol, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ class SamplingParams:
     tau: Optional[float] = None
     # base seed; the engine derives a per-sequence seed and uses the decode position as the RNG offset
     seed: int = 0
+    # global index of this call's first request: request i of the call draws from the stream of request
+    # seed_offset + i, so a step's sequences do not depend on how its prompts were sharded over engines
+    seed_offset: int = 0
     # token ids that end a response
     stop_token_ids: tuple[int, ...] = ()
 
@@ -44,19 +47,6 @@ class Generation:
     finish_reason: str
     # entropy of pi_cal at each step (optional, for metrics)
     entropy_cal: Optional[list[float]] = None
-
-
-class RolloutEngine(Protocol):
-    """What the trainer needs from a rollout engine."""
-
-    def generate(self, prompts: Sequence[list[int]], sampling: SamplingParams) -> list[Generation]:
-        """Generate one response per prompt (repeat prompts for G responses)."""
-
-    def update_weights(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new weights for `model` ("policy" or "memory"); tensors carry Hugging Face Qwen3 names."""
-
-    def shutdown(self) -> None:
-        """Release the engine's resources."""
 
 
 @dataclass

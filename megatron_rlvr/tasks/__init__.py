@@ -65,7 +65,8 @@ def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason:
         chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
         tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
         return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
-                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s, limit=limit,
+                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s,
+                        limit=limit,
                         max_prompt_tokens=max_prompt_tokens, length_reason=length_reason)
     raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic, "
                      "synthetic_coupled or math")

@@ -73,6 +73,15 @@ def hf_models(shapes):
 
 
 @pytest.fixture(scope="session")
+def transport(engine, shapes):
+    """The colocated path's weight transport into the shared engine; 1 MiB buckets: updates arrive in several."""
+    from megatron_rlvr.weight_sync import TensorBuckets
+
+    policy_shape, memory_shape = shapes
+    return TensorBuckets(engine, {"policy": policy_shape, "memory": memory_shape}, bucket_bytes=1 << 20)
+
+
+@pytest.fixture(scope="session")
 def engine(tmp_path_factory, shapes, hf_models):
     from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
 
@@ -85,6 +94,6 @@ def engine(tmp_path_factory, shapes, hf_models):
     if device == "cuda":
         extra.update(dtype="float32", attention_backend="triton", mem_fraction_static=0.3)
     eng = SGLangEngine(str(path), policy_shape=policy_shape, memory_shape=memory_shape, device=device,
-                       weight_bucket_mb=1, sglang=extra)
+                       sglang=extra)
     yield eng
     eng.shutdown()

@@ -25,28 +25,29 @@ def _assert_matches(gens, policy, memory, lam=0.7, n=8):
         assert max(abs(a - b) for a, b in zip(g.logprob_policy, lp_pol)) < 1e-5
 
 
-def test_memory_then_policy_update_change_outputs_as_the_reference_predicts(engine, hf_models, shapes):
+def test_tensor_buckets_push_memory_then_policy_and_outputs_change_as_the_reference_predicts(engine, transport,
+                                                                                              hf_models, shapes):
     policy_shape, memory_shape = shapes
     before = _greedy(engine)
     new_memory, new_policy = hf_qwen3(memory_shape, 3), hf_qwen3(policy_shape, 4)
     try:
-        # weight_bucket_mb=1 in the fixture: the update arrives in several buckets
-        engine.update_weights("memory", list(new_memory.state_dict().items()))
+        # 1 MiB buckets in the fixture: the update arrives in several buckets
+        transport.push("memory", list(new_memory.state_dict().items()))
         after_memory = _greedy(engine)
         _assert_matches(after_memory, hf_models["policy"], new_memory)
         # the policy is untouched by a memory update: its log-probs of the tokens are the old policy's
         assert [g.response_ids for g in after_memory] != [g.response_ids for g in before]
 
-        engine.update_weights("policy", list(new_policy.state_dict().items()))
+        transport.push("policy", list(new_policy.state_dict().items()))
         _assert_matches(_greedy(engine), new_policy, new_memory)
     finally:
-        engine.update_weights("memory", list(hf_models["memory"].state_dict().items()))
-        engine.update_weights("policy", list(hf_models["policy"].state_dict().items()))
+        transport.push("memory", list(hf_models["memory"].state_dict().items()))
+        transport.push("policy", list(hf_models["policy"].state_dict().items()))
     _assert_matches(_greedy(engine), hf_models["policy"], hf_models["memory"])
 
 
-def test_update_with_a_non_qwen3_name_is_rejected_before_reaching_the_engine(engine):
+def test_update_with_a_non_qwen3_name_is_rejected_before_reaching_the_engine(engine, transport):
     with pytest.raises(ValueError, match="not a Hugging Face Qwen3 parameter name"):
-        engine.update_weights("policy", [("model.layers.0.attn.wq.weight", torch.zeros(1))])
+        transport.push("policy", [("model.layers.0.attn.wq.weight", torch.zeros(1))])
     with pytest.raises(ValueError, match="model must be one of"):
-        engine.update_weights("critic", [])
+        transport.push("critic", [("model.norm.weight", torch.zeros(1))])

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from megatron_rlvr.models.presets import get_preset
 from megatron_rlvr.rollout.sglang.engine import SGLangEngine, SGLangEngineError
@@ -51,4 +52,4 @@ def test_a_dead_scheduler_is_reported_on_the_next_call_instead_of_killing_the_ca
     with pytest.raises(SGLangEngineError, match="died"):
         engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))
     with pytest.raises(SGLangEngineError, match="died"):
-        engine.update_weights("memory", [])
+        engine.receive_tensors([("memory.model.norm.weight", torch.zeros(1))])

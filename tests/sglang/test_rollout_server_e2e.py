@@ -1,7 +1,7 @@
-"""A dedicated rollout server started by `python -m megatron_rlvr.rollout.server`, attached to by URL: weights
-arrive over the weight-sync process group (gloo here, NCCL on GPUs), and the server then decodes exactly like the
-transformers reference of pi_cal holding the same weights. (The session's shared in-process `engine` is not used:
-test_engine_failures kills it.)"""
+"""Two dedicated rollout servers started by `python -m megatron_rlvr.rollout.server`, attached to by URL: weights
+arrive over one weight-sync process group spanning the trainer and every server rank (gloo here, NCCL on GPUs),
+prompts are spread over both by load, and every response is exactly the transformers reference of pi_cal holding
+the same weights. (The session's shared in-process `engine` is not used: test_engine_failures kills it.)"""
 
 import os
 import socket
@@ -24,11 +24,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+def _start_server(tmp):
     import requests
 
-    tmp = tmp_path_factory.mktemp("rollout_server")
     cfg = tmp / "run.yaml"
     cfg.write_text(yaml.safe_dump({"run_dir": str(tmp / "run"), "policy": {"preset": POLICY_PRESET},
                                    "memory": {"preset": MEMORY_PRESET},
@@ -51,27 +49,55 @@ def server_url(tmp_path_factory):
             proc.kill()
             pytest.fail(f"rollout server did not come up; log:\n{(tmp / 'server.log').read_text()[-3000:]}")
         time.sleep(2)
-    yield url
-    os.killpg(proc.pid, 15)
+    return url, proc, log
+
+
+@pytest.fixture(scope="module")
+def server_urls(tmp_path_factory):
+    servers = []
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-    log.close()
+        for k in range(2):  # one after the other: each CPU server takes about a minute and a few GB to start
+            servers.append(_start_server(tmp_path_factory.mktemp(f"rollout_server_{k}")))
+        yield [url for url, _, _ in servers]
+    finally:
+        for _, proc, log in servers:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+            log.close()
 
 
-def test_weights_pushed_over_the_sync_group_make_the_server_decode_like_the_reference(server_url, shapes,
-                                                                                      hf_models):
+def test_broadcast_over_one_group_reaches_both_servers_and_both_decode_like_the_reference(server_urls, shapes,
+                                                                                           hf_models):
     from megatron_rlvr.rollout.sglang import SGLangEngine
+    from megatron_rlvr.weight_sync import Broadcast, build_transport
 
     policy_shape, memory_shape = shapes
-    remote = SGLangEngine(server_urls=[server_url], policy_shape=policy_shape, memory_shape=memory_shape,
-                          placement="dedicated", weight_bucket_mb=1)
-    remote.connect_weight_sync(master_address="127.0.0.1")
-    for name in ("policy", "memory"):
-        remote.update_weights(name, list(hf_models[name].state_dict().items()))
-    prompts = [[5, 17, 3, 99], [1, 2, 3], [42] * 7]
-    gens = remote.generate(prompts, SamplingParams(max_new_tokens=10, temperature=0.0, lam=0.7))
+    remote = SGLangEngine(server_urls=server_urls, policy_shape=policy_shape, memory_shape=memory_shape,
+                          placement="dedicated")
+    transport = build_transport(remote, shapes={"policy": policy_shape, "memory": memory_shape}, bucket_mb=1)
+    assert isinstance(transport, Broadcast)
+    assert transport.world_size == 1 + 2  # the trainer and each server's one (tp_size 1) rank
+    try:
+        for name in ("policy", "memory"):
+            assert transport.push(name, list(hf_models[name].state_dict().items())) > 0
+        # 12 requests in groups of 3: four groups, pulled by the two servers as each finishes its last chunk
+        prompts = [p for p in ([5, 17, 3, 99], [1, 2, 3], [42] * 7, [8, 9]) for _ in range(3)]
+        gens = remote.generate(prompts, SamplingParams(max_new_tokens=10, temperature=0.0, lam=0.7))
+        # Sharding never changes the result: sampled (T = 1) responses from both servers, spread by load, are
+        # those of either server alone (per-request seeds; the position in the response is the RNG offset).
+        sampled = SamplingParams(max_new_tokens=10, temperature=1.0, lam=0.7, seed=123)
+        both = remote.generate(prompts, sampled)
+        for url in server_urls:
+            alone = SGLangEngine(server_urls=[url], policy_shape=policy_shape, memory_shape=memory_shape,
+                                 placement="dedicated").generate(prompts, sampled)
+            assert [g.response_ids for g in alone] == [g.response_ids for g in both]
+            for a, b in zip(alone, both):
+                assert a.logprob_cal == pytest.approx(b.logprob_cal, abs=1e-5)
+    finally:
+        transport.close()
     for prompt, g in zip(prompts, gens):
         toks, lp_cal, lp_pol, _ = greedy_dlc(hf_models["policy"], hf_models["memory"], prompt, 0.7, 10)
         assert g.response_ids == toks
@@ -79,14 +105,14 @@ def test_weights_pushed_over_the_sync_group_make_the_server_decode_like_the_refe
         assert g.logprob_policy == pytest.approx(lp_pol, abs=1e-5)
 
 
-def test_trainer_attached_to_a_dedicated_server_trains_and_its_weights_reach_the_server(server_url, tmp_path):
+def test_trainer_attached_to_two_dedicated_servers_trains_and_its_weights_reach_both(server_urls, tmp_path):
     import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "rollout.engine=sglang",
-           "rollout.placement=dedicated", f"rollout.server_urls=[{server_url}]", "steps=2",
+           "rollout.placement=dedicated", f"rollout.server_urls=[{','.join(server_urls)}]", "steps=2",
            "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
            f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=40", "warm_start.gate=false", "logging.progress=false",
            "logging.tensorboard=false", "eval.interval=0", "checkpoint.export_hf=false"]
@@ -95,6 +121,6 @@ def test_trainer_attached_to_a_dedicated_server_trains_and_its_weights_reach_the
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
-    # The server's log-probs of the sampled tokens equal Megatron's: the broadcast weights arrived intact.
+    # Both servers' log-probs of the sampled tokens equal Megatron's: the broadcast weights arrived intact.
     assert rows[0]["rollout/logprob_abs_diff"] < 1e-4 and rows[1]["rollout/logprob_abs_diff"] < 1e-4
     assert rows[1]["sync/bytes"] > 0

@@ -11,7 +11,8 @@ from megatron_rlvr.models.presets import get_preset
 from megatron_rlvr.rollout.sglang.engine import request_seed, sglang_sampling_params, to_generation
 from megatron_rlvr.rollout.sglang.model_dir import build_model_dir, dlc_config_dict
 from megatron_rlvr.rollout.sglang.protocol import ARCHITECTURE, MEMORY_CONFIG_KEY
-from megatron_rlvr.rollout.sglang.weights import buckets, hf_qwen3_names, prefixed
+from megatron_rlvr.convert.qwen3_map import hf_names as hf_qwen3_names
+from megatron_rlvr.rollout.sglang.protocol import dlc_param_names as prefixed
 from megatron_rlvr.rollout.types import SamplingParams
 
 
@@ -57,13 +58,6 @@ def test_bad_names_layers_and_models_are_rejected():
         list(prefixed("policy", [("decoder.layers.0.mlp.fc1.weight", torch.zeros(1))], shape))
     with pytest.raises(ValueError, match="model must be one of"):
         list(prefixed("value", [("model.norm.weight", torch.zeros(1))], shape))
-
-
-def test_buckets_respect_the_byte_budget_and_keep_order():
-    tensors = [(f"t{i}", torch.zeros(n, dtype=torch.float32)) for i, n in enumerate([10, 10, 30, 5, 1])]
-    out = list(buckets(tensors, bucket_bytes=80))
-    assert [[n for n, _ in b] for b in out] == [["t0", "t1"], ["t2"], ["t3", "t4"]]
-    assert [n for b in out for n, _ in b] == [n for n, _ in tensors]
 
 
 def test_sampling_params_map_to_sglang_with_dlc_options_per_request():

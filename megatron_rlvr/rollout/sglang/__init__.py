@@ -6,7 +6,8 @@
 
 Layout: `models/` is the out-of-tree model package SGLang imports in its own processes (DLC architecture);
 `sampler.py` the DLC sampler backend; `engine.py` the RolloutEngine; `remote.py` attach-to-server helpers;
-`model_dir.py` / `weights.py` the model folder and the HF-name weight mapping; `protocol.py` shared keys.
+`model_dir.py` the model folder; `protocol.py` shared keys and the DLC model's weight names. Weights reach
+the engine through `megatron_rlvr.weight_sync` (its receiving ends are `receive_tensors` / `receive_broadcast`).
 Names are resolved lazily so that importing this package does not import SGLang.
 """
 

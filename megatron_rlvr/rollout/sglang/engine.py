@@ -3,8 +3,7 @@
     engine = SGLangEngine(model_path, policy_shape=P, memory_shape=M)          # in-process sglang.Engine
     engine = SGLangEngine(server_urls=["http://10.0.0.5:30000"], ...)          # attach to running servers
     gens = engine.generate(prompts, SamplingParams(lam=0.5, ...))             # Generation records
-    engine.update_weights("policy", hf_named_tensors)                          # after each training step
-    engine.connect_weight_sync()        # servers on other hosts: later updates travel over NCCL (gloo on CPU)
+    megatron_rlvr.weight_sync.build_transport(engine, ...).push("policy", hf_named_tensors)   # new weights
     engine.release_memory(); ...train...; engine.resume_memory()              # colocated placement
 
 The model folder comes from `build_model_dir` (model_dir.py). Every generated token carries log pi_cal and
@@ -22,19 +21,18 @@ import logging
 import math
 import os
 import signal
-import socket
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from megatron_rlvr.models.presets import Qwen3Shape
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
-    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, MODEL_PREFIXES, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
+    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
     SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
-from megatron_rlvr.rollout.sglang.weights import buckets, prefixed
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -61,7 +59,11 @@ def engine_args(model_path: str, device: str, placement: str, extra: dict) -> di
     return args
 
 
-class SGLangEngineError(RuntimeError):
+# Colocated engines of one node each take a block of ports (SGLang derives its internal ports from `port`).
+ENGINE_BASE_PORT, PORTS_PER_ENGINE = 30000, 50
+
+
+class SGLangEngineError(RolloutEngineError):
     """The SGLang engine failed to start, died, or rejected a request."""
 
 
@@ -136,9 +138,8 @@ class SGLangEngine:
     Args:
         model_path: folder from `build_model_dir` (in-process mode; ignored when `server_urls` is given).
         server_urls: attach to running SGLang servers (started with `remote.server_command`) instead.
-        policy_shape, memory_shape: Qwen3 shapes, used to check weight names in `update_weights`.
+        policy_shape, memory_shape: Qwen3 shapes, which the weight transports check tensor names against.
         placement: "colocated" (release/resume GPU memory around training) or "dedicated".
-        weight_bucket_mb: size of one weight-update message.
         sglang: extra sglang.Engine / ServerArgs options, passed through verbatim (rollout.sglang).
         device: "cuda" or "cpu"; default cuda when available.
     """
@@ -151,22 +152,17 @@ class SGLangEngine:
         policy_shape: Optional[Qwen3Shape] = None,
         memory_shape: Optional[Qwen3Shape] = None,
         placement: str = "colocated",
-        weight_bucket_mb: int = 512,
         sglang: Optional[dict] = None,
         device: Optional[str] = None,
     ) -> None:
         if placement not in ("colocated", "dedicated"):
             raise ValueError(f"placement must be colocated or dedicated, got {placement!r}")
-        if weight_bucket_mb < 1:
-            raise ValueError(f"weight_bucket_mb must be >= 1, got {weight_bucket_mb}")
         self.shapes = {"policy": policy_shape, "memory": memory_shape}
         self.placement = placement
-        self.bucket_bytes = int(weight_bucket_mb) << 20
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._engine = None
         self._failure: Optional[str] = None
         self._released = False
-        self._sync_group = None  # (process group, group name) once connect_weight_sync has run
         self.server_urls = [u.rstrip("/") for u in server_urls]
         if self.server_urls:
             remote.check_servers(self.server_urls)
@@ -176,18 +172,28 @@ class SGLangEngine:
             self._start(str(model_path), dict(sglang or {}))
 
     @classmethod
-    def from_config(cls, cfg, model_path: Optional[str] = None, dtype: Optional[str] = None) -> "SGLangEngine":
-        """Build from a RunConfig: rollout.{server_urls, placement, weight_bucket_mb, sglang}, both shapes.
+    def from_config(cls, cfg, model_path: Optional[str] = None, engine_index: int = 0,
+                    base_gpu_id: Optional[int] = None, dtype: Optional[str] = None) -> "SGLangEngine":
+        """Build from a RunConfig: rollout.{server_urls, placement, tp, sglang}, both shapes.
 
-        `dtype` (the resolved `rollout.dtype`) is the engine's compute dtype unless rollout.sglang names one.
+        `engine_index` / `base_gpu_id`: the colocated engine's place in the rollout layout (one per rollout.tp
+        GPUs): it runs on GPUs base_gpu_id .. base_gpu_id + tp - 1, and its ports are offset by the index so
+        that the engines of one node do not collide. `dtype` (the resolved `rollout.dtype`) is the engine's
+        compute dtype unless rollout.sglang names one.
         """
         r = cfg.rollout
-        sglang = dict(r.sglang)
+        extra = dict(r.sglang)
         if dtype is not None:
-            sglang.setdefault("dtype", dtype)
+            extra.setdefault("dtype", dtype)
+        if model_path is not None and not r.server_urls:
+            # a dummy-initialised folder: the trainer pushes both models' real weights right after start
+            extra.setdefault("load_format", "dummy")
+            if base_gpu_id is not None:
+                extra.setdefault("base_gpu_id", base_gpu_id)
+                extra.setdefault("tp_size", r.tp)
+            extra.setdefault("port", ENGINE_BASE_PORT + PORTS_PER_ENGINE * engine_index)
         return cls(model_path, server_urls=list(r.server_urls), policy_shape=cfg.policy.shape(),
-                   memory_shape=cfg.memory.shape(), placement=r.placement, weight_bucket_mb=r.weight_bucket_mb,
-                   sglang=sglang)
+                   memory_shape=cfg.memory.shape(), placement=r.placement, sglang=extra)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def _start(self, model_path: str, extra: dict) -> None:
@@ -262,11 +268,19 @@ class SGLangEngine:
             raise SGLangEngineError(f"SGLang {what} failed: {type(e).__name__}: {e}") from e
 
     def shutdown(self) -> None:
-        if self._engine is not None:
-            try:
-                self._engine.shutdown()
-            finally:
-                self._engine = None
+        """Stop this engine's processes, and only those: SGLang's own `Engine.shutdown` kills every child process
+        of the calling process, which in the trainer includes Megatron's checkpoint writers (a restarted engine
+        would leave the next checkpoint save with a broken pipe)."""
+        if self._engine is None:
+            return
+        eng, self._engine = self._engine, None
+        watchdog = getattr(getattr(eng, "tokenizer_manager", None), "_subprocess_watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()  # else it reports our own kills below as a crash
+        rpc = getattr(eng, "send_to_rpc", None)
+        if rpc is not None:
+            rpc.close(linger=0)
+        _kill_trees(getattr(self, "_child_pids", []))
 
     def __enter__(self) -> "SGLangEngine":
         return self
@@ -281,10 +295,11 @@ class SGLangEngine:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        params = [sglang_sampling_params(sampling, request_seed(sampling.seed, i)) for i in range(len(prompts))]
+        params = [sglang_sampling_params(sampling, request_seed(sampling.seed, sampling.seed_offset + i))
+                  for i in range(len(prompts))]
         ids = [[int(t) for t in p] for p in prompts]
         if self.server_urls:
-            outs = self._call("generate", remote.generate, self.server_urls, ids, params)
+            outs = self._call("generate", remote.generate, self.server_urls, ids, params, _group_size(ids))
         else:
             from megatron_rlvr.rollout.sglang.sampler import DLCRequestParams
 
@@ -294,125 +309,42 @@ class SGLangEngine:
         return [to_generation(p, o) for p, o in zip(ids, outs)]
 
     # ----------------------------------------------------------------------------------------- weights
-    def update_weights(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new weights of "policy" or "memory" (HF Qwen3 names) into the running engine, bucketed.
-
-        Generation is paused (running requests are retracted) and the prefix cache is flushed afterwards, since
-        cached KV was computed with the old weights.
-        """
-        if model not in MODEL_PREFIXES:
-            raise ValueError(f"model must be one of {MODEL_PREFIXES}, got {model!r}")
-        if self._sync_group is not None:
-            group, name = self._sync_group
-            self.update_weights_from_distributed(model, named_tensors, group, name)
+    # The receiving ends of the weight-sync transports (megatron_rlvr.weight_sync): bucketing, name checks, pausing
+    # and the trainer's side of the broadcast live there; these methods only hand one bucket to SGLang.
+    def receive_tensors(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        """Load one bucket of (DLC parameter name, tensor): CUDA-IPC / shared-memory handles, same host only."""
+        if self.server_urls:
+            self._call("update_weights_from_tensor", remote.update_weights_from_tensor, self.server_urls, bucket)
             return
-        self.pause_generation()
-        try:
-            for bucket in buckets(prefixed(model, named_tensors, self.shapes[model]), self.bucket_bytes):
-                if self.server_urls:
-                    self._call("update_weights_from_tensor", remote.update_weights_from_tensor, self.server_urls,
-                               bucket)
-                else:
-                    res = self._call("update_weights_from_tensor", self._engine.update_weights_from_tensor,
-                                     bucket, flush_cache=False)
-                    _raise_unless_ok("update_weights_from_tensor", res)
-            self.flush_cache()
-        finally:
-            self.continue_generation()
+        res = self._call("update_weights_from_tensor", self._engine.update_weights_from_tensor, bucket,
+                         flush_cache=False)
+        _raise_unless_ok("update_weights_from_tensor", res)
 
-    def connect_weight_sync(self, master_address: Optional[str] = None, backend: Optional[str] = None,
-                            group_name: Optional[str] = None, timeout_s: float = 600.0) -> None:
-        """Attached servers on other hosts: make every later `update_weights` a broadcast over a process group.
-
-        Tensor handles (the default path to attached servers) only work on the same host. Here this process joins a
-        new group as rank 0 and server k's tensor-parallel ranks take the ranks after the earlier servers'. NCCL
-        when this process has a GPU (the pushed tensors must then be on it), gloo otherwise. `master_address` must
-        be reachable from the servers: default $MASTER_ADDR (the launcher sets it to the first training node),
-        else this host's name.
-        """
+    def weight_group_ranks(self) -> list[int]:
+        """Ranks each attached server brings to a weight-sync group: one per GPU process that holds weights."""
         if not self.server_urls:
-            raise SGLangEngineError("connect_weight_sync is for attached servers (rollout.server_urls); an in-process "
-                                    "engine receives tensors directly")
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        address = master_address or os.environ.get("MASTER_ADDR") or socket.gethostname()
-        with socket.socket() as sock:  # a free port on this host for the group's rendezvous
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        # A fresh name per connection: servers outlive trainers (a resumed run connects again), and a name the
-        # server still holds belongs to the dead trainer's group.
-        group_name = group_name or f"dlc_weight_sync_{socket.gethostname()}_{os.getpid()}_{port}"
-        sizes = [remote.tp_size(u) for u in self.server_urls]
-        world = 1 + sum(sizes)
-        errors: list[str] = []
+            raise SGLangEngineError("a weight-sync group is for attached servers (rollout.server_urls); an "
+                                    "in-process engine receives tensors directly")
+        return [self._call("server_info", remote.weight_ranks, u) for u in self.server_urls]
 
-        def join(url: str, rank_offset: int) -> None:
-            try:
-                remote.post(url, "init_weights_update_group", dict(
-                    master_address=address, master_port=port, rank_offset=rank_offset, world_size=world,
-                    group_name=group_name, backend=backend))
-            except Exception as e:  # reported below, after the rendezvous gave up or completed
-                errors.append(str(e))
+    def join_weight_group(self, address: str, port: int, world_size: int, group_name: str, backend: str) -> None:
+        """Every attached server's ranks join the group (server k after the earlier servers' ranks, rank 0 being
+        the trainer); blocks until the rendezvous completes, so call it while the trainer joins too."""
+        ranks = self.weight_group_ranks()
+        offsets = [1 + sum(ranks[:k]) for k in range(len(ranks))]
+        remote.post_each(self.server_urls, "init_weights_update_group", [dict(
+            master_address=address, master_port=port, rank_offset=off, world_size=world_size,
+            group_name=group_name, backend=backend) for off in offsets])
 
-        threads = [threading.Thread(target=join, args=(u, 1 + sum(sizes[:k])), daemon=True)
-                   for k, u in enumerate(self.server_urls)]
-        for t in threads:
-            t.start()
-        try:
-            group = remote.trainer_weight_sync_group(address, port, world, group_name, backend, timeout_s)
-        except Exception as e:
-            raise SGLangEngineError(
-                f"weight-sync group with {self.server_urls} failed at {address}:{port} ({backend}): {e}; "
-                f"{errors or 'no server reported an error'}. The servers must reach this host at that address "
-                "(set MASTER_ADDR to an address they can reach)") from e
-        finally:
-            for t in threads:
-                t.join(timeout=timeout_s)
-        if errors:
-            raise SGLangEngineError(f"SGLang servers could not join the weight-sync group: {errors}")
-        self._sync_group = (group, group_name)
-        logger.info("weight sync: %s group of %d ranks via %s:%d", backend, world, address, port)
-
-    def update_weights_from_distributed(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                                        group, group_name: str = "dlc_weight_sync") -> None:
-        """Push weights over the NCCL group: the engine receives while this (trainer rank 0) broadcasts.
-
-        `group` is the trainer's handle of the group (see `connect_weight_sync`); tensors must be on
-        the trainer's GPU. Bucketed like `update_weights`; generation paused and caches flushed around it.
-        """
-        import torch.distributed as dist
-
-        self.pause_generation()
-        try:
-            for bucket in buckets(prefixed(model, named_tensors, self.shapes[model]), self.bucket_bytes):
-                names = [n for n, _ in bucket]
-                dtypes = [str(t.dtype).replace("torch.", "") for _, t in bucket]
-                shapes = [list(t.shape) for _, t in bucket]
-                result: dict = {}
-
-                def receive():
-                    try:
-                        if self.server_urls:
-                            remote.post_all(self.server_urls, "update_weights_from_distributed", dict(
-                                names=names, dtypes=dtypes, shapes=shapes, group_name=group_name,
-                                flush_cache=False))
-                        else:
-                            result["res"] = self._engine.update_weights_from_distributed(
-                                names, dtypes, shapes, group_name, flush_cache=False)
-                    except Exception as e:  # re-raised in the caller's thread
-                        result["err"] = e
-
-                th = threading.Thread(target=receive, daemon=True)
-                th.start()
-                for _, t in bucket:
-                    dist.broadcast(t.contiguous(), src=0, group=group)
-                th.join()
-                if "err" in result:
-                    raise SGLangEngineError(f"update_weights_from_distributed failed: {result['err']}")
-                if "res" in result:
-                    _raise_unless_ok("update_weights_from_distributed", result["res"])
-            self.flush_cache()
-        finally:
-            self.continue_generation()
+    def receive_broadcast(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
+                          group_name: str) -> None:
+        """Every attached server receives one bucket broadcast from group rank 0 (blocks until received)."""
+        body = dict(names=names, dtypes=dtypes, shapes=shapes, group_name=group_name, flush_cache=False)
+        if self.server_urls:
+            remote.post_all(self.server_urls, "update_weights_from_distributed", body)
+            return
+        res = self._engine.update_weights_from_distributed(names, dtypes, shapes, group_name, flush_cache=False)
+        _raise_unless_ok("update_weights_from_distributed", res)
 
     # ----------------------------------------------------------------------------------------- control
     def pause_generation(self) -> None:
@@ -468,6 +400,14 @@ class SGLangEngine:
         self._released = False
 
 
+def _group_size(ids: list) -> int:
+    """G of a call whose prompts come in runs of G equal prompts (as the rollout stage sends them), else 1: the
+    servers then get whole groups, whose shared prompt the radix cache prefills once."""
+    g = next((i for i, p in enumerate(ids) if p != ids[0]), len(ids))
+    runs_ok = len(ids) % g == 0 and all(ids[i] == ids[i - i % g] for i in range(len(ids)))
+    return g if runs_ok else 1
+
+
 def _log_child_failure(signum=None, frame=None) -> None:
     """Launch-phase SIGQUIT from a failing SGLang child: SGLang's default kills this whole process tree (the
     trainer included); logging is enough, since the launch itself then raises and becomes SGLangEngineError."""
@@ -483,6 +423,31 @@ def _raise_unless_ok(what: str, res) -> None:
         ok, msg = bool(res.success), getattr(res, "message", "")
     if not ok:
         raise SGLangEngineError(f"SGLang {what} failed: {msg}")
+
+
+def _kill_trees(pids: list[int], timeout_s: float = 60.0) -> None:
+    """SIGTERM each process and its descendants, SIGKILL whatever is left after `timeout_s`."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs += root.children(recursive=True) + [root]
+        except psutil.Error:
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout_s)
 
 
 def _pid_alive(pid: int) -> bool:

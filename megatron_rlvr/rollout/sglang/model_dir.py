@@ -17,8 +17,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from megatron_rlvr.models.presets import Qwen3Shape
-from megatron_rlvr.rollout.sglang.protocol import ARCHITECTURE, MEMORY_CONFIG_KEY, check_stack_compat
-from megatron_rlvr.rollout.sglang.weights import prefixed
+from megatron_rlvr.rollout.sglang.protocol import ARCHITECTURE, MEMORY_CONFIG_KEY, check_stack_compat, dlc_param_names
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,7 +64,7 @@ def build_model_dir(
         tensors = {}
         for model, shape, state in (("policy", policy, policy_state), ("memory", memory, memory_state)):
             items = [(k, v) for k, v in state.items() if not (shape.tie_word_embeddings and k == "lm_head.weight")]
-            for name, t in prefixed(model, items, shape):
+            for name, t in dlc_param_names(model, items, shape):
                 tensors[name] = t.detach().to("cpu", _DTYPES[dtype]).contiguous()
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:

@@ -6,6 +6,8 @@ on one spelling of every key that crosses the process boundary.
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator, Optional
+
 ARCHITECTURE = "DLCQwen3ForCausalLM"
 # The package SGLang imports (SGLANG_EXTERNAL_MODEL_PACKAGE) to find the architecture; it holds only models.
 MODEL_PACKAGE = "megatron_rlvr.rollout.sglang.models"
@@ -56,3 +58,15 @@ def check_stack_compat(policy: dict, memory: dict) -> None:
             f"memory num_key_value_heads {memory['num_key_value_heads']} != policy's {policy['num_key_value_heads']}:"
             " SGLang's single KV pool has one KV-head count; pick a memory shape with the policy's KV heads"
         )
+
+
+def dlc_param_names(model: str, named_tensors: Iterable, shape: Optional[object] = None) -> Iterator[tuple]:
+    """(`<model>.<HF name>`, tensor) pairs: the DLC model's names of one stack's HF Qwen3 tensors, each name checked
+    against `shape` by the converter's name map (a Qwen3Shape; None checks the name's form only)."""
+    from megatron_rlvr.convert.qwen3_map import check_hf_name
+
+    if model not in MODEL_PREFIXES:
+        raise ValueError(f"model must be one of {MODEL_PREFIXES}, got {model!r}")
+    for name, tensor in named_tensors:
+        check_hf_name(name, shape, what=f"{model} weight")
+        yield f"{model}.{name}", tensor

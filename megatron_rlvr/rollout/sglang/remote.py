@@ -1,10 +1,11 @@
 """Rollout stage, SGLang servers: attach to running DLC servers over HTTP, and launch them.
 
     python -m sglang.launch_server $(server_args ...)     # what `server_command` spells out
-    SGLangEngine(server_urls=[...])                        # the trainer attaches; prompts spread over servers
+    SGLangEngine(server_urls=[...])                        # the trainer attaches; prompts spread by load
 
 Tensor weight updates over HTTP send CUDA-IPC / shared-memory handles, so they need the server on the same host
-(colocated); disaggregated servers receive weights over NCCL (`update_weights_from_distributed`).
+(colocated); disaggregated servers receive weights over NCCL (`update_weights_from_distributed`). Both are driven
+by `megatron_rlvr.weight_sync`; this module only speaks HTTP.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import concurrent.futures as cf
 import sys
 from typing import Optional, Sequence
 
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.sglang.protocol import MODEL_PACKAGE, SAMPLER_BACKEND
 
 HTTP_TIMEOUT_S = 3600.0
 
 
-class SGLangServerError(RuntimeError):
+class SGLangServerError(RolloutEngineError):
     """An SGLang server is unreachable or answered with an error."""
 
 
@@ -46,9 +48,27 @@ def post(url: str, path: str, payload: Optional[dict]):
 
 
 def tp_size(url: str) -> int:
-    """Tensor-parallel size of a running server (its number of weight-receiving ranks)."""
+    """Tensor-parallel size of a running server."""
     info = _get(url, "server_info")
     return int(info.get("tp_size", 1)) if isinstance(info, dict) else 1
+
+
+def weight_ranks(url: str) -> int:
+    """Ranks a server brings to a weight-sync group (`init_weights_update_group`).
+
+    SGLang places a receiving process at `rank_offset + tp_rank`, ignoring its data- and pipeline-parallel rank,
+    so a server with dp_size or pp_size > 1 would put two processes on one rank and hang the rendezvous: refused
+    here with the fix (one server per replica scales the same way and keeps the group exact).
+    """
+    info = _get(url, "server_info")
+    info = info if isinstance(info, dict) else {}
+    dp, pp = int(info.get("dp_size", 1) or 1), int(info.get("pp_size", 1) or 1)
+    if dp > 1 or pp > 1:
+        raise SGLangServerError(
+            f"SGLang server {url} runs dp_size={dp} pp_size={pp}: SGLang ranks weight receivers by tp_rank only, so "
+            "its replicas cannot join one weight-sync group; fix: start one server per replica (tp_size GPUs each) "
+            "and list every URL in rollout.server_urls")
+    return int(info.get("tp_size", 1) or 1)
 
 
 def check_servers(urls: Sequence[str], timeout: float = 30.0) -> None:
@@ -73,26 +93,49 @@ def post_all(urls: Sequence[str], path: str, payload: Optional[dict]) -> list:
         return list(ex.map(lambda u: _post(u, path, payload), urls))
 
 
-def generate(urls: Sequence[str], input_ids: list, params: list) -> list:
-    """Spread requests round-robin over the servers; outputs come back in request order."""
+def post_each(urls: Sequence[str], path: str, payloads: Sequence[Optional[dict]]) -> list:
+    """POST payloads[k] to urls[k], all in parallel (e.g. a rendezvous every server must join at once)."""
+    with cf.ThreadPoolExecutor(max_workers=len(urls)) as ex:
+        return list(ex.map(lambda k: post(urls[k], path, payloads[k]), range(len(urls))))
+
+
+def chunks_by_load(n_requests: int, n_servers: int, unit: int = 1, per_server: int = 4) -> list[range]:
+    """Request ranges a pull queue hands out: about `per_server` chunks per server, each a multiple of `unit`
+    requests (a group of G responses never splits, so a server's prefix cache serves the whole group)."""
+    units = -(-n_requests // unit)
+    size = max(1, -(-units // (n_servers * per_server))) * unit
+    return [range(a, min(a + size, n_requests)) for a in range(0, n_requests, size)]
+
+
+def generate(urls: Sequence[str], input_ids: list, params: list, unit: int = 1) -> list:
+    """Spread requests over the servers by load: each server pulls the next chunk when it finishes its last, so
+    a faster (or less loaded) server takes more of the step. Outputs come back in request order; which server
+    ran a request does not change its result (its seed travels in its own sampling params)."""
+    import queue
+
     from megatron_rlvr.rollout.sglang.sampler import DLCRequestParams
 
     carrier = DLCRequestParams().to_str()
-    shards = [list(range(i, len(input_ids), len(urls))) for i in range(len(urls))]
-
-    def run(k: int):
-        idx = shards[k]
-        if not idx:
-            return []
-        body = {"input_ids": [input_ids[i] for i in idx], "sampling_params": [params[i] for i in idx],
-                "custom_logit_processor": [carrier] * len(idx)}
-        return _post(urls[k], "generate", body)
-
+    todo: "queue.SimpleQueue[range]" = queue.SimpleQueue()
+    for c in chunks_by_load(len(input_ids), len(urls), unit):
+        todo.put(c)
     outs: list = [None] * len(input_ids)
-    with cf.ThreadPoolExecutor(max_workers=len(urls)) as ex:
-        for k, res in enumerate(ex.map(run, range(len(urls)))):
-            for i, o in zip(shards[k], res):
+
+    def worker(k: int) -> int:
+        served = 0
+        while True:
+            try:
+                idx = todo.get_nowait()
+            except queue.Empty:
+                return served
+            body = {"input_ids": [input_ids[i] for i in idx], "sampling_params": [params[i] for i in idx],
+                    "custom_logit_processor": [carrier] * len(idx)}
+            for i, o in zip(idx, _post(urls[k], "generate", body)):
                 outs[i] = o
+            served += len(idx)
+
+    with cf.ThreadPoolExecutor(max_workers=len(urls)) as ex:
+        list(ex.map(worker, range(len(urls))))  # re-raises a server's error here
     return outs
 
 
@@ -139,21 +182,6 @@ def server_command(model_path: str, port: int, host: str = "127.0.0.1", device: 
     return cmd + list(extra)
 
 
-def trainer_weight_sync_group(master_address: str, master_port: int, world_size: int,
-                              group_name: str = "dlc_weight_sync", backend: str = "nccl", timeout_s: float = 600.0):
-    """Trainer side (rank 0) of the weight-sync group the servers join (`SGLangEngine.connect_weight_sync`).
-
-    Call it while the servers' `init_weights_update_group` requests are in flight (the rendezvous waits for all ranks).
-    """
-    from datetime import timedelta
-
-    from sglang.srt.utils.common import init_custom_process_group
-
-    return init_custom_process_group(backend=backend, init_method=f"tcp://{master_address}:{master_port}",
-                                     world_size=world_size, rank=0, group_name=group_name,
-                                     timeout=timedelta(seconds=timeout_s))
-
-
-__all__ = ["SGLangServerError", "check_servers", "generate", "post", "post_all", "server_command", "server_env",
-           "tp_size", "trainer_weight_sync_group", "update_weights_from_tensor"]
+__all__ = ["SGLangServerError", "check_servers", "chunks_by_load", "generate", "post", "post_all", "post_each",
+           "server_command", "server_env", "tp_size", "update_weights_from_tensor", "weight_ranks"]
 

@@ -35,7 +35,7 @@ logits.
 Config: config.json is the policy's Qwen3 config (so SGLang sizes everything from it) plus
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
 it must share vocab_size, head_dim and num_key_value_heads). Weight names are the HF Qwen3 names prefixed by
-`policy.` or `memory.` (see megatron_rlvr.rollout.sglang.weights).
+`policy.` or `memory.` (see megatron_rlvr.rollout.sglang.protocol.dlc_param_names).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class DLCQwen3ForCausalLM(nn.Module):
             if head not in routed or not rest:
                 raise ValueError(
                     f"weight {name!r} has no stack prefix; DLC weight names are 'policy.<HF Qwen3 name>' or "
-                    "'memory.<HF Qwen3 name>' (megatron_rlvr.rollout.sglang.weights.prefixed)"
+                    "'memory.<HF Qwen3 name>' (megatron_rlvr.rollout.sglang.protocol.dlc_param_names)"
                 )
             routed[head].append((rest, tensor))
         for head, items in routed.items():
