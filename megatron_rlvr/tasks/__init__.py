@@ -74,6 +74,6 @@ def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason:
 
 __all__ = [
     "FORMATS", "CharTokenizer", "ChatSettings", "CoupledShiftCipherTask", "DatasetError", "Example", "HFTokenizer",
-    "MathTask", "PromptRenderer", "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task", "load_math_rows", "math_equal",
-    "resolve_keys", "zipf_weights",
+    "MathTask", "PromptRenderer", "PromptSampler", "ShiftCipherTask", "Task", "Tokenizer", "build_task",
+    "load_math_rows", "math_equal", "resolve_keys", "zipf_weights",
 ]
