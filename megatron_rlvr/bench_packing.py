@@ -201,9 +201,9 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
     print(f"{'packed RL update / padded RL update':<44}{ratio_padded:>8.3f}   (target >= 2)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from megatron_rlvr.bench_train import _git_commit
+    from megatron_rlvr.bench_record import git_commit
 
-    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": _git_commit(),
+    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": git_commit(),
               "policy": args.policy, "memory": args.memory, "response_lengths": args.response_lengths,
               "responses": shape[0], "real_tokens": real, "padded_tokens": shape[0] * shape[1],
               "max_tokens_per_micro_batch": args.max_tokens, "micro_batch_size": args.micro_batch_size,

@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from megatron_rlvr.bench_record import git_commit
+
 import torch
 
 PHASES = ("rollout", "logprob_recompute", "policy_update", "memory_update", "weight_push", "release_resume")
@@ -72,14 +74,6 @@ def plain_lm_step(model, tokens: torch.Tensor, micro_batch_size: int) -> float:
         model._run_schedule(mbs, step_fn, forward_only=False)
         model.optimizer.step()
     return n_tok
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def rl_step(run, cfg, step: int, dlc: bool) -> tuple[dict, object]:
@@ -257,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"policy {args.policy} + memory {args.memory}, {prompts} prompts x {args.group_size} x {new_tokens} "
             f"new tokens, IAC + DLC (lambda 0.5), batch {tuple(batch_shape)} tokens, device {device}")
     _print_table(f"RL step phases, {head}", results)
-    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": _git_commit(),
+    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": git_commit(),
               "engine": args.engine, "policy": args.policy, "memory": args.memory, "tokens": batch_shape}
     for name, r in results.items():
         key = name.replace(" ", "_").lower()

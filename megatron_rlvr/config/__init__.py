@@ -1,0 +1,18 @@
+"""The one typed config tree of a run: dataclasses, loadable from YAML, overridable by dotted `key=value`.
+
+Every field carries a one-line docstring (the comment right above it), shown by `megatron-rlvr train --help`.
+`load_config()` builds the tree and validates it once; every invalid value raises `ConfigError` naming the
+field, the value and the fix. Megatron and SGLang options live in pass-through dicts (`megatron`, `sglang`)
+handed to those libraries as they are, instead of a second copy of their arguments.
+
+Modules: `tree` (the dataclasses), `building` (dicts -> dataclasses, overrides, YAML), `validation`
+(`validate_config`, `check_world_size`, `eval_set_configs`), `loading` (`load_config`, `describe_tree`).
+"""
+
+from megatron_rlvr.config.building import parse_overrides
+from megatron_rlvr.config.building import describe_tree
+from megatron_rlvr.config.loading import load_config
+from megatron_rlvr.config.tree import *  # noqa: F401,F403  (every section dataclass and name tuple)
+from megatron_rlvr.config.tree import ConfigError, RunConfig  # noqa: F401  (the two most used, named)
+from megatron_rlvr.config.validation import (DATASET_FORMATS, OFFPOLICY_CORRECTIONS, check_world_size,  # noqa: F401
+                                             eval_set_configs, validate_config)
