@@ -21,7 +21,8 @@ PREEMPTED = 75  # megatron_rlvr.errors.PREEMPTED_EXIT_CODE, spelled out: the lau
 
 SMALL = [
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "algorithm.micro_batch_size=8",
-    "warm_start.steps=40", "warm_start.batch_size=32", "logging.progress=false", "logging.tensorboard=false",
+    "warm_start.steps=40", "warm_start.batch_size=32", "warm_start.gate=false", "logging.progress=false",
+    "logging.tensorboard=false",
     "logging.plots=false", "eval.interval=0", "checkpoint.export_hf=false",
 ]
 COMPARED = ("reward/mean", "policy/loss", "memory/loss", "policy/entropy", "acc/avg_at_g")

@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "steps=10", "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
-    "algorithm.micro_batch_size=8", "warm_start.steps=40", "warm_start.batch_size=32", "logging.progress=false",
+    "algorithm.micro_batch_size=8", "warm_start.steps=40", "warm_start.batch_size=32", "warm_start.gate=false",
+    "logging.progress=false",
     "logging.tensorboard=false", "logging.plots=false", "eval.interval=0", "checkpoint.export_hf=false",
     "checkpoint.save_interval=0",
 ]

@@ -16,7 +16,8 @@ from tests.helpers.dist import REPO_ROOT, run_script
 
 SMALL = [
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "algorithm.micro_batch_size=8",
-    "warm_start.steps=40", "warm_start.batch_size=32", "logging.progress=false", "logging.tensorboard=false",
+    "warm_start.steps=40", "warm_start.batch_size=32", "warm_start.gate=false", "logging.progress=false",
+    "logging.tensorboard=false",
     "eval.interval=0", "checkpoint.export_hf=false", "logging.plots=false",
 ]
 CLI = REPO_ROOT / "megatron_rlvr" / "cli.py"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["rollout.engine=sglang", "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8",
-        "warm_start.steps=40", "logging.progress=false", "logging.tensorboard=false", "checkpoint.export_hf=false",
+        "warm_start.steps=40", "warm_start.gate=false", "logging.progress=false", "logging.tensorboard=false",
+        "checkpoint.export_hf=false",
         "eval.interval=0", "checkpoint.save_interval=1", "logging.plots=false"]
 
 
