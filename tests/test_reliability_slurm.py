@@ -86,11 +86,18 @@ def _submit(slurm: dict, cache: Path, tmp_path: Path) -> tuple[str, Path]:
 
 def _wait_done(slurm: dict, job_id: str) -> dict[str, str]:
     deadline = time.time() + 600
+    pending_since = None
     while time.time() < deadline:
         job = _job(slurm, job_id)
         if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
-            # Slurm holds a requeued job back for a while; the test need not wait for that
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, check=False)
+            # Slurm holds a requeued job back for a while; the test need not wait for that. But not at once:
+            # slurmd revokes the old job credential at the requeue, with one-second resolution, and refuses a
+            # start within that second ("Job credential revoked": the job then ends FAILED; seen in CI).
+            pending_since = pending_since or time.time()
+            if time.time() - pending_since >= 3:
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, check=False)
+        else:
+            pending_since = None
         if job.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             return job
         time.sleep(1)
