@@ -1,5 +1,6 @@
 """Sharding never changes the result in SGLang: a step's requests split over engines (each shard generated alone,
-with its global seed offset) give the responses of one call holding them all."""
+with its global seed offset) give the responses of one call holding them all. (Named test_dlc_*: it uses the
+session's shared engine, so it must run before test_engine_failures kills that engine.)"""
 
 from __future__ import annotations
 
