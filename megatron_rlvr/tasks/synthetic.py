@@ -27,6 +27,19 @@ def shift_text(s: str, k: int) -> str:
     return "".join(ALPHABET[(ALPHABET.index(c) + k) % len(ALPHABET)] for c in s)
 
 
+def wrong_answer(query: str, shifts: list[int], wrong_shifts: list[int], rng: random.Random) -> str:
+    """An incorrect response: 70% a wrong strategy (a disallowed shift, carried out correctly), else a slip (an
+    allowed shift with one letter off)."""
+    if rng.random() < 0.7:
+        k = rng.choice(wrong_shifts)
+        return f"{k}{shift_text(query, k)}"
+    k = rng.choice(shifts)
+    letters = list(shift_text(query, k))
+    i = rng.randrange(QUERY_LEN)
+    letters[i] = shift_text(letters[i], rng.randrange(1, len(ALPHABET)))
+    return f"{k}{''.join(letters)}"
+
+
 class ShiftCipherTask(Task):
     """`num_queries` three-letter queries, each with exactly `answers_per_query` correct answers (modes)."""
 
@@ -99,15 +112,7 @@ class ShiftCipherTask(Task):
     def incorrect_answer_text(self, example: Example, rng: random.Random) -> str:
         """A wrong strategy (a disallowed shift, carried out correctly) or a slip (an allowed shift, one letter
         off)."""
-        q = example.metadata["query"]
-        if rng.random() < 0.7:
-            k = rng.choice(self.wrong_shifts)
-            return f"{k}{shift_text(q, k)}"
-        k = rng.choice(self.shifts)
-        letters = list(shift_text(q, k))
-        i = rng.randrange(QUERY_LEN)
-        letters[i] = shift_text(letters[i], rng.randrange(1, len(ALPHABET)))
-        return f"{k}{''.join(letters)}"
+        return wrong_answer(example.metadata["query"], self.shifts, self.wrong_shifts, rng)
 
     def warm_start_examples(
         self, n: int, incorrect_fraction: float, rng: random.Random
@@ -204,15 +209,9 @@ class CoupledShiftCipherTask(ShiftCipherTask):
         return f"habit {k}" if k == example.metadata["habit"] else f"wrong shift {k}"
 
     def incorrect_answer_text(self, example: Example, rng: random.Random) -> str:
-        q, shifts = example.metadata["query"], example.metadata["shifts"]
-        if rng.random() < 0.7:
-            k = rng.choice([k for k in range(MAX_SHIFT + 1) if k not in shifts])
-            return f"{k}{shift_text(q, k)}"
-        k = rng.choice(shifts)
-        letters = list(shift_text(q, k))
-        i = rng.randrange(QUERY_LEN)
-        letters[i] = shift_text(letters[i], rng.randrange(1, len(ALPHABET)))
-        return f"{k}{''.join(letters)}"
+        shifts = example.metadata["shifts"]
+        wrong = [k for k in range(MAX_SHIFT + 1) if k not in shifts]
+        return wrong_answer(example.metadata["query"], shifts, wrong, rng)
 
     def warm_start_examples(
         self, n: int, incorrect_fraction: float, rng: random.Random
