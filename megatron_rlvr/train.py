@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
-from megatron_rlvr import runtime
 from megatron_rlvr.advantage import assign_advantages
-from megatron_rlvr.checks import check_logprob_gap, check_step0_ppo_kl, logprob_gap
 from megatron_rlvr.config import RunConfig
 from megatron_rlvr.eval.diversity import rollout_diversity
 from megatron_rlvr.eval.heldout import Evaluator
-from megatron_rlvr.metrics import MetricsLogger, PhaseTimer, rollout_metrics
-from megatron_rlvr.progress import StepProgress
-from megatron_rlvr.rollout.collect import collect_rollouts
+from megatron_rlvr.eval.rollout_stats import rollout_metrics
+from megatron_rlvr.reward.collect import collect_rollouts
 from megatron_rlvr.rollout.types import RolloutBatch
+from megatron_rlvr.run import runtime
+from megatron_rlvr.run.checks import check_logprob_gap, check_step0_ppo_kl, logprob_gap
+from megatron_rlvr.run.metrics import MetricsLogger, PhaseTimer
+from megatron_rlvr.run.progress import StepProgress
 from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 from megatron_rlvr.weight_sync import push_weights
 

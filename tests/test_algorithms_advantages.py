@@ -4,14 +4,8 @@ import math
 import pytest
 import torch
 
-from megatron_rlvr.algorithms import (
-    ESTIMATORS,
-    base_advantages,
-    compute_advantages,
-    dynamic_sampling_keep,
-    iac_calibrate,
-    overlong_penalty,
-)
+from megatron_rlvr.advantage import ESTIMATORS, base_advantages, compute_advantages, iac_calibrate
+from megatron_rlvr.reward.dapo import dynamic_sampling_keep, overlong_penalty
 
 
 def t(*xs):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from megatron_rlvr.algorithms import LOSS_AGG_MODES, count_loss_units, kl_estimate, policy_loss, tis_weights
+from megatron_rlvr.update.losses import LOSS_AGG_MODES, count_loss_units, kl_estimate, policy_loss, tis_weights
 
 LOG = math.log
 

@@ -52,8 +52,8 @@ def _cfg(loss_agg: str, **algo):
 
 def _worker(layout: dict, loss_aggs: list[str], variants: list[str], with_memory: bool) -> dict:
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
     from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 
     par = ParallelConfig(**layout)
@@ -137,8 +137,8 @@ def test_token_budget_across_two_data_parallel_ranks_keeps_every_loss_aggregatio
 
 def _unequal_counts_worker() -> dict:
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig()})
     rank = torch.distributed.get_rank()

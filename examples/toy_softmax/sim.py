@@ -3,7 +3,7 @@ trained with RLVR on Persian inputs (paper section 3.4, appendices I and J), man
 
 Every seed is an independent run; the seed axis is a leading tensor dimension, so one optimizer step
 advances all runs together. Advantages (every estimator, IAC) and the policy loss come from
-`megatron_rlvr.algorithms`, the same functions the Megatron trainer calls: each seed's G samples form one
+`megatron_rlvr.advantage` and `megatron_rlvr.update.losses`, the same functions the Megatron trainer calls: each seed's G samples form one
 group (one query) and one whitening batch, and each sample is a one-token response.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from megatron_rlvr.algorithms import compute_advantages, policy_loss, tis_weights
+from megatron_rlvr.advantage import compute_advantages
+from megatron_rlvr.update.losses import policy_loss, tis_weights
 
 LABELS = ("Cat", "Dog", "Persian", "Siamese")
 CAT, DOG, PERSIAN, SIAMESE = range(4)
@@ -54,7 +55,7 @@ class ToyConfig:
     """One setting of the study; `seeds` independent runs of `steps` RLVR steps each."""
 
     estimator: str = "grpo"
-    """advantage estimator, one of megatron_rlvr.algorithms.ESTIMATORS"""
+    """advantage estimator, one of megatron_rlvr.advantage.ESTIMATORS"""
     group_size: int = 8
     """G: labels sampled per step (one query, the Persian input)"""
     optimizer: str = "sgd"

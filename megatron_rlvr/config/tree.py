@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import yaml
 
-from megatron_rlvr.models.presets import Qwen3Shape, get_preset
+from megatron_rlvr.qwen3.shapes import Qwen3Shape, get_preset
 
 
 class ConfigError(ValueError):

@@ -12,7 +12,7 @@ from megatron_rlvr.config.building import _build, describe_tree
 from megatron_rlvr.config.tree import (LR_DECAY_STYLES, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES,
                                        AlgorithmConfig, ConfigError, DLCConfig, EvalSetConfig, ModelConfig,
                                        OptimConfig, RunConfig, TaskConfig)
-from megatron_rlvr.models.presets import PRESETS, Qwen3Shape
+from megatron_rlvr.qwen3.shapes import PRESETS, Qwen3Shape
 
 
 # ----------------------------------------------------------------------------------------------- validation

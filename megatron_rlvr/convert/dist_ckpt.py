@@ -27,8 +27,9 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from megatron_rlvr.convert import ConversionError, qwen3_map
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.convert import ConversionError
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 
 MODEL_INFO = "model_info.json"
 # Top-level modules of a GPTModel's checkpoint keys (optimizer states live under "optimizer.").
@@ -37,7 +38,7 @@ _MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
 
 def read_model_info(model_dir: Path) -> tuple[Optional[str], Qwen3Shape]:
     """(preset name or None, Qwen3Shape) from ``<model_dir>/model_info.json`` (the trainer's format:
-    ``{"preset": ..., "shape": {Qwen3Shape fields}, ...}``, see ``megatron_rlvr.models.trainable``)."""
+    ``{"preset": ..., "shape": {Qwen3Shape fields}, ...}``, see ``megatron_rlvr.update.trainable``)."""
     path = Path(model_dir) / MODEL_INFO
     if not path.is_file():
         raise ConversionError(f"{path} is missing: {model_dir} is not a model folder written by the trainer or by "

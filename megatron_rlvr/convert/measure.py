@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from megatron_rlvr.convert import qwen3_map
 from megatron_rlvr.convert.hf_io import HFFolderWriter, atomic_output_dir
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.shapes import get_preset
 
 
 def write_random_hf_folder(out: Path, preset: str, seed: int = 0) -> int:

@@ -19,8 +19,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
-from megatron_rlvr.rollout.hf_models import build_qwen3
+from megatron_rlvr.qwen3.hf import build_qwen3
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 _MASK64 = (1 << 64) - 1

@@ -36,7 +36,7 @@ def test_tiny_iac_dlc_loop_trains_on_one_gpu_with_the_triton_sampler(tmp_path):
 
 def test_embedded_engine_on_cuda_samples_through_the_triton_kernel(monkeypatch):
     import megatron_rlvr.kernels as K
-    from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.qwen3.shapes import get_preset
     from megatron_rlvr.rollout.embedded import EmbeddedEngine
     from megatron_rlvr.rollout.types import SamplingParams
 

@@ -26,13 +26,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
     ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
     SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
-from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
