@@ -27,36 +27,47 @@ from torch import Tensor
 from megatron_rlvr.advantage.iac import iac_weights
 from megatron_rlvr.rollout.groups import GroupIndex, group_index
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "raw", "mean")
+from megatron_rlvr.registry import ESTIMATORS as _REGISTRY
+
+ESTIMATORS = _REGISTRY.names()  # the names, in the registry's order (megatron_rlvr.registry)
 # estimators whose baseline needs >= 2 samples per group
-GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "mean")
+GROUP_ESTIMATORS = _REGISTRY.with_trait("group")
+
+# Registered estimators (megatron_rlvr.registry.ESTIMATORS): fn(r, g, eps, batch_ids) on float64 rewards.
 
 
-def _grpo(r: Tensor, g: GroupIndex, eps: float) -> Tensor:
+def grpo(r: Tensor, g: GroupIndex, eps: float, batch_ids: Tensor | None = None) -> Tensor:
     mean = g.mean(r)
     centred = r - mean[g.inverse]
     var = g.sum(centred * centred) / (g.counts.to(r.dtype) - 1.0)
     return centred / (var.sqrt()[g.inverse] + eps)
 
 
-def _centred(r: Tensor, g: GroupIndex) -> Tensor:
+def centred(r: Tensor, g: GroupIndex, eps: float = 0.0, batch_ids: Tensor | None = None) -> Tensor:
+    """drgrpo and mean: identical advantages; Dr.GRPO additionally aggregates the loss by a constant (loss_agg
+    'seq-mean-token-sum-norm'), which is the trainer's choice, not the estimator's."""
     return r - g.mean(r)[g.inverse]
 
 
-def _rloo(r: Tensor, g: GroupIndex) -> Tensor:
+def rloo(r: Tensor, g: GroupIndex, eps: float = 0.0, batch_ids: Tensor | None = None) -> Tensor:
     size = g.counts.to(r.dtype)[g.inverse]
     leave_one_out_mean = (g.sum(r)[g.inverse] - r) / (size - 1.0)
     return r - leave_one_out_mean
 
 
-def _reinforce_pp_baseline(r: Tensor, g: GroupIndex, eps: float, batches: GroupIndex | None) -> Tensor:
-    centred = _centred(r, g)
+def reinforce_pp_baseline(r: Tensor, g: GroupIndex, eps: float, batch_ids: Tensor | None = None) -> Tensor:
+    dev = centred(r, g)
     # population std over the batch, as REINFORCE++'s global normalisation (Hu et al.) does
-    if batches is None:
-        return (centred - centred.mean()) / (centred.std(correction=0) + eps)
-    dev = centred - batches.mean(centred)[batches.inverse]
+    if batch_ids is None:
+        return (dev - dev.mean()) / (dev.std(correction=0) + eps)
+    batches = group_index(batch_ids, r.shape[0])
+    dev = dev - batches.mean(dev)[batches.inverse]
     std = batches.mean(dev * dev).sqrt()
     return dev / (std[batches.inverse] + eps)
+
+
+def raw(r: Tensor, g: GroupIndex, eps: float = 0.0, batch_ids: Tensor | None = None) -> Tensor:
+    return r
 
 
 def base_advantages(
@@ -82,19 +93,7 @@ def _base_advantages64(
             f"{int(g.counts.min())} was found; sample G >= 2 responses per prompt or use estimator 'raw'"
         )
     r = rewards.to(torch.float64)
-    if estimator == "grpo":
-        adv = _grpo(r, g, eps)
-    elif estimator in ("drgrpo", "mean"):
-        # identical advantages; Dr.GRPO additionally aggregates the loss by a constant (loss_agg
-        # 'seq-mean-token-sum-norm'), which is the trainer's choice, not the estimator's
-        adv = _centred(r, g)
-    elif estimator == "rloo":
-        adv = _rloo(r, g)
-    elif estimator == "reinforce_pp_baseline":
-        batches = None if batch_ids is None else group_index(batch_ids, rewards.shape[0])
-        adv = _reinforce_pp_baseline(r, g, eps, batches)
-    else:  # raw
-        adv = r
+    adv = _REGISTRY.load(estimator)(r, g, eps, batch_ids)
     return adv, g
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_rlvr.errors import RunError
+from megatron_rlvr.qwen3.model_info import MODEL_INFO
 
 LATEST = "latest"
 INTEGRITY = "integrity.json"
@@ -179,7 +180,7 @@ def _resolve(root: Path, load: str, warn: Callable[[str], None], verify: bool) -
     if load == "none":
         return None
     base = root if load == "auto" else Path(load).expanduser()
-    if (base / "trainer_state.pt").is_file() or (base / "policy").is_dir() or (base / "model_info.json").is_file() \
+    if (base / "trainer_state.pt").is_file() or (base / "policy").is_dir() or (base / MODEL_INFO).is_file() \
             or (base / INTEGRITY).is_file():
         # one given checkpoint folder (or a models-only one: `convert from-hf` writes model_info.json)
         problems = verify_checkpoint(base) if verify and (base / INTEGRITY).is_file() else []

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import yaml
 
+from megatron_rlvr import registry
 from megatron_rlvr.qwen3.shapes import Qwen3Shape, get_preset
 
 
@@ -20,10 +21,11 @@ class ConfigError(ValueError):
         super().__init__(f"config error: {field_path}={value!r}: {problem}; fix: {fix}")
 
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "raw", "mean")
-GROUP_ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "mean")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+# the pluggable names come from the stages' registries (megatron_rlvr.registry), never from copies here
+ESTIMATORS = registry.ESTIMATORS.names()
+GROUP_ESTIMATORS = registry.ESTIMATORS.with_trait("group")
+LOSS_AGG_MODES = registry.LOSS_AGGREGATIONS.names()
+KL_ESTIMATORS = registry.KL_ESTIMATORS.names()
 LR_DECAY_STYLES = ("constant", "cosine", "linear")
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from megatron_rlvr import registry
 from megatron_rlvr.config.building import _build, describe_tree
 from megatron_rlvr.config.tree import (LR_DECAY_STYLES, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES,
                                        AlgorithmConfig, ConfigError, DLCConfig, EvalSetConfig, ModelConfig,
@@ -133,8 +134,8 @@ def validate_config(cfg: RunConfig) -> None:
              "the memory model's layout must not be larger than the policy's",
              "use tp/pp for memory <= the policy's (it is the smaller model)")
     r = cfg.rollout
-    _require(r.engine in ("embedded", "sglang"), "rollout.engine", r.engine, "unknown rollout engine",
-             "use embedded or sglang")
+    _require(r.engine in registry.ENGINES, "rollout.engine", r.engine, "unknown rollout engine",
+             f"use {registry.ENGINES.spoken()}")
     _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1", "use 1 or more")
     _require(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1", "use 1 or more")
     _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1", "use 1 or more")
@@ -184,7 +185,7 @@ def validate_config(cfg: RunConfig) -> None:
     _require(a.overlong_penalty >= 0, "algorithm.overlong_penalty", a.overlong_penalty, "must be >= 0", "use e.g. 1.0")
     _require(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0", "use 0 to disable")
     _require(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", a.kl_estimator, "unknown KL estimator",
-             "use k1, k2 or k3")
+             f"use {registry.KL_ESTIMATORS.spoken()}")
     _require(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0", "use 0 to disable")
     _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", a.ppo_epochs, "must be >= 1", "use 1 or more")
     _require(a.micro_batch_size >= 1, "algorithm.micro_batch_size", a.micro_batch_size, "must be >= 1", "use 1+")
@@ -218,8 +219,7 @@ def validate_config(cfg: RunConfig) -> None:
                      f"set optimizer.{name}.optimizer=adam or {name}.parallel.distributed_optimizer=false")
 
     t = cfg.task
-    _require(t.name in ("synthetic", "synthetic_coupled", "math"), "task.name", t.name, "unknown task",
-             "use synthetic, synthetic_coupled or math")
+    _require(t.name in registry.TASKS, "task.name", t.name, "unknown task", f"use {registry.TASKS.spoken()}")
     if t.name == "math":
         _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
                  "pass task.path=/path/to/train.jsonl (or .json / .parquet)")

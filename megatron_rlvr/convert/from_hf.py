@@ -97,7 +97,7 @@ def import_hf(
             _write_rank(job)
         else:
             _run_ranks(job, tp * pp)
-        from megatron_rlvr.update.trainable import write_model_info  # the trainer's format, written by its code
+        from megatron_rlvr.qwen3.model_info import write_model_info  # the one format the trainer writes too
 
         write_model_info(tmp, preset_name, shape, has_optimizer=False, dtype=job["dtype"], source=str(hf_dir))
         tok = reader.tokenizer_files()

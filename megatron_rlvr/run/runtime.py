@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_rlvr.checkpoint import store as ckpt
 from megatron_rlvr.config import OptimConfig, RunConfig, check_world_size
 from megatron_rlvr.errors import PREEMPTED_EXIT_CODE, RunError
+from megatron_rlvr.qwen3.model_info import MODEL_INFO
 from megatron_rlvr.run import guard as run_guard
 
 
@@ -168,7 +169,7 @@ def build_models(run: Run) -> None:
             if getattr(cfg, name).init_from:
                 continue  # TrainableModel loaded it at construction
             src = None
-            if resume is not None and name == "policy" and (resume / "model_info.json").is_file():
+            if resume is not None and name == "policy" and (resume / MODEL_INFO).is_file():
                 src = resume  # one model folder (`convert from-hf --out DIR`) given as checkpoint.load=DIR
             elif resume is not None and (resume / name).is_dir():
                 src = resume / name  # a models-only checkpoint (e.g. `convert from-hf` output) as checkpoint.load
@@ -180,7 +181,7 @@ def build_models(run: Run) -> None:
         # The KL reference is the policy as RL starts (after warm start / init_from), frozen; it is kept in the
         # run folder so a resumed run compares against the same reference.
         ref_dir = run.run_dir / "reference_init"
-        if run.start_step == 0 and not (ref_dir / "model_info.json").is_file():
+        if run.start_step == 0 and not (ref_dir / MODEL_INFO).is_file():
             run.models["policy"].save_checkpoint(ref_dir)
         run.reference = run.build_model("policy", None)  # same layout as the policy
         run.reference.load_checkpoint(ref_dir, load_optimizer=False)
@@ -211,30 +212,14 @@ def build_engine(run: Run) -> None:
     index = run.layout.engine_index(rank)
     if cfg.mode == "train_only" or index is None:
         return
-    from megatron_rlvr.qwen3.shapes import get_preset
+    from megatron_rlvr.registry import ENGINES
     from megatron_rlvr.weight_sync import build_transport
 
-    memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    dtype_name = str(run.engine_dtype).removeprefix("torch.")
-    if cfg.rollout.engine == "sglang":
-        from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
-
-        model_path = None
-        if not cfg.rollout.server_urls:
-            # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start.
-            model_path = str(build_model_dir(run.run_dir / f"sglang_model_{index}", get_preset(cfg.policy.preset),
-                                             get_preset(cfg.memory.preset), tokenizer=run.task.tokenizer,
-                                             dtype=dtype_name if cuda else "float32"))
-        run.engine = SGLangEngine.from_config(cfg, model_path, engine_index=index,
-                                              base_gpu_id=device.index if cuda else None, dtype=dtype_name)
-    else:
-        from megatron_rlvr.rollout.embedded import EmbeddedEngine
-
-        # The engine computes in `rollout.dtype` (auto: the policy's), so its log-probs match the trainer's.
-        run.engine = EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device,
-                                    dtype=run.engine_dtype, batch_size=cfg.rollout.batch_size)
+    # the factory of `rollout.engine` (megatron_rlvr.registry.ENGINES)
+    run.engine = ENGINES.load(cfg.rollout.engine)(cfg, engine_index=index, device=device, dtype=run.engine_dtype,
+                                                  tokenizer=run.task.tokenizer, run_dir=run.run_dir)
     run.transport = build_transport(run.engine, cfg)
 
 

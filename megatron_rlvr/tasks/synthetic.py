@@ -231,3 +231,12 @@ class CoupledShiftCipherTask(ShiftCipherTask):
                 text = md["answers"][mode]
             out.append((list(ex.prompt_ids), self.tokenizer.encode(text, add_eos=True)))
         return out
+
+
+# Registered task factories (megatron_rlvr.registry.TASKS); the synthetic tasks read only their own fields.
+def build_shift_cipher(task_cfg, **_) -> ShiftCipherTask:
+    return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+
+
+def build_coupled_shift_cipher(task_cfg, **_) -> CoupledShiftCipherTask:
+    return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)

@@ -42,8 +42,11 @@ import math
 import torch
 from torch import Tensor
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+from megatron_rlvr.registry import KL_ESTIMATORS as _KL
+from megatron_rlvr.registry import LOSS_AGGREGATIONS as _AGG
+
+LOSS_AGG_MODES = _AGG.names()  # megatron_rlvr.registry.LOSS_AGGREGATIONS
+KL_ESTIMATORS = _KL.names()  # megatron_rlvr.registry.KL_ESTIMATORS
 # exp() of log-ratios beyond this overflows float32 or is meaningless; verl clamps at the same bound
 _LOG_RATIO_CLAMP = 20.0
 
@@ -63,11 +66,19 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Ten
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} must have one shape"
         )
-    log_r = ref_logprobs - logprobs
-    if kind == "k1":
-        return -log_r
-    if kind == "k2":
-        return 0.5 * log_r * log_r
+    return _KL.load(kind)(ref_logprobs - logprobs)
+
+
+# Registered KL estimators (megatron_rlvr.registry.KL_ESTIMATORS), of log_r = log pi_ref - log pi_theta.
+def kl_k1(log_r: Tensor) -> Tensor:
+    return -log_r
+
+
+def kl_k2(log_r: Tensor) -> Tensor:
+    return 0.5 * log_r * log_r
+
+
+def kl_k3(log_r: Tensor) -> Tensor:
     log_r = log_r.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     return torch.exp(log_r) - 1.0 - log_r
 
@@ -110,12 +121,25 @@ def aggregate(
         raise ValueError(f"unknown loss_agg {loss_agg!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
     m = _as_bool_mask(mask)
     masked = torch.where(m, values, torch.zeros_like(values))
-    if loss_agg == "token-mean":
-        return masked.sum() / _denominator(global_token_count, int(m.sum()), "global_token_count")
+    return _AGG.load(loss_agg)(masked, m, values, max_response_len, global_token_count, global_seq_count)
+
+
+# Registered aggregations (megatron_rlvr.registry.LOSS_AGGREGATIONS): masked values (N, T) and the bool mask -> scalar.
+def token_mean(masked: Tensor, m: Tensor, values: Tensor, max_response_len: int | None,
+               global_token_count: int | None, global_seq_count: int | None) -> Tensor:
+    return masked.sum() / _denominator(global_token_count, int(m.sum()), "global_token_count")
+
+
+def seq_mean_token_mean(masked: Tensor, m: Tensor, values: Tensor, max_response_len: int | None,
+                        global_token_count: int | None, global_seq_count: int | None) -> Tensor:
     num_seqs = _denominator(global_seq_count, int(m.any(dim=-1).sum()), "global_seq_count")
-    if loss_agg == "seq-mean-token-mean":
-        lengths = m.sum(dim=-1).clamp_min(1).to(values.dtype)  # empty rows contribute 0, not 0/0
-        return (masked.sum(dim=-1) / lengths).sum() / num_seqs
+    lengths = m.sum(dim=-1).clamp_min(1).to(values.dtype)  # empty rows contribute 0, not 0/0
+    return (masked.sum(dim=-1) / lengths).sum() / num_seqs
+
+
+def seq_mean_token_sum_norm(masked: Tensor, m: Tensor, values: Tensor, max_response_len: int | None,
+                            global_token_count: int | None, global_seq_count: int | None) -> Tensor:
+    num_seqs = _denominator(global_seq_count, int(m.any(dim=-1).sum()), "global_seq_count")
     if max_response_len is None or max_response_len <= 0:
         raise ValueError(
             "loss_agg 'seq-mean-token-sum-norm' (Dr.GRPO) divides by a constant: pass max_response_len = the "

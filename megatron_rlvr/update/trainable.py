@@ -19,8 +19,6 @@ Micro-batches are right-padded (n, L) rows, or, when they carry ``lengths``, pac
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
@@ -36,6 +34,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rlvr.distributed.parallel import ParallelContext, set_seed, use_deterministic_algorithms
+from megatron_rlvr.qwen3.model_info import read_model_info, write_model_info
 from megatron_rlvr.qwen3.provider import build_gpt_model, resolve_dtype, transformer_config
 from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from megatron_rlvr.update.logprobs import token_stats
@@ -45,7 +44,6 @@ if TYPE_CHECKING:  # annotations only: the config tree sits above the stages (do
     from megatron_rlvr.config import ModelConfig, OptimConfig
 
 LossFn = Callable[[torch.Tensor, Optional[torch.Tensor], dict], tuple[torch.Tensor, dict]]
-MODEL_INFO = "model_info.json"
 
 
 # --------------------------------------------------------------------------------------- vocab-parallel math
@@ -109,22 +107,6 @@ def _patch_torch_adam_step_loading() -> None:
 
     set_states._rlvr_patched = True
     DistributedOptimizer._set_main_param_and_optimizer_states = set_states
-
-
-# --------------------------------------------------------------------------------------- checkpoint metadata
-def write_model_info(ckpt_dir: str | os.PathLike, preset: str, shape: Qwen3Shape, **extra: Any) -> None:
-    """Write ``<ckpt_dir>/model_info.json``: {"preset", "shape": Qwen3Shape fields, **extra}."""
-    info = {"preset": preset, "shape": dataclasses.asdict(shape), **extra}
-    Path(ckpt_dir, MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-def read_model_info(ckpt_dir: str | os.PathLike) -> tuple[str, Qwen3Shape, dict]:
-    """Read ``<ckpt_dir>/model_info.json`` -> (preset name, Qwen3Shape, the whole dict)."""
-    path = Path(ckpt_dir, MODEL_INFO)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {ckpt_dir} is not a megatron-rlvr model checkpoint")
-    info = json.loads(path.read_text())
-    return info["preset"], Qwen3Shape(**info["shape"]), info
 
 
 class TrainableModel:
@@ -496,7 +478,8 @@ class TrainableModel:
 
     def load_checkpoint(self, ckpt_dir: str | os.PathLike, load_optimizer: bool = True) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint` (any TP/PP layout). Collective over all ranks."""
-        _, saved_shape, info = read_model_info(ckpt_dir)
+        saved = read_model_info(ckpt_dir)
+        saved_shape, info = saved.shape, saved.raw
         if saved_shape != self.shape:
             raise ValueError(f"checkpoint {ckpt_dir} holds shape {saved_shape}, this model is {self.shape}")
         if load_optimizer and not info.get("has_optimizer", False):
