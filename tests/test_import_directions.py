@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("eval",),  # held-out evaluation of the policy alone, rollout statistics
     ("convert",),  # Hugging Face <-> Megatron checkpoints (uses the trainer's model and the checkpoint store)
     ("run", "recipes"),  # set-up, guards, warm start, invariants, metrics sinks; recipe configs
+    ("step",),  # one RL step: rollouts -> advantages -> updates -> weight push (the loop's and the benchmarks')
     ("launch", "bench", "rollout.server"),  # programs: nemo-run launcher, benchmarks, the rollout server
     ("train",),  # the loop
     ("cli",),  # the `megatron-rlvr` command

@@ -1,10 +1,11 @@
-"""`megatron-rlvr bench kernels|train|rollout`: benchmarks that print baseline, ours and the ratio side by side.
+"""`megatron-rlvr bench kernels|train|rollout|convert`: benchmarks that print baseline, ours and the ratio side by side.
 
-`kernels` runs the fused DLC sampler benchmark (issue 4); `train` times whole RL steps per phase (next to a plain
-Megatron-Core language-model step; with `--engine sglang`, SGLang with DLC on and off next to the embedded engine,
-and the 8B + 1.7B weight push); `rollout` times SGLang decoding of the policy alone against DLC inside the engine
-(issue 5). `rollout` and `train --engine sglang` need the SGLang environment. All need a CUDA GPU for meaningful
-numbers.
+`kernels` runs the fused DLC sampler benchmark; `train` times whole RL steps per phase (the trainer's own
+`megatron_rlvr.step.rl_step`, next to a plain Megatron-Core language-model step; with `--engine sglang`, SGLang with
+DLC on and off next to the embedded engine, and the 8B + 1.7B weight push); `rollout` times SGLang decoding of the
+policy alone against DLC inside the engine; `convert` measures the converters' peak memory. `rollout` and
+`train --engine sglang` need the SGLang environment; `kernels` needs a CUDA GPU; `train` and `convert` also run on a
+CPU (meaningful numbers need the GPU). All share `bench.harness` (timing, provenance row, CSV, final JSON line).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ TARGETS = {
     "kernels": ("megatron_rlvr.kernels.bench", "tools/bench_kernels.py"),
     "train": ("megatron_rlvr.bench.train", None),
     "rollout": ("megatron_rlvr.bench.rollout", None),
+    "convert": ("megatron_rlvr.bench.convert", None),
 }
 
 
@@ -38,7 +40,8 @@ def _load(module: str, script: str):
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in TARGETS:
-        print("usage: megatron-rlvr bench {kernels,train,rollout} [options]   (--help after the target: its options)")
+        print("usage: megatron-rlvr bench {kernels,train,rollout,convert} [options]   (--help after the target: its "
+              "options)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     needs_sglang = argv[0] == "rollout" or (argv[0] == "train" and "sglang" in argv[1:])
     if needs_sglang and importlib.util.find_spec("sglang") is None:

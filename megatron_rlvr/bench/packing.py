@@ -19,12 +19,8 @@ their targets, appends a CSV row and ends with one JSON line.
 
 from __future__ import annotations
 
-import csv
-import datetime
-import json
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -117,15 +113,13 @@ def plain_packed_lm_step(model, tokens: torch.Tensor, lengths: torch.Tensor, pla
 
 def _measure(fn: Callable[[], object]) -> tuple[float, float]:
     """(seconds, peak GiB allocated during `fn`)."""
+    from megatron_rlvr.bench.harness import time_host
+
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    _, dt = time_host(fn)
     return dt, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
 
 
@@ -181,7 +175,9 @@ def run(args) -> int:
 
 
 def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: torch.Tensor, static: float) -> None:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    from megatron_rlvr.bench.harness import device_name
+
+    device = device_name()
     tok_s = {(v, ph): real / s for v, phases in results.items() for ph, (s, _) in phases.items()}
     print(f"\nUpdate stage at ragged lengths: policy {args.policy} + memory {args.memory}, {shape[0]} responses, "
           f"response lengths {args.response_lengths} (median {int(resp.median())}, max {int(resp.max())}), prompt "
@@ -201,9 +197,9 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
     print(f"{'packed RL update / padded RL update':<44}{ratio_padded:>8.3f}   (target >= 2)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from megatron_rlvr.bench.record import git_commit
+    from megatron_rlvr.bench.harness import emit, provenance
 
-    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": git_commit(),
+    record = {**provenance(),
               "policy": args.policy, "memory": args.memory, "response_lengths": args.response_lengths,
               "responses": shape[0], "real_tokens": real, "padded_tokens": shape[0] * shape[1],
               "max_tokens_per_micro_batch": args.max_tokens, "micro_batch_size": args.micro_batch_size,
@@ -211,12 +207,7 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
               **{f"{v}_{ph}_peak_gib": round(m, 3) for v, phases in results.items() for ph, (_, m) in phases.items()},
               "static_gib": round(static, 3), "packed_over_plain": round(ratio_plain, 4),
               "packed_over_padded": round(ratio_padded, 4)}
-    with open(out / "bench_packing.csv", "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(record))
-        if f.tell() == 0:
-            w.writeheader()
-        w.writerow(record)
-    print(json.dumps(record))
+    emit(record, out / "bench_packing.csv")
 
 
 def add_arguments(p) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_rlvr.bench.harness import emit, provenance
 from megatron_rlvr.qwen3.shapes import get_preset
 from megatron_rlvr.rollout.sglang.model_dir import build_model_dir
 from megatron_rlvr.rollout.types import SamplingParams
@@ -250,7 +251,6 @@ def main(argv=None) -> None:
             _plain_model_dir(policy, work / "p"), _plain_model_dir(memory, work / "m"), args.naive_batch,
             args.prompt_len, args.naive_new_tokens, args.naive_repeats, policy.vocab_size, args.lam,
             args.attention_backend)]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     ratio = memory.num_parameters() / policy.num_parameters()
     out = []
     for name, b, t, profile in rows:
@@ -277,10 +277,9 @@ def main(argv=None) -> None:
             if ("b_dlc_in_engine", b) in responses and ("b_dlc_serial", b) in responses}
     if same:
         print("overlapped == serial responses (same seeds), per batch:", same)
-    print(json.dumps(dict(device=device, overlap_equals_serial=same or None, policy=args.policy,
-                          memory=args.memory, param_ratio=round(ratio, 4),
-                          target_ratio=round(1.1 * (1 + ratio), 4), new_tokens=args.new_tokens,
-                          prompt_len=args.prompt_len, date=time.strftime("%Y-%m-%d"), rows=out)))
+    emit({**provenance(), "overlap_equals_serial": same or None, "policy": args.policy, "memory": args.memory,
+          "param_ratio": round(ratio, 4), "target_ratio": round(1.1 * (1 + ratio), 4), "new_tokens": args.new_tokens,
+          "prompt_len": args.prompt_len, "rows": out})
 
 
 if __name__ == "__main__":

@@ -20,32 +20,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import datetime
-import json
+import dataclasses
 import statistics
-import subprocess
-import time
 from pathlib import Path
-
-from megatron_rlvr.bench.record import git_commit
 
 import torch
 
+from megatron_rlvr.bench.harness import device_name, emit, provenance, sync, time_host
+
 PHASES = ("rollout", "logprob_recompute", "policy_update", "memory_update", "weight_push", "release_resume")
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn):
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return out, time.perf_counter() - t0
 
 
 def plain_lm_step(model, tokens: torch.Tensor, micro_batch_size: int) -> float:
@@ -71,34 +54,9 @@ def plain_lm_step(model, tokens: torch.Tensor, micro_batch_size: int) -> float:
         for c in model.ddp_chunks:
             c.zero_grad_buffer()
         model.optimizer.zero_grad()
-        model._run_schedule(mbs, step_fn, forward_only=False)
+        model.run_schedule(mbs, step_fn, forward_only=False)
         model.optimizer.step()
     return n_tok
-
-
-def rl_step(run, cfg, step: int, dlc: bool) -> tuple[dict, object]:
-    """One RL step, timed per phase; `dlc=False` samples from the policy alone and skips the memory model."""
-    from megatron_rlvr.advantage import assign_advantages
-    from megatron_rlvr.reward.collect import collect_rollouts
-    from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
-    from megatron_rlvr.weight_sync import push_weights
-
-    policy, memory = run.models["policy"], run.models["memory"]
-    step_cfg = cfg if dlc else _with(cfg, "dlc.enabled", False)
-    t: dict[str, float] = {}
-    batch, t["rollout"] = _timed(lambda: collect_rollouts(run.engine, run.sampler, run.task, step_cfg, step,
-                                                          run.layout))
-    assign_advantages(batch, cfg.algorithm)
-    (old_lp, _), t["logprob_recompute"] = _timed(
-        lambda: recompute_logprobs(policy, batch, cfg.rollout.temperature, cfg.algorithm.micro_batch_size))
-    _, release = _timed(run.engine.release_memory)
-    _, t["policy_update"] = _timed(lambda: update_policy(policy, batch, old_lp, cfg, step))
-    t["memory_update"] = _timed(lambda: update_memory(memory, batch, cfg))[1] if dlc else 0.0
-    _, resume = _timed(run.engine.resume_memory)
-    t["release_resume"] = release + resume
-    models = run.models if dlc else {"policy": policy}
-    _, t["weight_push"] = _timed(lambda: push_weights(run.transport, models))
-    return t, batch
 
 
 def _with(cfg, dotted: str, value):
@@ -127,10 +85,18 @@ def _use_engine(run, cfg, kind: str) -> None:
 
 def time_config(run, cfg, dlc: bool, steps: int, first_step: int, warmup: bool = True) -> dict:
     """Median phase times (and rollout tokens/s) of `steps` steps, after one warm-up step if `warmup`."""
+    from megatron_rlvr.run.metrics import PhaseTimer
+    from megatron_rlvr.step import rl_step
+
+    # DLC off: sample from the policy alone (lambda 0), no memory update, only the policy pushed
+    view = run if dlc else dataclasses.replace(run, cfg=_with(cfg, "dlc.enabled", False),
+                                               models={"policy": run.models["policy"]})
     rows: dict[str, list[float]] = {}
     tok_s = []
     for i in range(steps + int(warmup)):
-        t, batch = rl_step(run, cfg, first_step + i, dlc)
+        timer = PhaseTimer(sync=sync)
+        _, batch = rl_step(view, first_step + i, timer)  # the trainer's step, phase by phase
+        t = {k: timer.times.get(k, 0.0) for k in PHASES}
         if warmup and i == 0:
             continue  # warm-up: allocator, autotuning, graph capture, first-touch
         t["step"] = sum(t.values())
@@ -163,12 +129,9 @@ def push_bench(policy_preset: str, memory_preset: str, bucket_mb: int, repeats: 
         transport = TensorBuckets(engine, shapes, bucket_bytes=bucket_mb << 20)
         times, pushed = [], 0
         for i in range(repeats + 1):
-            _sync()
-            t0 = time.perf_counter()
-            pushed = sum(transport.push(m, tensors[m]) for m in ("policy", "memory"))
-            _sync()
+            pushed, t = time_host(lambda: sum(transport.push(m, tensors[m]) for m in ("policy", "memory")))
             if i:
-                times.append(time.perf_counter() - t0)
+                times.append(t)
         sec = statistics.median(times)
         return {"push_policy": policy_preset, "push_memory": memory_preset, "push_bytes": pushed,
                 "push_s": round(sec, 4), "push_gb_per_s": round(pushed / sec / 1e9, 2)}
@@ -228,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         f"rollout.max_new_tokens={new_tokens}", f"rollout.batch_size={prompts * args.group_size}",
         f"algorithm.micro_batch_size={args.micro_batch_size}", "checkpoint.load=none", "logging.tensorboard=false",
         "dlc.enabled=true", "dlc.lam=0.5", "optimizer.policy.lr=1e-6", "optimizer.memory.lr=1e-5",
-        "rollout.placement=colocated",
+        "rollout.placement=colocated", "checks.logprob_gap=warn",  # random weights: report the gap, do not stop
         f"rollout.sglang={{mem_fraction_static: {args.mem_fraction}, log_level: warning}}",
     ])
     run = runtime.setup(cfg)
     runtime.build_models(run)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = device_name()
     results: dict[str, dict] = {}
     step = 0
     if sglang:
@@ -251,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"policy {args.policy} + memory {args.memory}, {prompts} prompts x {args.group_size} x {new_tokens} "
             f"new tokens, IAC + DLC (lambda 0.5), batch {tuple(batch_shape)} tokens, device {device}")
     _print_table(f"RL step phases, {head}", results)
-    record = {"device": device, "date": datetime.date.today().isoformat(), "commit": git_commit(),
-              "engine": args.engine, "policy": args.policy, "memory": args.memory, "tokens": batch_shape}
+    record = {**provenance(), "engine": args.engine, "policy": args.policy, "memory": args.memory, "tokens": batch_shape}
     for name, r in results.items():
         key = name.replace(" ", "_").lower()
         record.update({f"{key}_{k}_s": round(r[k], 4) for k in PHASES + ("step",)})
@@ -288,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = torch.randint(0, policy.shape.vocab_size, tuple(batch_shape))
         plain_tok_s = []
         for i in range(args.steps + 1):
-            n_tok, t_plain = _timed(lambda: plain_lm_step(policy, batch, args.micro_batch_size))
+            n_tok, t_plain = time_host(lambda: plain_lm_step(policy, batch, args.micro_batch_size))
             if i:
                 plain_tok_s.append(n_tok / t_plain)
         plain = statistics.median(plain_tok_s)
@@ -299,15 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ratio RL / plain':<34}{rl / plain:>12.3f}   (target >= 0.90)")
         record.update({"plain_tokens_per_s": round(plain), "rl_update_tokens_per_s": round(rl),
                        "rl_over_plain": round(rl / plain, 4)})
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"bench_train_{args.engine}.csv", "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(record))
-        if f.tell() == 0:
-            w.writeheader()
-        w.writerow(record)
-    print(json.dumps(record))
     if run.engine is not None:
         run.engine.shutdown()
+    emit(record, out / f"bench_train_{args.engine}.csv")  # the last stdout line
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -24,17 +24,25 @@ from megatron_rlvr.errors import RunError
 
 
 class PhaseTimer:
-    """Wall-clock time per phase of a step (rollout, logprob recompute, policy update, ...)."""
+    """Wall-clock time per phase of a step (rollout, logprob recompute, policy update, ...).
 
-    def __init__(self) -> None:
+    `sync` (e.g. `torch.cuda.synchronize`) runs at both ends of every phase, so queued GPU work is charged to the
+    phase that queued it; the benchmarks pass it, the trainer does not (it would stall the pipeline)."""
+
+    def __init__(self, sync: Optional[Callable[[], None]] = None) -> None:
         self.times: dict[str, float] = defaultdict(float)
+        self.sync = sync
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if self.sync is not None:
+            self.sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            if self.sync is not None:
+                self.sync()
             self.times[name] += time.perf_counter() - t0
 
     def as_metrics(self) -> dict[str, float]:

@@ -264,7 +264,7 @@ class TrainableModel:
             return packed_token_stats(logits, packed, temperature, with_entropy)
         return vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy)
 
-    def _run_schedule(self, micro_batches: list[dict], step_fn, forward_only: bool) -> list:
+    def run_schedule(self, micro_batches: list[dict], step_fn, forward_only: bool) -> list:
         n_chunks = len(self.ddp_chunks)
         iters = [iter(micro_batches) for _ in range(n_chunks)]
         first = micro_batches[0]
@@ -357,7 +357,7 @@ class TrainableModel:
         with self.ctx.layout(self.name):
             for m in self.ddp_chunks:
                 m.eval()
-            outs = self._run_schedule(mbs, step_fn, forward_only=True)
+            outs = self.run_schedule(mbs, step_fn, forward_only=True)
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 inverse = torch.argsort(order)  # back to the caller's row order
                 lp = torch.cat([widen(o["logprobs"]) for o in outs])[inverse]
@@ -415,7 +415,7 @@ class TrainableModel:
                 c.zero_grad_buffer()
             self.optimizer.zero_grad()
             self.scheduler.step(1)  # set this step's lr (warm-up) before stepping
-            reports = self._run_schedule(micro_batches, step_fn, forward_only=False)
+            reports = self.run_schedule(micro_batches, step_fn, forward_only=False)
             ok, grad_norm, _ = self.optimizer.step()
             self.steps_done += 1
             summary = None

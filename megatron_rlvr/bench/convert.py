@@ -1,6 +1,6 @@
-"""Conversion stage, measurement: peak memory of `convert from-hf` and `convert to-hf` on a full-size shape.
+"""`megatron-rlvr bench convert`: peak memory of `convert from-hf` and `convert to-hf` on a full-size shape.
 
-    python -m megatron_rlvr.convert.measure --preset qwen3-1.7b --workdir /tmp/convert-mem
+    megatron-rlvr bench convert --preset qwen3-1.7b --workdir /tmp/convert-mem
 
 1. writes a Hugging Face folder of `--preset` with random bf16 weights, streaming (one tensor at a time),
 2. runs ``megatron-rlvr convert from-hf`` and then ``convert to-hf`` on it, each as a child process, sampling the
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from megatron_rlvr.bench.harness import append_csv, emit, provenance
 from megatron_rlvr.convert.hf_io import HFFolderWriter, atomic_output_dir
 from megatron_rlvr.qwen3 import names as qwen3_map
 from megatron_rlvr.qwen3.shapes import get_preset
@@ -80,16 +81,19 @@ def run_measured(cmd: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="megatron-rlvr bench convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="qwen3-1.7b")
-    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--workdir", type=Path, default=None, help="where the folders are written (default: a new "
+                   "temporary folder; it needs about 3x the model's bf16 size)")
     p.add_argument("--keep", action="store_true", help="keep the written folders")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_convert"), help="folder of bench_convert.csv")
     args = p.parse_args(argv)
-    work = args.workdir
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     model_bytes = write_random_hf_folder(work / "hf", args.preset)
-    result = {"preset": args.preset, "model_bf16_bytes": model_bytes,
+    result = {**provenance(), "preset": args.preset, "model_bf16_bytes": model_bytes,
               "create_seconds": round(time.monotonic() - t0, 1)}
     cli = [sys.executable, "-m", "megatron_rlvr.cli", "convert"]
     result["from_hf"] = run_measured(cli + ["from-hf", "--hf", str(work / "hf"), "--out", str(work / "mcore"),
@@ -106,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             result[k][m + "_ratio"] = round(result[k][m] / model_bytes, 3)
     if not args.keep:
         shutil.rmtree(work)
-    print(json.dumps(result))
+    flat = {k: v for k, v in result.items() if not isinstance(v, dict)}  # the CSV row: one column per number
+    flat.update({f"{k}_{m}": v for k in ("from_hf", "to_hf") for m, v in result[k].items()})
+    append_csv(args.out / "bench_convert.csv", flat)
+    emit(result)
     return 0
 
 
