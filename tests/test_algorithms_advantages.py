@@ -1,4 +1,4 @@
-"""Advantage estimators (SPEC 2.1), IAC (SPEC 2.2) and DAPO batch features (SPEC 2.3) against hand-computed values."""
+"""Advantage estimators, IAC and DAPO batch features (docs/ALGORITHMS.md) against hand-computed values."""
 import math
 
 import pytest

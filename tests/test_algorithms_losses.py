@@ -1,4 +1,4 @@
-"""Policy loss (SPEC 2.4): PPO clipping, aggregation modes, exact micro-batching, KL, entropy, TIS (SPEC 2.5)."""
+"""Policy loss (docs/ALGORITHMS.md, "Policy loss"): PPO clipping, aggregation modes, exact micro-batching, KL, entropy, TIS ("DLC")."""
 import math
 
 import pytest

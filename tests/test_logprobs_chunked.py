@@ -1,4 +1,4 @@
-"""Chunked vocab-parallel log-probs / entropy (models/logprobs.py) equal the full-vocabulary float32 reference.
+"""Chunked vocab-parallel log-probs / entropy (update/logprobs.py) equal the full-vocabulary float32 reference.
 
 Values and gradients, on awkward shapes (V = 151936 and its TP=2 shard 75968, V = 111 and 4099, ragged token
 counts that no chunk size divides), in float32 (bitwise equal to Megatron's vocab_parallel_cross_entropy) and

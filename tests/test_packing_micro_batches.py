@@ -1,4 +1,4 @@
-"""Micro-batch planning (micro_batching.py) and THD packing of rows (models/packing.py): plain unit tests."""
+"""Micro-batch planning (update/micro_batching.py) and THD packing of rows (update/packing.py): plain unit tests."""
 
 from __future__ import annotations
 

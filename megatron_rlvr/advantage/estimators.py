@@ -1,4 +1,5 @@
-"""Advantage stage: per-response advantages from verifier rewards (SPEC 2.1), then IAC (SPEC 2.2).
+"""Advantage stage: per-response advantages from verifier rewards, then IAC (docs/ALGORITHMS.md:
+"Advantage estimators", "IAC").
 
 Every estimator maps rewards (N,) of a flat batch plus the query id of each response to one scalar advantage
 per response; the trainer broadcasts it to that response's tokens. Conventions (docs/ALGORITHMS.md, "Where this
@@ -73,7 +74,8 @@ def raw(r: Tensor, g: GroupIndex, eps: float = 0.0, batch_ids: Tensor | None = N
 def base_advantages(
     rewards: Tensor, group_ids: Tensor, estimator: str, eps: float = 1e-6, batch_ids: Tensor | None = None
 ) -> Tensor:
-    """Advantages of one estimator of SPEC 2.1, without IAC. Shapes: rewards (N,), group_ids (N,) -> (N,)."""
+    """Advantages of one estimator (docs/ALGORITHMS.md, "Advantage estimators"), without IAC.
+    Shapes: rewards (N,), group_ids (N,) -> (N,)."""
     adv, _ = _base_advantages64(rewards, group_ids, estimator, eps, batch_ids)
     return adv.to(rewards.dtype)
 
@@ -105,7 +107,8 @@ def compute_advantages(
     eps: float = 1e-6,
     batch_ids: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Advantages of the given estimator followed by IAC with strength `iac_alpha` (SPEC 2.1 then 2.2).
+    """Advantages of the given estimator followed by IAC with strength `iac_alpha` (docs/ALGORITHMS.md:
+    "Advantage estimators", then "IAC").
 
     Args:
         rewards: (N,) float rewards, one per response (binary for verifiable rewards, real values allowed).

@@ -1,4 +1,4 @@
-"""Advantage stage: inverse-success advantage calibration (IAC, SPEC 2.2, paper section 4.1).
+"""Advantage stage: inverse-success advantage calibration (IAC; docs/ALGORITHMS.md, "IAC"; paper section 4.1).
 
 For each group (the G responses to one query) let P_q = {i : A_i > 0} be its positive trajectories and
 N = G its size. IAC rescales only the positive advantages:
@@ -35,7 +35,7 @@ def iac_weights(advantages: Tensor, groups: GroupIndex, alpha: float) -> Tensor:
 
 
 def iac_calibrate(advantages: Tensor, group_ids: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """Apply IAC to per-sample advantages (SPEC 2.2).
+    """Apply IAC to per-sample advantages (docs/ALGORITHMS.md, "IAC").
 
     Args:
         advantages: (N,) advantages from any base estimator (GRPO, RLOO, ...), one per response.

@@ -1,4 +1,4 @@
-"""Advantage stage: the configured estimator (SPEC 2.1), then IAC (SPEC 2.2), over a step's rollouts."""
+"""Advantage stage: the configured estimator, then IAC (docs/ALGORITHMS.md), over a step's rollouts."""
 
 from __future__ import annotations
 

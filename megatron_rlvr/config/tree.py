@@ -151,11 +151,12 @@ class RolloutConfig:
 # ----------------------------------------------------------------------------------------------- algorithm
 @dataclass
 class AlgorithmConfig:
-    """Advantage estimation (SPEC 2.1-2.3) and the policy loss (SPEC 2.4)."""
+    """Advantage estimation and the policy loss (docs/ALGORITHMS.md: "Advantage estimators", "IAC", "DAPO",
+    "Policy loss")."""
 
     # advantage estimator: grpo|drgrpo|rloo|reinforce_pp_baseline|raw|mean
     estimator: str = "grpo"
-    # IAC exponent alpha (SPEC 2.2); 0 = base estimator, paper default 1.0
+    # IAC exponent alpha (docs/ALGORITHMS.md, "IAC"); 0 = base estimator, paper default 1.0
     iac_alpha: float = 1.0
     # epsilon in the GRPO std normalisation
     std_eps: float = 1e-6
@@ -196,8 +197,8 @@ class AlgorithmConfig:
     max_tokens_per_micro_batch: int = 0
     # optimizer steps per RL step (the global batch is split into this many mini-batches)
     mini_batches: int = 1
-    # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (SPEC 2.5); the product of both
-    # ratios below in one weight; use mismatch_correction / shift_correction instead to treat them apart
+    # DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) (docs/ALGORITHMS.md, "DLC"); the
+    # product of both ratios below in one weight; use mismatch_correction / shift_correction instead to treat them apart
     tis: bool = False
     # truncation C of the importance weight
     tis_cap: float = 2.0
@@ -220,7 +221,7 @@ class AlgorithmConfig:
 
 @dataclass
 class DLCConfig:
-    """Distribution-level calibration (SPEC 2.5): sample from softmax((z_policy - lam * z_memory) / T)."""
+    """Distribution-level calibration: sample from softmax((z_policy - lam * z_memory) / T) (docs/ALGORITHMS.md)."""
 
     # train a memory model and calibrate rollouts with it
     enabled: bool = True

@@ -1,6 +1,6 @@
-"""Model stage, CPU support: run megatron-core 0.16.1 on a machine without a GPU.
+"""Distributed, CPU support: run megatron-core 0.16.1 on a machine without a GPU.
 
-megatron-core assumes CUDA in a few dozen places (see /work/shared/MEGATRON-NOTES.md): tensors created with a
+megatron-core assumes CUDA in a few dozen places: tensors created with a
 literal ``device="cuda"`` or ``device=torch.cuda.current_device()``, ``torch.cuda.synchronize()`` calls, an assert
 that gradients are ``torch.cuda.FloatTensor`` in grad clipping and the same type check when the optimizer wraps
 its parameters. The math is device-agnostic, so on CPU we redirect just these calls:

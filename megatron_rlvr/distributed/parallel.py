@@ -1,4 +1,4 @@
-"""Parallelism stage: torch.distributed + Megatron `parallel_state` for two models with different layouts.
+"""Distributed: torch.distributed + Megatron `parallel_state` for two models with different layouts.
 
 The policy and the memory model of DLC share one world of ranks but may use different tensor/pipeline layouts
 (the memory model is small: e.g. policy TP=2 x PP=2 while the memory model runs TP=1 with DP=4). megatron-core

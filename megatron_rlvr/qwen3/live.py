@@ -1,4 +1,4 @@
-"""Conversion stage, live models: stream a (TP/PP/VPP-sharded) Megatron-Core Qwen3 model as full Hugging Face tensors.
+"""Qwen3 family, live models: stream a (TP/PP/VPP-sharded) Megatron-Core Qwen3 model as full Hugging Face tensors.
 
 The weight push to rollout engines and the end-of-run export both read the training model through this module, and
 it goes through the same name map as the offline converters (:mod:`megatron_rlvr.qwen3.names`).

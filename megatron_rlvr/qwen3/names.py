@@ -1,4 +1,4 @@
-"""Conversion stage: the declarative Megatron-Core <-> Hugging Face name map of the Qwen3 family.
+"""Qwen3 family: the declarative Megatron-Core <-> Hugging Face name map of the Qwen3 family.
 
 Megatron side: the *logical* (tensor-parallel unsharded) tensors, named like the keys of Megatron's dist-checkpoints
 with the layer index put back in: ``decoder.layers.{i}.self_attention.linear_qkv.weight`` is layer i's slice of the

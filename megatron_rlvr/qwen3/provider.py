@@ -1,4 +1,4 @@
-"""Model stage: build Megatron-Core GPTModels with the Qwen3 architecture.
+"""Qwen3 family, Megatron side: build Megatron-Core GPTModels with the Qwen3 architecture.
 
 Qwen3 = pre-norm decoder with RMSNorm (eps 1e-6), RMSNorm on queries and keys per head (qk-layernorm), SwiGLU MLP,
 grouped-query attention, no biases, non-interleaved RoPE (theta 1e6), tied or untied embeddings per size

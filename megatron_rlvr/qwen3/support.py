@@ -1,6 +1,6 @@
 """Which transformers `Qwen3Config` values the Megatron Qwen3 model implements; everything else is refused.
 
-The Megatron model (models/provider.py) is SiLU-gated, bias-free, full causal attention with default
+The Megatron model (qwen3/provider.py) is SiLU-gated, bias-free, full causal attention with default
 (unscaled) RoPE over the whole head and no dropout. A config that asks for anything else would convert
 "successfully" and then give different logits (and `to-hf` would write a different config back), so conversion
 refuses it naming the field, its value and what is supported.

@@ -1,4 +1,4 @@
-"""Reward and batch-assembly stage: the DAPO features that are not part of the loss (SPEC 2.3).
+"""Reward and batch-assembly stage: the DAPO features that are not part of the loss (docs/ALGORITHMS.md, "DAPO").
 
 - Dynamic sampling (Yu et al. 2025, DAPO section 3.2): groups whose rewards are all equal (all correct or
   all wrong) have zero group-relative advantage and only dilute the batch, so they are dropped and the

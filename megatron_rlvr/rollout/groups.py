@@ -1,4 +1,5 @@
-"""Advantage stage helper: vectorised per-group reductions over a flat batch of responses.
+"""Rollout groups: vectorised per-group reductions over a flat batch of responses (the reward stage's dynamic
+sampling and the advantage estimators both reduce per group).
 
 Responses arrive flat, (N,), with an int64 `group_ids` tensor naming the query of each one. Ids need not be
 sorted or contiguous (dynamic sampling drops whole groups), and groups may differ in size.

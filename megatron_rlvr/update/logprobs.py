@@ -1,4 +1,4 @@
-"""Training stage: per-token log-probs and entropies from vocab-parallel logits, chunked over tokens.
+"""Update stage: per-token log-probs and entropies from vocab-parallel logits, chunked over tokens.
 
 The policy's log-prob recompute, its PPO loss and the memory model's cross-entropy all need, for every position,
 ``log softmax(z / T)[target]`` and (optionally) the entropy of ``softmax(z / T)``, where z are the (tokens, V / tp)

@@ -1,5 +1,5 @@
 """Policy-update stage: PPO clipped surrogate, loss aggregation, KL to a reference, entropy bonus, and the
-truncated importance weight of DLC (SPEC 2.3-2.5).
+truncated importance weight of DLC (docs/ALGORITHMS.md: "Policy loss", "DAPO", "DLC").
 
 Per token t of response i (ratio rho = pi_theta / pi_old, advantage A_i broadcast to the tokens):
 
@@ -84,7 +84,7 @@ def kl_k3(log_r: Tensor) -> Tensor:
 
 
 def tis_weights(old_logprobs: Tensor, cal_logprobs: Tensor, cap: float) -> Tensor:
-    """DLC off-policy correction min(pi_old / pi_cal, cap) per token, without gradient (SPEC 2.5).
+    """DLC off-policy correction min(pi_old / pi_cal, cap) per token, without gradient (docs/ALGORITHMS.md, "DLC").
 
     Rollouts are drawn from pi_cal = softmax((z_theta - lambda z_phi) / T), not from pi_old, so the
     surrogate is reweighted by the truncated importance ratio (truncation bounds the variance).

@@ -43,7 +43,7 @@ def cross_entropy_step(model, tokens: torch.Tensor, mask: torch.Tensor, micro_ba
 
 def update_memory(memory, batch: RolloutBatch, cfg: RunConfig) -> dict[str, float]:
     """Cross-entropy on the response tokens (prompt as context): the memory model learns the empirical rollout
-    distribution, so pi_cal = softmax(z_policy - lam * z_memory) down-weights modes sampled often (SPEC 2.5)."""
+    distribution, so pi_cal = softmax(z_policy - lam * z_memory) down-weights modes sampled often."""
     loss, grad_norm = cross_entropy_step(memory, batch.tokens, batch.response_mask, cfg.algorithm.micro_batch_size,
                                          algo=cfg.algorithm)
     return {"memory/loss": loss, "memory/grad_norm": grad_norm}

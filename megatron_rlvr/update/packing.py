@@ -1,4 +1,4 @@
-"""Training stage: sequence packing (THD) of right-padded micro-batches for Megatron-Core.
+"""Update stage: sequence packing (THD) of right-padded micro-batches for Megatron-Core.
 
 A micro-batch of n right-padded rows (n, L) with real lengths ``lengths`` (prompt + response) becomes one packed
 row (1, T), T = sum(lengths), with ``cu_seqlens = [0, l_0, l_0 + l_1, ...]``. Megatron-Core's GPTModel takes it as

@@ -1,4 +1,4 @@
-"""Training stage: one Qwen3 model under Megatron-Core (DDP, optimizer, pipeline schedule, dist-checkpointing).
+"""Update stage: one Qwen3 model under Megatron-Core (DDP, optimizer, pipeline schedule, dist-checkpointing).
 
 A :class:`TrainableModel` owns one model (the policy or DLC's memory model) in its own parallel layout
 (``megatron_rlvr.distributed.parallel``): its GPTModel chunks wrapped in Megatron DDP, Megatron's optimizer (Adam(W) or SGD,
@@ -14,7 +14,7 @@ entropy of that distribution.
 Data contract of the multi-rank calls: every rank of one model-parallel (TP x PP) group passes the same tokens /
 micro-batches; different data-parallel ranks pass their own share (the numbers of micro-batches may differ).
 Micro-batches are right-padded (n, L) rows, or, when they carry ``lengths``, packed into one THD sequence
-(``models.packing``); the per-token results come back in the (n, L) layout either way.
+(``update.packing``); the per-token results come back in the (n, L) layout either way.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def vocab_parallel_token_stats(
 
     logits: (b, s, V / tp) of this TP rank, position t predicting token t + 1; tokens: (b, s) int64.
     Returns (b, s) fp32 tensors with 0 at t = 0. Differentiable; chunked over tokens, so no (b * s, V / tp) float32
-    tensor is ever materialised (``models.logprobs``).
+    tensor is ever materialised (``update.logprobs``).
     """
     # Position s - 1 predicts nothing; it gets a dummy target and its result is dropped (no copy of the logits).
     target = torch.cat([tokens[:, 1:], tokens.new_zeros(tokens.shape[0], 1)], dim=1)
