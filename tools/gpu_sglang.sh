@@ -22,7 +22,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 D=.whl/sglang-gpu
-PART_MB=60
+PART_MB=${PART_MB:-54}  # + the working tree (~5 MiB) must stay under the 64 MiB a call carries
 WHEEL_LIST=tools/sglang_gpu_wheels.txt  # pinned import closure, one NAME==VERSION per line
 
 cmd="${1:-}"
