@@ -72,6 +72,13 @@ def packed_token_stats(
     return packed.token_values_to_rows(lp), None if ent is None else packed.token_values_to_rows(ent)
 
 
+def _stat(v: Any, like: torch.Tensor) -> torch.Tensor:
+    """A loss function's statistic as a float64 0-d tensor on `like`'s device (no host sync for tensors)."""
+    if torch.is_tensor(v):
+        return v.detach().reshape(()).to(torch.float64)
+    return torch.tensor(float(v), dtype=torch.float64, device=like.device)
+
+
 def _tp_group():
     return parallel_state.get_tensor_model_parallel_group() if parallel_state.model_parallel_is_initialized() else None
 
@@ -350,7 +357,8 @@ class TrainableModel:
                 if lengths is not None and "_packed" not in mb:  # cut padded rows: 0 past each length
                     keep = torch.arange(lp.shape[1], device=lp.device) < mb["row_lengths"].unsqueeze(1)
                     lp, ent = lp * keep, None if ent is None else ent * keep
-                return logits.new_zeros(()), {"logprobs": lp.cpu(), "entropy": None if ent is None else ent.cpu()}
+                # Kept on the device (one copy to the host at the end, not a sync per micro-batch).
+                return logits.new_zeros(()), {"logprobs": lp, "entropy": ent}
 
             return out, collect
 
@@ -360,8 +368,8 @@ class TrainableModel:
             outs = self.run_schedule(mbs, step_fn, forward_only=True)
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 inverse = torch.argsort(order)  # back to the caller's row order
-                lp = torch.cat([widen(o["logprobs"]) for o in outs])[inverse]
-                ent = torch.cat([widen(o["entropy"]) for o in outs])[inverse] if with_entropy else None
+                lp = torch.cat([widen(o["logprobs"]) for o in outs]).cpu()[inverse]
+                ent = torch.cat([widen(o["entropy"]) for o in outs]).cpu()[inverse] if with_entropy else None
                 result = (lp, ent)
             else:
                 result = None
@@ -405,8 +413,10 @@ class TrainableModel:
                     loss, stats = loss_fn(lp, ent, mb)
                     if loss.dim() != 0:
                         raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
-                    report = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in stats.items()}
-                    report["loss"] = float(loss.detach())
+                    # Statistics stay on the device until the step ends: a float() here would sync every
+                    # micro-batch and keep the host from queueing the next one while the GPU works.
+                    report = {k: _stat(v, loss) for k, v in stats.items()}
+                    report["loss"] = loss.detach().to(torch.float64)
                     return loss * scale, report
 
                 return out, loss_func
@@ -421,8 +431,8 @@ class TrainableModel:
             summary = None
             if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
                 keys = sorted(reports[0])
-                rows = torch.tensor([[r[k] for k in keys] + [1.0] for r in reports], dtype=torch.float64,
-                                    device=self.ctx.device)
+                one = torch.ones((), dtype=torch.float64, device=self.ctx.device)
+                rows = torch.stack([torch.stack([r[k].to(self.ctx.device) for k in keys] + [one]) for r in reports])
                 sums = rows.sum(0)
                 dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
                 sums = sums.tolist()
