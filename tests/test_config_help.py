@@ -116,3 +116,26 @@ def test_moving_help_into_metadata_changed_no_default_and_no_help_row(tmp_path):
     assert len(old["rows"]) == len(new["rows"]) > 100
     diff = [(o, n) for o, n in zip(old["rows"], new["rows"]) if o != n]
     assert not diff, diff[:3]
+
+
+def _migrate():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from migrate_config_help import migrate
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return migrate
+
+
+def test_migration_tool_turns_a_commented_field_into_opt_and_leaves_opt_fields_alone():
+    migrate = _migrate()
+    tree = (ROOT / "megatron_rlvr" / "config" / "tree.py").read_text()
+    assert migrate(tree) == tree
+    old_style = ('from dataclasses import dataclass, field\nfrom megatron_rlvr.config.tree import opt\n\n\n'
+                 '@dataclass\nclass Knobs:\n    """Doc."""\n\n    # how many "knobs"\n    count: int = 3\n'
+                 '    # knob names\n    names: list = field(default_factory=list)\n')
+    ns: dict = {}
+    exec(compile(migrate(old_style), "<migrated>", "exec"), ns)
+    fields = {f.name: f for f in dataclasses.fields(ns["Knobs"])}
+    assert fields["count"].default == 3 and fields["count"].metadata["help"] == 'how many "knobs"'
+    assert fields["names"].default_factory is list and fields["names"].metadata["help"] == "knob names"
