@@ -1,13 +1,10 @@
-"""The config tree's help text lives in field metadata (`opt(default, help=...)`), `--help` prints it, and moving
-the help out of source comments changed no default and no help row."""
+"""The config tree's help text lives in field metadata (`opt(default, help=...)`), and `--help` prints it."""
 
 import dataclasses
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import typing
 from pathlib import Path
 
@@ -17,8 +14,6 @@ from megatron_rlvr.config import RunConfig, describe_tree
 from megatron_rlvr.config.tree import EvalSetConfig, opt
 
 ROOT = Path(__file__).resolve().parents[1]
-# the last commit whose tree.py kept the help in comments above each field (read back by inspect.getsource)
-COMMENT_HELP_COMMIT = "fd15927b04fb08a1917bc525c1c1a51e4dbf3a19"
 
 
 def _sections(cls) -> list[type]:
@@ -98,44 +93,3 @@ def _dump(pythonpath: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", _OLD_TREE_DUMP], capture_output=True, text=True, check=True,
                          cwd=pythonpath, env={**os.environ, "PYTHONPATH": str(pythonpath)}).stdout
     return json.loads(out.splitlines()[-1])
-
-
-def test_moving_help_into_metadata_changed_no_default_and_no_help_row(tmp_path):
-    """Runs the comment-parsing code of COMMENT_HELP_COMMIT and today's code side by side: the defaults
-    (`RunConfig()`), the `--help` rows and EvalSetConfig's defaults agree exactly."""
-    try:
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", COMMENT_HELP_COMMIT, "megatron_rlvr"],
-                             capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"needs the git history with commit {COMMENT_HELP_COMMIT[:7]} (not in this checkout)")
-    tarfile.open(fileobj=io.BytesIO(tar)).extractall(tmp_path, filter="data")
-    old, new = _dump(tmp_path), _dump(ROOT)
-    assert old["file"].startswith(str(tmp_path)) and "opt(" not in Path(old["file"]).read_text()
-    assert old["defaults"] == new["defaults"]
-    assert old["evalset"] == new["evalset"]
-    assert len(old["rows"]) == len(new["rows"]) > 100
-    diff = [(o, n) for o, n in zip(old["rows"], new["rows"]) if o != n]
-    assert not diff, diff[:3]
-
-
-def _migrate():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from migrate_config_help import migrate
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    return migrate
-
-
-def test_migration_tool_turns_a_commented_field_into_opt_and_leaves_opt_fields_alone():
-    migrate = _migrate()
-    tree = (ROOT / "megatron_rlvr" / "config" / "tree.py").read_text()
-    assert migrate(tree) == tree
-    old_style = ('from dataclasses import dataclass, field\nfrom megatron_rlvr.config.tree import opt\n\n\n'
-                 '@dataclass\nclass Knobs:\n    """Doc."""\n\n    # how many "knobs"\n    count: int = 3\n'
-                 '    # knob names\n    names: list = field(default_factory=list)\n')
-    ns: dict = {}
-    exec(compile(migrate(old_style), "<migrated>", "exec"), ns)
-    fields = {f.name: f for f in dataclasses.fields(ns["Knobs"])}
-    assert fields["count"].default == 3 and fields["count"].metadata["help"] == 'how many "knobs"'
-    assert fields["names"].default_factory is list and fields["names"].metadata["help"] == "knob names"
