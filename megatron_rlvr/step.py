@@ -56,12 +56,14 @@ def rl_step(run: runtime.Run, step: int, timer: PhaseTimer) -> tuple[dict[str, f
                           run.engine_dtype, cfg.checks.logprob_gap_tolerance, runtime.log)
     with runtime.engine_offloaded(run, timer):  # colocated SGLang frees its GPU memory meanwhile
         with timer("policy_update"):
-            metrics.update(update_policy(policy, batch, old_lp, cfg, step, ref_logprobs=ref_lp))
+            metrics.update(update_policy(policy, batch, old_lp, a, temperature=T,
+                                         max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=step,
+                                         ref_logprobs=ref_lp))
         if step == 0:
             check_step0_ppo_kl(metrics["policy/ppo_kl_before_update"])
         if memory is not None:
             with timer("memory_update"):
-                metrics.update(update_memory(memory, batch, cfg))
+                metrics.update(update_memory(memory, batch, a))
     with timer("weight_push"):
         if run.source.live:
             metrics["sync/bytes"] = runtime.with_engine_restarts(

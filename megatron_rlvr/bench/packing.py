@@ -159,8 +159,10 @@ def run(args) -> int:
                                                   algo=algo)
 
             t = {"logprob_recompute": _measure(recompute),
-                 "policy_update": _measure(lambda: update_policy(policy, batch, old["lp"], cfg, step)),
-                 "memory_update": _measure(lambda: update_memory(memory, batch, cfg))}
+                 "policy_update": _measure(lambda: update_policy(
+                     policy, batch, old["lp"], cfg.algorithm, temperature=cfg.rollout.temperature,
+                     max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=step)),
+                 "memory_update": _measure(lambda: update_memory(memory, batch, cfg.algorithm))}
             if step > 0:  # step 0 warms up the allocator and kernels
                 for k, v in t.items():
                     samples.setdefault(k, []).append(v)

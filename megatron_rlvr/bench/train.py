@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-push", action="store_true", help="--engine sglang: skip the 8B + 1.7B push row")
     p.add_argument("--sglang-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra sglang.Engine argument (YAML value), e.g. sleep_on_idle=false; repeatable")
+    p.add_argument("--memory-max-tokens", type=int, default=0,
+                   help="algorithm.memory_max_tokens_per_micro_batch: the memory update's own token budget")
     p.add_argument("--skip-embedded", action="store_true",
                    help="--engine sglang: leave out the embedded-engine column (its rollout is the slow baseline)")
     p.add_argument("--out", default="runs/bench_train")
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         f"policy.dtype={args.dtype}", f"memory.dtype={args.dtype}", "warm_start.enabled=false",
         f"rollout.prompts_per_step={prompts}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={new_tokens}", f"rollout.batch_size={prompts * args.group_size}",
-        f"algorithm.micro_batch_size={args.micro_batch_size}", "checkpoint.load=none", "logging.tensorboard=false",
+        f"algorithm.micro_batch_size={args.micro_batch_size}",
+        f"algorithm.memory_max_tokens_per_micro_batch={args.memory_max_tokens}", "checkpoint.load=none", "logging.tensorboard=false",
         "dlc.enabled=true", "dlc.lam=0.5", "optimizer.policy.lr=1e-6", "optimizer.memory.lr=1e-5",
         "rollout.placement=colocated", "checks.logprob_gap=warn",  # random weights: report the gap, do not stop
         f"rollout.sglang={{mem_fraction_static: {args.mem_fraction}, log_level: warning{sglang_extra}}}",

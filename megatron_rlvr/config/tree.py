@@ -173,6 +173,10 @@ class AlgorithmConfig:
     max_tokens_per_micro_batch: int = opt(0, help="token budget per micro-batch (packed: real tokens; padded: rows "
                                                   "x longest row), rows balanced by tokens across data-parallel "
                                                   "ranks; 0 = micro_batch_size sequences per micro-batch")
+    memory_max_tokens_per_micro_batch: int = opt(0, help="token budget per micro-batch of the memory update alone "
+                                                         "(0 = the policy update's micro-batching); the memory "
+                                                         "model is smaller, so larger micro-batches fit and spend "
+                                                         "less time per kernel launch")
     mini_batches: int = opt(1, help="optimizer steps per RL step (the global "
                                     "batch is split into this many mini-batches)")
     tis: bool = opt(False, help="DLC off-policy correction: weight tokens by min(pi_old / pi_cal, tis_cap) "

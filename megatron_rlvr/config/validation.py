@@ -191,6 +191,9 @@ def validate_config(cfg: RunConfig) -> None:
     _require(a.micro_batch_size >= 1, "algorithm.micro_batch_size", a.micro_batch_size, "must be >= 1", "use 1+")
     _require(a.max_tokens_per_micro_batch >= 0, "algorithm.max_tokens_per_micro_batch", a.max_tokens_per_micro_batch,
              "must be >= 0", "use 0 (micro_batch_size sequences) or a token budget such as 16384")
+    _require(a.memory_max_tokens_per_micro_batch >= 0, "algorithm.memory_max_tokens_per_micro_batch",
+             a.memory_max_tokens_per_micro_batch, "must be >= 0",
+             "use 0 (the policy update's micro-batching) or a token budget such as 32768")
     _require(a.mini_batches >= 1, "algorithm.mini_batches", a.mini_batches, "must be >= 1", "use 1 or more")
     n_seq = r.prompts_per_step * r.group_size
     _require(n_seq % a.mini_batches == 0, "algorithm.mini_batches", a.mini_batches,

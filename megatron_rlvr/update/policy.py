@@ -20,7 +20,7 @@ from megatron_rlvr.update.micro_batching import plan_micro_batches, rank_micro_b
 from megatron_rlvr.update.offpolicy import offpolicy_weights
 
 if TYPE_CHECKING:  # annotations only: the config tree sits above the stages (docs/ARCHITECTURE.md)
-    from megatron_rlvr.config import AlgorithmConfig, RunConfig
+    from megatron_rlvr.config import AlgorithmConfig
 
 
 def sequence_lengths(batch: RolloutBatch) -> torch.Tensor:
@@ -50,10 +50,14 @@ def recompute_logprobs(model, batch: RolloutBatch, temperature: float, micro_bat
                                   with_entropy=with_entropy, lengths=lengths, micro_batches=plan, pack=pack)
 
 
-def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: RunConfig, step: int,
+def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, a: AlgorithmConfig, *, temperature: float,
+                  max_response_len: int, seed: int, step: int,
                   ref_logprobs: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """PPO epochs over mini-batches of the step's rollouts; one optimizer step per mini-batch."""
-    a = cfg.algorithm
+    """PPO epochs over mini-batches of the step's rollouts; one optimizer step per mini-batch.
+
+    `a` is the run's algorithm section; the rest of the run config enters only as the sampling `temperature` (the
+    log-probs are those of the distribution sampled), `max_response_len` (Dr.GRPO's constant normaliser) and the run
+    `seed` (the mini-batch permutation)."""
     n = len(batch)
     mask = batch.response_mask
     # Off-policy weights: legacy `tis` (one product ratio) or the separated mismatch x shift corrections; the
@@ -69,7 +73,7 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
     mini = n // a.mini_batches
     for epoch in range(a.ppo_epochs):
         # A fixed-seed permutation per (step, epoch) keeps resumed runs identical to uninterrupted ones.
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + epoch)
+        gen = torch.Generator().manual_seed(seed * 7919 + step * 31 + epoch)
         order = torch.randperm(n, generator=gen) if (a.mini_batches > 1 or a.ppo_epochs > 1) else torch.arange(n)
         for k in range(a.mini_batches):
             rows = order[k * mini : (k + 1) * mini]
@@ -80,13 +84,13 @@ def update_policy(policy, batch: RolloutBatch, old_logprobs: torch.Tensor, cfg: 
                     logprobs, mb["old"], mb["adv"], mb["mask"], clip_eps_low=a.clip_eps_low,
                     clip_eps_high=a.clip_eps_high, loss_agg=a.loss_agg, ref_logprobs=mb.get("ref"),
                     kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=entropy, entropy_coef=a.entropy_coef,
-                    tis_weights=mb.get("tis"), max_response_len=cfg.rollout.max_new_tokens,
+                    tis_weights=mb.get("tis"), max_response_len=max_response_len,
                     global_token_count=n_tok, global_seq_count=n_seq, clip_ratio_c=a.clip_ratio_c,
                 )
 
             mbs = rank_micro_batches(policy, rows, lengths, fields, a.micro_batch_size, a.max_tokens_per_micro_batch,
                                  a.pack_sequences)
-            stats = policy.train_step(mbs, loss_fn, temperature=cfg.rollout.temperature,
+            stats = policy.train_step(mbs, loss_fn, temperature=temperature,
                                       with_entropy=a.entropy_coef > 0)
             first = stats if first is None else first
             per_step.append(stats)
