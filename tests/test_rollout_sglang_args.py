@@ -21,3 +21,10 @@ def test_the_users_sglang_options_override_the_defaults():
     args = engine_args("/m", "cuda", "dedicated", {"attention_backend": "fa3", "mem_fraction_static": 0.5})
     assert args["attention_backend"] == "fa3" and args["mem_fraction_static"] == 0.5
     assert args["enable_memory_saver"] is False
+
+
+def test_engines_sleep_when_idle_unless_the_user_says_otherwise():
+    # An idle SGLang scheduler otherwise spins a core beside the trainer's updates (colocated: measured slower).
+    for device in ("cuda", "cpu"):
+        assert engine_args("/m", device, "colocated", {})["sleep_on_idle"] is True
+    assert engine_args("/m", "cuda", "colocated", {"sleep_on_idle": False})["sleep_on_idle"] is False
