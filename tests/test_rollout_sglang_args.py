@@ -24,7 +24,7 @@ def test_the_users_sglang_options_override_the_defaults():
 
 
 def test_engines_sleep_when_idle_unless_the_user_says_otherwise():
-    # An idle SGLang scheduler otherwise spins a core beside the trainer's updates (colocated: measured slower).
+    # An idle SGLang scheduler otherwise spins a core beside the trainer's updates.
     for device in ("cuda", "cpu"):
         assert engine_args("/m", device, "colocated", {})["sleep_on_idle"] is True
     assert engine_args("/m", "cuda", "colocated", {"sleep_on_idle": False})["sleep_on_idle"] is False

@@ -49,10 +49,10 @@ GPU_DEFAULTS = dict(attention_backend="triton")
 
 def engine_args(model_path: str, device: str, placement: str, extra: dict) -> dict[str, Any]:
     """The sglang.Engine arguments: the DLC model's tested defaults per device, then the user's rollout.sglang."""
-    # sleep_on_idle: an idle scheduler otherwise spins a core at 100% (SGLang's event loop polls its sockets).
-    # Colocated, that spinning process sat beside the trainer through every update and slowed it (the policy and
-    # memory updates took 1.3-1.8x their embedded-engine time, BENCHMARKS.md "Session 7"); it wakes on a request
-    # at once (zmq poll), so generation loses nothing.
+    # sleep_on_idle: an idle scheduler otherwise spins a core at 100% (SGLang's event loop polls its sockets), and
+    # colocated that process sits beside the trainer through every update. With it, and with the updates' host
+    # syncs removed, the updates next to SGLang took ~28% less time (BENCHMARKS.md "Session 8"; the two changes were
+    # not measured apart). It wakes on a request at once (zmq poll), so generation loses nothing.
     args: dict[str, Any] = dict(model_path=model_path, skip_tokenizer_init=True, enable_custom_logit_processor=True,
                                 device=device, custom_sigquit_handler=_log_child_failure, sleep_on_idle=True)
     if device == "cpu":
