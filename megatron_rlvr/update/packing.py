@@ -18,6 +18,15 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`. A CPU tensor bound for a GPU goes through pinned memory: from pageable memory CUDA first
+    synchronises the stream, so every micro-batch's inputs would wait for the previous micro-batch's backward and
+    the host could not queue ahead (`non_blocking` is ignored for pageable memory)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @dataclass
 class PackedRows:
     """n rows of an (n, L) batch packed into one (1, T) sequence (see module docstring)."""
@@ -37,7 +46,7 @@ class PackedRows:
         return int(self.tokens.shape[1])
 
     def to(self, device: torch.device) -> "PackedRows":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: host_to_device(t, device)  # noqa: E731
         return PackedRows(move(self.tokens), move(self.position_ids), move(self.cu_seqlens), move(self.is_start),
                           move(self.flat_index), self.max_seqlen, self.shape, self.bounds)
 

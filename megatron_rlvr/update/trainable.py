@@ -38,7 +38,7 @@ from megatron_rlvr.qwen3.model_info import read_model_info, write_model_info
 from megatron_rlvr.qwen3.provider import build_gpt_model, resolve_dtype, transformer_config
 from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from megatron_rlvr.update.logprobs import token_stats
-from megatron_rlvr.update.packing import PackedRows, pack_rows
+from megatron_rlvr.update.packing import PackedRows, host_to_device, pack_rows
 
 if TYPE_CHECKING:  # annotations only: the config tree sits above the stages (docs/ARCHITECTURE.md)
     from megatron_rlvr.config import ModelConfig, OptimConfig
@@ -241,7 +241,7 @@ class TrainableModel:
         out = {}
         for k, v in mb.items():
             if torch.is_tensor(v):
-                v = v.to(self.ctx.device, non_blocking=True)
+                v = host_to_device(v, self.ctx.device)
             elif isinstance(v, PackedRows):
                 v = v.to(self.ctx.device)
             out[k] = v
