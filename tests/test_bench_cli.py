@@ -67,3 +67,20 @@ def test_bench_convert_on_cpu_round_trips_bit_identically_and_reports_peak_memor
     assert record["round_trip_bit_identical"] is True
     assert record["from_hf"]["peak_rss_main"] > 0 and record["to_hf"]["peak_pss_tree"] > 0
     assert (tmp_path / "bench_convert.csv").is_file() and not (tmp_path / "work").exists()
+
+
+def test_result_rows_name_the_commit_and_say_when_the_tree_differs_from_it(tmp_path):
+    from megatron_rlvr.bench.harness import git_commit
+
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    repo.mkdir(), plain.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "f.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "f.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo) == head
+    (repo / "f.py").write_text("a = 2\n")  # a copied tree whose files are not that commit's
+    assert git_commit(repo) == f"{head}+modified"
+    assert git_commit(plain) == "unknown"

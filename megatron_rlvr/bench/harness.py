@@ -28,11 +28,19 @@ from typing import Any, Callable, Optional
 import torch
 
 
-def git_commit() -> str:
-    """The short commit of the source tree being benchmarked ("unknown" outside a git checkout)."""
+def git_commit(where: Optional[Path] = None) -> str:
+    """The short commit of the source tree being benchmarked, with "+modified" when tracked files differ from it
+    (a copied working tree, as the lent GPU machines get, can carry another checkout's .git); "unknown" outside a
+    git checkout."""
+    cwd = where or Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=cwd).stdout.strip()
+        if not head:
+            return "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, cwd=cwd).stdout.strip()
+        return f"{head}+modified" if changed else head
     except OSError:
         return "unknown"
 
