@@ -84,3 +84,10 @@ def test_result_rows_name_the_commit_and_say_when_the_tree_differs_from_it(tmp_p
     (repo / "f.py").write_text("a = 2\n")  # a copied tree whose files are not that commit's
     assert git_commit(repo) == f"{head}+modified"
     assert git_commit(plain) == "unknown"
+
+
+def test_bench_train_refuses_an_sglang_arg_without_a_value_in_one_line():
+    res = bench("train", "--sglang-arg", "sleep_on_idle", check=False)
+    assert res.returncode == 2
+    assert "--sglang-arg 'sleep_on_idle': expected KEY=VALUE" in res.stderr
+    assert "Traceback" not in res.stderr

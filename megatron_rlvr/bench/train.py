@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_rlvr.config import load_config
 
     out = Path(args.out)
+    bad = [kv for kv in args.sglang_arg if "=" not in kv or not kv.split("=", 1)[0].strip()]
+    if bad:
+        p.error(f"--sglang-arg {bad[0]!r}: expected KEY=VALUE, e.g. --sglang-arg sleep_on_idle=false")
     sglang_extra = "".join(f", {kv.split('=', 1)[0]}: {kv.split('=', 1)[1]}" for kv in args.sglang_arg)
     cfg = load_config(overrides=[
         f"run_dir={out}", f"policy.preset={args.policy}", f"memory.preset={args.memory}",
