@@ -133,6 +133,8 @@ def _row_arg(value, dtype: torch.dtype, device: torch.device):
 
 def _int_halves(value: int) -> tuple[int, int]:
     """A Python int as two int32 kernel arguments carrying the low and high uint32 words."""
+    if 0 <= value < (1 << 31):  # the common case (decode positions, small seeds), without the general arithmetic
+        return value, 0
     value &= (1 << 64) - 1
     lo, hi = value & 0xFFFFFFFF, value >> 32
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
@@ -147,7 +149,8 @@ class _Stage1(NamedTuple):
     n_float: int  # float32 elements of the per-call buffer: outputs first, then the scratch
     offsets: tuple  # element offsets in it of lp_cal, lp_pol, entropy, pthr, sthr, part_f, part_i, chunk_vals (-1: none)
     ints: tuple  # V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter
-    constexprs: dict  # without COUNTER, which depends on the arrival buffer of the call
+    constexprs: dict  # with COUNTER=False; COUNTER depends on whether the call got an arrival buffer
+    constexprs_counter: dict  # the same with COUNTER=True
     threshold_block: int
 
 
@@ -170,7 +173,7 @@ def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: t
                       COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS)
     stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, tuple(offsets),
                      (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),
-                     constexprs, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
+                     constexprs, {**constexprs, "COUNTER": True}, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
     _PLANS[key] = stage1
     return stage1
 
@@ -179,6 +182,8 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
             seed: IntArg, offset: IntArg, tau: Optional[float], top_k: int, top_p: float, vocab_offset: int,
             return_entropy: bool, uniform_noise: Optional[torch.Tensor], policy_max: Optional[torch.Tensor],
             partials_only: bool):
+    # The hot path of every eager decode step: plain locals and one dict look-up, no per-call planning (see
+    # launch_cache.py for why the kernel launch itself bypasses the JIT).
     rows, vocab = policy.shape
     device = policy.device
     policy = policy if policy.stride(1) == 1 else policy.contiguous()
@@ -193,11 +198,11 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     has_mask = tau is not None or top_k > 0 or top_p < 1.0
     mem = memory if memory is not None else policy
     noise = uniform_noise if uniform_noise is not None else policy
+    s_pol, s_mem, s_noise = policy.stride(0), mem.stride(0), noise.stride(0)
 
-    key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, policy.stride(0),
-           mem.stride(0), noise.stride(0), memory is not None, lam_p is not None, temp_p is not None,
-           seed_p is not None, off_p is not None, has_mask, uniform_noise is not None, return_entropy,
-           partials_only, _settings(), _k.PHILOX_ROUNDS)
+    key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, s_pol, s_mem, s_noise,
+           memory is not None, lam_p is not None, temp_p is not None, seed_p is not None, off_p is not None,
+           has_mask, uniform_noise is not None, return_entropy, partials_only, _settings(), _k.PHILOX_ROUNDS)
     st = _PLANS.get(key)
     if st is None:
         st = _stage1_plan(key, rows, vocab, vocab_offset, device, memory is not None, lam_p is not None,
@@ -212,44 +217,50 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     lp_cal = fbuf[:rows]
     lp_pol = fbuf[rows:2 * rows]
     entropy = fbuf[2 * rows:3 * rows] if return_entropy else None
-    seeds = (0, 0) if seed_p is not None else _int_halves(seed_v)
-    offs = (0, 0) if off_p is not None else _int_halves(off_v)
-    lam_v, temp_v = float(lam_v), float(temperature) if temp_p is None else 0.0
+    seed_lo, seed_hi = (0, 0) if seed_p is not None else _int_halves(seed_v)
+    off_lo, off_hi = (0, 0) if off_p is not None else _int_halves(off_v)
+    lam_v = float(lam_v)
+    temp_v = float(temp_v)
     o_pthr, o_sthr, o_pf, o_pi, o_cv = st.offsets[3:]
-    constexprs = st.constexprs if counters is None else {**st.constexprs, "COUNTER": True}
 
-    # The pointers of the call: tensors for the JIT path; for the fast path their addresses (computed here once,
-    # the launcher's per-tensor data_ptr() and driver query skipped) and their 16-byte alignment for the key.
-    user = (policy, mem, noise, lam_p, temp_p, seed_p, off_p, policy_max)
-    addr = [t.data_ptr() if t is not None else 0 for t in user]
-    base, tok_addr = fbuf.data_ptr(), tokens.data_ptr()
-    current = torch.cuda.current_device() if device.type == "cuda" else -1  # Triton loads kernels per device
-    handle_key = (key, current, counters is not None, tuple(a % 16 == 0 for a in addr), base % 16 == 0,
-                  tok_addr % 16 == 0)
+    # Addresses of the call's tensors (0: not given). The fast path hands them to the launcher as ints; every
+    # buffer made here comes from PyTorch's allocator (aligned), so one check covers the user's tensors: a
+    # misaligned view (Triton would specialise on it) always takes the JIT path.
+    a_pol, a_mem, a_noise = policy.data_ptr(), mem.data_ptr(), noise.data_ptr()
+    a_lam = lam_p.data_ptr() if lam_p is not None else 0
+    a_temp = temp_p.data_ptr() if temp_p is not None else 0
+    a_seed = seed_p.data_ptr() if seed_p is not None else 0
+    a_off = off_p.data_ptr() if off_p is not None else 0
+    a_pmax = policy_max.data_ptr() if policy_max is not None else 0
+    base, a_tok = fbuf.data_ptr(), tokens.data_ptr()
+    aligned = not ((a_pol | a_mem | a_noise | a_lam | a_temp | a_seed | a_off | a_pmax | base | a_tok) & 15)
+    handle_key = (key, torch.cuda.current_device() if device.type == "cuda" else -1, counters is not None) \
+        if aligned else None  # Triton loads a compiled kernel per current device
     if has_mask:
-        _threshold(st, handle_key, policy, mem, lam_p, lam_v, temp_p, temp_v, fbuf, addr, base, dummy_f, vocab,
-                   tau, top_k, top_p, policy_max, memory is not None, rows)
+        _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf,
+                   (a_pol, a_mem, a_lam, a_temp, a_pmax, base), dummy_f, vocab, tau, top_k, top_p, policy_max,
+                   memory is not None, rows)
 
-    h = STAGE1.handle(handle_key)
+    constexprs = st.constexprs if counters is None else st.constexprs_counter
+    h = STAGE1.handle(handle_key) if handle_key is not None else None
     if h is not None:
-        df = dummy_f.data_ptr()
-        at = lambda o: base + 4 * o if o >= 0 else df  # noqa: E731
-        args = (addr[0], addr[1], addr[2], policy.stride(0), mem.stride(0), noise.stride(0),
-                addr[3] or df, lam_v, addr[4] or df, temp_v, addr[5] or dummy_i.data_ptr(), *seeds,
-                addr[6] or dummy_i.data_ptr(), *offs, at(o_pthr), at(o_sthr), at(o_pf), at(o_pi),
-                counters.data_ptr() if counters is not None else dummy_i.data_ptr(), at(o_cv),
-                tok_addr, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints,
-                *constexprs.values())
-        STAGE1.launch(h, st.grid, args)
+        df, di = st_dummy_addresses(dummy_f, dummy_i)
+        STAGE1.launch(h, st.grid, (
+            a_pol, a_mem, a_noise, s_pol, s_mem, s_noise, a_lam or df, lam_v, a_temp or df, temp_v,
+            a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi,
+            base + 4 * o_pthr if o_pthr >= 0 else df, base + 4 * o_sthr if o_sthr >= 0 else df,
+            base + 4 * o_pf if o_pf >= 0 else df, base + 4 * o_pi if o_pi >= 0 else df,
+            counters.data_ptr() if counters is not None else di, base + 4 * o_cv if o_cv >= 0 else df,
+            a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()))
     else:
-        flat = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
         splits = st.plan.splits
+        view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
         part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else dummy_f
-        args = (policy, mem, noise, policy.stride(0), mem.stride(0), noise.stride(0),
+        args = (policy, mem, noise, s_pol, s_mem, s_noise,
                 dummy_f if lam_p is None else lam_p, lam_v, dummy_f if temp_p is None else temp_p, temp_v,
-                dummy_i if seed_p is None else seed_p, *seeds, dummy_i if off_p is None else off_p, *offs,
-                flat(o_pthr), flat(o_sthr), flat(o_pf, rows * splits * 8), part_i,
-                counters if counters is not None else dummy_i, flat(o_cv, rows * splits * st.plan.per_split),
+                dummy_i if seed_p is None else seed_p, seed_lo, seed_hi, dummy_i if off_p is None else off_p,
+                off_lo, off_hi, view(o_pthr), view(o_sthr), view(o_pf, rows * splits * 8), part_i,
+                counters if counters is not None else dummy_i, view(o_cv, rows * splits * st.plan.per_split),
                 tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, *st.ints)
         STAGE1.launch_jit(handle_key, st.grid, args, constexprs, st.plan.num_warps)
     if partials_only:
@@ -266,26 +277,39 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy)
 
 
-def _threshold(st: _Stage1, handle_key: tuple, policy, mem, lam_p, lam_v, temp_p, temp_v, fbuf, addr, base,
-               dummy_f, vocab, tau, top_k, top_p, policy_max, has_memory, rows) -> None:
+_DUMMY_ADDRESSES: dict = {}
+
+
+def st_dummy_addresses(dummy_f: torch.Tensor, dummy_i: torch.Tensor) -> tuple[int, int]:
+    """The addresses of a device's placeholder tensors (which live as long as the process)."""
+    pair = _DUMMY_ADDRESSES.get(id(dummy_f))
+    if pair is None:
+        pair = (dummy_f.data_ptr(), dummy_i.data_ptr())
+        _DUMMY_ADDRESSES[id(dummy_f)] = pair
+    return pair
+
+
+def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int, s_mem: int, lam_p, lam_v,
+               temp_p, temp_v, fbuf, addr: tuple, dummy_f, vocab, tau, top_k, top_p, policy_max, has_memory,
+               rows) -> None:
     """The mask pre-pass (tau / top-k / top-p): per-row thresholds into the call buffer's pthr / sthr rows."""
     o_pthr, o_sthr = st.offsets[3], st.offsets[4]
     log_tau = math.log(tau) if tau is not None else 0.0
     constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_p is not None, TEMP_T=temp_p is not None,
                       HAS_TAU=tau is not None, PMAX_GIVEN=policy_max is not None, HAS_TOPK=top_k > 0,
                       HAS_TOPP=top_p < 1.0, BLOCK=st.threshold_block)
-    # top_k is an int Triton specialises on (1, divisible by 16): its class joins the key.
-    key = (handle_key, specialization_class(top_k))
-    h = THRESHOLD.handle(key)
+    # top_k is an int that Triton specialises on (1, divisible by 16): its class joins the key.
+    key = None if handle_key is None else (handle_key, specialization_class(top_k))
+    h = THRESHOLD.handle(key) if key is not None else None
     if h is not None:
+        a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr
         df = dummy_f.data_ptr()
         THRESHOLD.launch(h, (rows, 1, 1), (
-            addr[0], addr[1], policy.stride(0), mem.stride(0), addr[3] or df, lam_v, addr[4] or df, temp_v,
-            base + 4 * o_pthr, base + 4 * o_sthr, addr[7] or df, vocab, log_tau, top_k, float(top_p),
-            *constexprs.values()))
+            a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
+            base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()))
     else:
         THRESHOLD.launch_jit(key, (rows, 1, 1), (
-            policy, mem, policy.stride(0), mem.stride(0), dummy_f if lam_p is None else lam_p, lam_v,
+            policy, mem, s_pol, s_mem, dummy_f if lam_p is None else lam_p, lam_v,
             dummy_f if temp_p is None else temp_p, temp_v, fbuf.narrow(0, o_pthr, rows), fbuf.narrow(0, o_sthr, rows),
             policy_max if policy_max is not None else dummy_f, vocab, log_tau, top_k, float(top_p)),
             constexprs, 8)

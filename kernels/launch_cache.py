@@ -46,13 +46,17 @@ def specialization_class(value: Any) -> Hashable:
     return type(value)
 
 
+_RUNTIME_KNOBS: list = []
+
+
 def _hooks_active() -> bool:
     """True while a launch hook is installed (Triton 3.6 keeps empty hook chains, older versions None)."""
-    try:
+    if not _RUNTIME_KNOBS:
         from triton import knobs
-    except ImportError:
-        return False
-    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+
+        _RUNTIME_KNOBS.append(knobs.runtime)
+    runtime = _RUNTIME_KNOBS[0]
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
         if hook is not None and getattr(hook, "calls", True):
             return True
     return False
