@@ -234,8 +234,8 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     a_pmax = policy_max.data_ptr() if policy_max is not None else 0
     base, a_tok = fbuf.data_ptr(), tokens.data_ptr()
     aligned = not ((a_pol | a_mem | a_noise | a_lam | a_temp | a_seed | a_off | a_pmax | base | a_tok) & 15)
-    handle_key = (key, torch.cuda.current_device() if device.type == "cuda" else -1, counters is not None) \
-        if aligned else None  # Triton loads a compiled kernel per current device
+    current = torch.cuda.current_device() if device.type == "cuda" else -1  # Triton loads kernels per device
+    handle_key = (key, current, counters is not None) if aligned else None
     if has_mask:
         _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf,
                    (a_pol, a_mem, a_lam, a_temp, a_pmax, base), dummy_f, vocab, tau, top_k, top_p, policy_max,
@@ -251,7 +251,8 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
             base + 4 * o_pthr if o_pthr >= 0 else df, base + 4 * o_sthr if o_sthr >= 0 else df,
             base + 4 * o_pf if o_pf >= 0 else df, base + 4 * o_pi if o_pi >= 0 else df,
             counters.data_ptr() if counters is not None else di, base + 4 * o_cv if o_cv >= 0 else df,
-            a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()))
+            a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()),
+            current)
     else:
         splits = st.plan.splits
         view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
@@ -306,7 +307,8 @@ def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int
         df = dummy_f.data_ptr()
         THRESHOLD.launch(h, (rows, 1, 1), (
             a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
-            base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()))
+            base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()),
+            handle_key[1])
     else:
         THRESHOLD.launch_jit(key, (rows, 1, 1), (
             policy, mem, s_pol, s_mem, dummy_f if lam_p is None else lam_p, lam_v,

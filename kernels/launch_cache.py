@@ -69,7 +69,6 @@ class CachedKernel:
         self.fn = fn
         self._handles: dict = {}
         self._stream: Optional[Callable[[int], int]] = None
-        self._device: Optional[Callable[[], int]] = None
         self.fast_launches = 0  # counters for tests and the benchmark
         self.jit_launches = 0
 
@@ -84,20 +83,16 @@ class CachedKernel:
             return None
         return h
 
-    def current_device(self) -> int:
-        if self._device is None:
-            self._device = torch.cuda.current_device
-        return self._device()
-
-    def launch(self, handle: Any, grid: Sequence[int], args: Sequence[Any]) -> None:
-        """Launch a handle from ``handle(key)``; ``args``: every parameter in signature order, constexprs too."""
+    def launch(self, handle: Any, grid: Sequence[int], args: Sequence[Any], device: int) -> None:
+        """Launch a handle from ``handle(key)`` on the current device (its index given);
+        ``args``: every parameter in signature order, constexprs too."""
         if self._stream is None:
             from triton.runtime.driver import driver
 
             self._stream = driver.active.get_current_stream
         # The C launcher's own layout: grid, stream, function, packed metadata, launch metadata and the enter/exit
         # hooks (None: none are installed, see handle()), then the kernel's parameters.
-        handle.run(grid[0], grid[1], grid[2], self._stream(self.current_device()), handle.function,
+        handle.run(grid[0], grid[1], grid[2], self._stream(device), handle.function,
                    handle.packed_metadata, None, None, None, *args)
         self.fast_launches += 1
 
