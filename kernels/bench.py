@@ -190,6 +190,8 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
             t, how = _time_any(lambda i, s=sets: flashinfer(s[i][0], i), n_sets, replays)
             row["flashinfer_policy_ms"], row["flashinfer_timing"] = t * 1e3, how
         rows_out.append(row)
+        print(f"B={batch}: fused {t_fused * 1e3:.4f} ms ({row['pct_of_copy']:.1f}% of copy bandwidth); " + ", ".join(
+            f"{name} {row[k]:.4f} ms" for k, name in _BASELINES if row.get(k) is not None), flush=True)
         del sets
         torch.cuda.empty_cache()
     for mode, why in dropped.items():
