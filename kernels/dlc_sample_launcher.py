@@ -245,7 +245,7 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     h = STAGE1.handle(handle_key) if handle_key is not None else None
     if h is not None:
         df, di = st_dummy_addresses(dummy_f, dummy_i)
-        STAGE1.launch(h, st.grid, (
+        h = STAGE1.launch(h, st.grid, (
             a_pol, a_mem, a_noise, s_pol, s_mem, s_noise, a_lam or df, lam_v, a_temp or df, temp_v,
             a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi,
             base + 4 * o_pthr if o_pthr >= 0 else df, base + 4 * o_sthr if o_sthr >= 0 else df,
@@ -253,7 +253,7 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
             counters.data_ptr() if counters is not None else di, base + 4 * o_cv if o_cv >= 0 else df,
             a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()),
             current)
-    else:
+    if not h:
         splits = st.plan.splits
         view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
         part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else dummy_f
@@ -305,11 +305,11 @@ def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int
     if h is not None:
         a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr
         df = dummy_f.data_ptr()
-        THRESHOLD.launch(h, (rows, 1, 1), (
+        h = THRESHOLD.launch(h, (rows, 1, 1), (
             a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
             base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()),
             handle_key[1])
-    else:
+    if not h:
         THRESHOLD.launch_jit(key, (rows, 1, 1), (
             policy, mem, s_pol, s_mem, dummy_f if lam_p is None else lam_p, lam_v,
             dummy_f if temp_p is None else temp_p, temp_v, fbuf.narrow(0, o_pthr, rows), fbuf.narrow(0, o_sthr, rows),

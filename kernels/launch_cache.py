@@ -16,6 +16,7 @@ divisible by 16 and in int32 range. Anything not covered, a launch hook (profile
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
@@ -71,6 +72,7 @@ class CachedKernel:
         self._stream: Optional[Callable[[int], int]] = None
         self.fast_launches = 0  # counters for tests and the benchmark
         self.jit_launches = 0
+        self.disabled: Optional[str] = None  # why the fast path is off for this kernel, after a failed launch
 
     def clear(self) -> None:
         """Forget the compiled handles (after a launch-setting change, e.g. in the benchmark's sweep)."""
@@ -83,25 +85,34 @@ class CachedKernel:
             return None
         return h
 
-    def launch(self, handle: Any, grid: Sequence[int], args: Sequence[Any], device: int) -> None:
-        """Launch a handle from ``handle(key)`` on the current device (its index given);
-        ``args``: every parameter in signature order, constexprs too."""
+    def launch(self, handle: Any, grid: Sequence[int], args: Sequence[Any], device: int) -> bool:
+        """Launch a handle from ``handle(key)`` on the current device (its index given); ``args``: every parameter
+        in signature order, constexprs too. False if this Triton's launcher refused the call (nothing was
+        launched; the caller takes the JIT path, and so does every later call of this kernel)."""
         if self._stream is None:
             from triton.runtime.driver import driver
 
             self._stream = driver.active.get_current_stream
-        # The C launcher's own layout: grid, stream, function, packed metadata, launch metadata and the enter/exit
-        # hooks (None: none are installed, see handle()), then the kernel's parameters.
-        handle.run(grid[0], grid[1], grid[2], self._stream(device), handle.function,
-                   handle.packed_metadata, None, None, None, *args)
+        try:
+            # The C launcher's own layout: grid, stream, function, packed metadata, launch metadata and the
+            # enter/exit hooks (None: none are installed, see handle()), then the kernel's parameters.
+            handle.run(grid[0], grid[1], grid[2], self._stream(device), handle.function,
+                       handle.packed_metadata, None, None, None, *args)
+        except (TypeError, ValueError, OverflowError, SystemError) as exc:  # argument parsing: before any launch
+            self.disabled = f"{type(exc).__name__}: {exc}"
+            self._handles.clear()
+            warnings.warn(f"dlc_sample: the fast launch of {getattr(self.fn, '__name__', self.fn)} failed "
+                          f"({self.disabled}); using Triton's normal launch from now on", RuntimeWarning)
+            return False
         self.fast_launches += 1
+        return True
 
     def launch_jit(self, key: Optional[Hashable], grid: Sequence[int], args: Sequence[Any], constexprs: dict,
                    num_warps: int) -> None:
         """The normal ``kernel[grid](...)`` launch; keeps the returned compiled kernel under ``key`` (if given)."""
         compiled = self.fn[tuple(grid)](*args, **constexprs, num_warps=num_warps)
         self.jit_launches += 1
-        if key is not None and fast_launch_enabled() and self._usable(compiled):
+        if key is not None and self.disabled is None and fast_launch_enabled() and self._usable(compiled):
             self._handles[key] = compiled
 
     @staticmethod

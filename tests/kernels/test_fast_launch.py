@@ -96,6 +96,7 @@ def test_fast_launch_hands_the_kernel_the_same_arguments_as_the_jit_launch(case,
         def capture(self, *args):  # launch_jit(key, grid, args, constexprs, num_warps) / launch(handle, grid, args)
             constexprs = list(args[3].values()) if path == "jit" else []  # the fast path's args end with them
             seen.setdefault(path, []).append((self.fn, tuple(args[1]), list(args[2]) + constexprs))
+            return True  # the fast launch "succeeded"
         return capture
 
     from megatron_rlvr.kernels.launch_cache import CachedKernel
@@ -118,6 +119,28 @@ def test_fast_launch_hands_the_kernel_the_same_arguments_as_the_jit_launch(case,
         for name, a, b in zip(names, args_j, args_f):
             assert _normalise(a, out_jit, tok_jit, dummies) == _normalise(b, out_fast, out_fast.tokens.data_ptr(),
                                                                           dummies), name
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_a_fast_launch_the_launcher_refuses_falls_back_to_the_jit_launch(monkeypatch):
+    from megatron_rlvr.kernels.launch_cache import CachedKernel
+
+    class Refusing:  # a compiled handle whose C launcher rejects the arguments (another Triton's layout)
+        function, packed_metadata = 1, (4, 1, 0)
+
+        def run(self, *args):
+            raise TypeError("function takes exactly 50 arguments")
+
+    g = torch.Generator().manual_seed(2)
+    zp, zm = torch.randn(3, 1000, generator=g), torch.randn(3, 1000, generator=g)
+    expected = dlc_sample(zp, zm, lam=0.5, seed=torch.arange(3), offset=1, return_entropy=True)
+    monkeypatch.setattr(CachedKernel, "handle", lambda self, key: None if self.disabled else Refusing())
+    monkeypatch.setattr(launcher.STAGE1, "_stream", lambda device: 0)
+    monkeypatch.setattr(launcher.STAGE1, "disabled", None)
+    with pytest.warns(RuntimeWarning, match="fast launch"):
+        out = dlc_sample(zp, zm, lam=0.5, seed=torch.arange(3), offset=1, return_entropy=True)
+    assert launcher.STAGE1.disabled and "50 arguments" in launcher.STAGE1.disabled
+    assert torch.equal(out.tokens, expected.tokens) and torch.equal(out.entropy, expected.entropy)
 
 
 @pytest.mark.usefixtures("triton_interpreter")
