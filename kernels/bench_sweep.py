@@ -79,7 +79,7 @@ def run_sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float
 
 
 def _score_rules(results: dict, batches: Sequence[int], vocab: int, sms: int, dtype: torch.dtype,
-                 copy_bw: float) -> None:
+                 copy_bw: float) -> list:
     """Each candidate constant set's worst and mean slowdown vs the best measured setting, over the batches."""
     from . import dlc_sample_launcher as launcher
 
@@ -110,3 +110,4 @@ def _score_rules(results: dict, batches: Sequence[int], vocab: int, sms: int, dt
         print(f"  {str(consts):<24} worst {worst:.3f} mean {mean:.3f}   " +
               " ".join(f"{pct(b, t):5.1f}%" for b, t in zip(batches, times)) + tag)
     print("  best measured per batch:            " + " ".join(f"{pct(b, best[b]):5.1f}%" for b in batches))
+    return rows_out

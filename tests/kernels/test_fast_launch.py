@@ -176,3 +176,23 @@ def test_launch_rule_covers_every_chunk_once_for_any_device(sms, rows):
 def test_launch_rule_refuses_empty_shapes_clearly():
     with pytest.raises(ValueError, match="rows, vocab and sms"):
         launch_plan(0, 100, 0, 132, 3, 2, 4, 2, 1)
+
+
+def test_sweep_scoring_ranks_first_the_rule_that_picks_the_fastest_setting_at_every_batch(capsys):
+    from megatron_rlvr.kernels import bench_sweep
+
+    vocab, sms, batches = 151936, 132, (64, 256, 1024)
+    winner = (6, 2, 4, 2, 2)  # programs/SM, min chunks, max tile, large-batch tile, warps per chunk
+    fast = {b: launch_plan(b, vocab, 0, sms, *winner) for b in batches}
+    results = {}
+    for b in batches:
+        for splits in bench_sweep._splits_for(b, vocab, sms):
+            for tile in bench_sweep.TILES:
+                for warps in bench_sweep._warps_for(tile):
+                    p = fast[b]
+                    results[(b, splits, tile, warps)] = 1.0 if (splits, tile, warps) == (p.splits, p.tile,
+                                                                                      p.num_warps) else 2.0
+    ranked = bench_sweep._score_rules(results, batches, vocab, sms, torch.bfloat16, 3e12)
+    assert ranked[0][0] == 1.0  # worst ratio 1: the fastest setting at every batch
+    assert winner in [consts for worst, _, consts, _ in ranked if worst == 1.0]
+    assert "rule candidates" in capsys.readouterr().out
