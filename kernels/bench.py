@@ -250,6 +250,20 @@ def _plot(rows: list[dict], path: Path, device: str) -> None:
     plt.close(fig)
 
 
+def _set_rule(text: str) -> None:
+    """Set the launcher's rule constants from "P,MIN,TILE,LARGE,WPC" (for confirming a sweep's candidate)."""
+    from . import dlc_sample_launcher as launcher
+
+    names = ("PROGRAMS_PER_SM", "MIN_CHUNKS_PER_SPLIT", "MAX_TILE_CHUNKS", "LARGE_BATCH_TILE_CHUNKS", "WARPS_PER_CHUNK")
+    parts = text.replace("(", "").replace(")", "").split(",")
+    if len(parts) != len(names):
+        raise SystemExit(f"--rule needs {len(names)} comma-separated numbers ({','.join(names)}), got {text!r}")
+    for name, part in zip(names, parts):
+        value = float(part)
+        setattr(launcher, name, int(value) if value.is_integer() else value)
+    launcher.clear_launch_caches()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron-rlvr bench kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,32,256,512,1024", help="comma-separated batch sizes")
@@ -264,6 +278,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="drop a compile mode for later batches once one of its compiles took longer")
     parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer policy-only baseline")
     parser.add_argument("--skip-host", action="store_true", help="skip the eager host-time table")
+    parser.add_argument("--rule", default=None, metavar="P,MIN,TILE,LARGE,WPC",
+                        help="launch-rule constants for this run (programs per SM, min chunks per split, max tile, "
+                             "large-batch tile, warps per chunk), e.g. a row of the sweep's rule candidates")
     # Tuning aid (see bench_sweep.py): every launch setting per batch, then the rule candidates scored.
     parser.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", default=os.environ.get("OUT", "runs/bench_kernels"),
@@ -276,11 +293,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     batches = [int(b) for b in args.batches.split(",") if b]
     dtype = _DTYPES[args.dtype]
+    if args.rule:
+        _set_rule(args.rule)
     device = torch.cuda.get_device_name()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     date, commit = datetime.date.today().isoformat(), _commit()
+    from . import dlc_sample_launcher as launcher
+
     print(f"device: {device} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB)   "
-          f"torch {torch.__version__}   date: {date}   commit: {commit}", flush=True)
+          f"torch {torch.__version__}   date: {date}   commit: {commit}   launch rule "
+          f"(programs/SM, min chunks/split, max tile, large-batch tile, warps/chunk) = {launcher._settings()}",
+          flush=True)
     flashinfer = None if (args.no_flashinfer or args.sweep) else FlashInferPolicy()
     host = [] if args.skip_host else host_overhead_table(args.vocab, dtype)
     if host:
