@@ -58,7 +58,12 @@ def _assert_bit_equal(a, b):
         assert torch.equal(x.nan_to_num(123.0), y.nan_to_num(123.0))
 
 
-@pytest.mark.parametrize("case", list(_cases()))
+# The names only at collection: the cases hold CUDA tensors, which a CPU machine (CI) cannot build.
+CASE_NAMES = ["B1 scalar seed", "B7 V4099 tensors", "B99 tau", "B256 split", "B989 unsplit", "B5 V111 top_k=1",
+              "B5 V1000 top_k=16 top_p", "B33 greedy", "B3 no memory"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
 def test_fast_launch_is_bit_identical_to_the_jit_launch(case, monkeypatch):
     rows, vocab, kwargs = _cases()[case]
     zp, zm = _logits(rows, vocab, seed=rows)
