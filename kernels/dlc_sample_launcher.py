@@ -290,17 +290,30 @@ def st_dummy_addresses(dummy_f: torch.Tensor, dummy_i: torch.Tensor) -> tuple[in
     return pair
 
 
+def threshold_constexprs(has_memory: bool, lam_t: bool, temp_t: bool, tau: Optional[float], top_k: int, top_p: float,
+                         pmax_given: bool, block: int) -> dict:
+    """The threshold kernel's constexprs, in its signature order."""
+    return dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, HAS_TAU=tau is not None, PMAX_GIVEN=pmax_given,
+                HAS_TOPK=top_k > 0, HAS_TOPP=top_p < 1.0, BLOCK=block)
+
+
+def threshold_handle_key(handle_key: tuple, top_k: int, constexprs: dict) -> tuple:
+    """The threshold kernel's cached-handle key: the stage-1 key (shapes, dtypes, strides, alignment), the class
+    Triton specialises ``top_k`` on (1, divisible by 16), and every constexpr of the call. The stage-1 key knows only
+    that *some* mask is on; which one (tau, top-k, top-p, a given policy max) compiles a different kernel, and a key
+    without them replayed a top-k-only kernel for a top-k + top-p call (top-p silently ignored)."""
+    return (handle_key, specialization_class(top_k), tuple(constexprs.items()))
+
+
 def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int, s_mem: int, lam_p, lam_v,
                temp_p, temp_v, fbuf, addr: tuple, dummy_f, vocab, tau, top_k, top_p, policy_max, has_memory,
                rows) -> None:
     """The mask pre-pass (tau / top-k / top-p): per-row thresholds into the call buffer's pthr / sthr rows."""
     o_pthr, o_sthr = st.offsets[3], st.offsets[4]
     log_tau = math.log(tau) if tau is not None else 0.0
-    constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_p is not None, TEMP_T=temp_p is not None,
-                      HAS_TAU=tau is not None, PMAX_GIVEN=policy_max is not None, HAS_TOPK=top_k > 0,
-                      HAS_TOPP=top_p < 1.0, BLOCK=st.threshold_block)
-    # top_k is an int that Triton specialises on (1, divisible by 16): its class joins the key.
-    key = None if handle_key is None else (handle_key, specialization_class(top_k))
+    constexprs = threshold_constexprs(has_memory, lam_p is not None, temp_p is not None, tau, top_k, top_p,
+                                      policy_max is not None, st.threshold_block)
+    key = None if handle_key is None else threshold_handle_key(handle_key, top_k, constexprs)
     h = THRESHOLD.handle(key) if key is not None else None
     if h is not None:
         a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr

@@ -39,6 +39,26 @@ def test_cache_key_class_separates_exactly_what_triton_specialises_on(monkeypatc
         assert (specialization_class(a) == specialization_class(b)) == same_for_triton, (a, b)
 
 
+def test_threshold_handle_key_tells_apart_every_mask_kind_triton_compiles_apart():
+    def key(tau, top_k, top_p, pmax):
+        c = launcher.threshold_constexprs(True, False, False, tau, top_k, top_p, pmax, 1024)
+        return launcher.threshold_handle_key(("stage-1 key",), top_k, c)
+
+    # The regression (seen on an H200): a top-k + top-p call replayed the top-k-only kernel, top-p ignored.
+    assert key(None, 40, 0.7, False) != key(None, 50, 1.0, False)
+    combos = list(itertools.product([None, 0.05], [0, 1, 16, 40], [1.0, 0.7], [False, True]))
+    for a, b in itertools.combinations(combos, 2):
+        same_kernel = ((a[0] is None, a[1] > 0, a[2] < 1, a[3]) == (b[0] is None, b[1] > 0, b[2] < 1, b[3])
+                       and specialization_class(a[1]) == specialization_class(b[1]))
+        assert (key(*a) == key(*b)) == same_kernel, (a, b)
+
+
+def test_threshold_constexprs_are_in_signature_order():
+    names, constexprs = _signature(kernels.dlc_threshold_kernel)
+    assert list(launcher.threshold_constexprs(True, False, False, None, 0, 1.0, False, 1024)) == constexprs
+    assert names[-len(constexprs):] == constexprs
+
+
 def _signature(fn):
     """Parameter names of a Triton kernel, and which of them are constexpr (the interpreter keeps the raw fn)."""
     params = inspect.signature(getattr(fn, "fn", fn)).parameters
