@@ -1,4 +1,5 @@
-"""Rollout stage, token sampling: the pure-PyTorch float32 reference of the fused DLC sampler (SPEC.md 2.5, 3).
+"""Rollout stage, token sampling: the pure-PyTorch float32 reference of the fused DLC sampler (docs/ALGORITHMS.md,
+"The fused DLC sampler").
 
     pi_cal(y | ctx) = softmax((z_policy - lam * z_memory) / T), restricted to the allowed tokens
 

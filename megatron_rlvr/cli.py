@@ -92,7 +92,7 @@ def _data(argv: list[str]) -> int:
     from megatron_rlvr.tasks.inspect import describe
     from megatron_rlvr.tasks.layouts import DatasetError
 
-    from megatron_rlvr.runtime import prompt_budget
+    from megatron_rlvr.run.runtime import prompt_budget
 
     try:
         task = build_task(cfg.task, *prompt_budget(cfg))  # with the prompt-length check training applies

@@ -19,3 +19,10 @@ class RunError(RuntimeError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))  # one line, whatever the caller's formatting
+
+
+class ConversionError(ValueError):
+    """Bad conversion input (missing/truncated files, mismatched config, unknown architecture); nothing was written.
+
+    Raised by the converter (`megatron_rlvr.convert`, which re-exports it) and by the Qwen3 family's config checks
+    (`megatron_rlvr.qwen3.support`, `qwen3.hf`)."""

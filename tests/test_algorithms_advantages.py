@@ -1,17 +1,11 @@
-"""Advantage estimators (SPEC 2.1), IAC (SPEC 2.2) and DAPO batch features (SPEC 2.3) against hand-computed values."""
+"""Advantage estimators, IAC and DAPO batch features (docs/ALGORITHMS.md) against hand-computed values."""
 import math
 
 import pytest
 import torch
 
-from megatron_rlvr.algorithms import (
-    ESTIMATORS,
-    base_advantages,
-    compute_advantages,
-    dynamic_sampling_keep,
-    iac_calibrate,
-    overlong_penalty,
-)
+from megatron_rlvr.advantage import ESTIMATORS, base_advantages, compute_advantages, iac_calibrate
+from megatron_rlvr.reward.dapo import dynamic_sampling_keep, overlong_penalty
 
 
 def t(*xs):

@@ -1,10 +1,10 @@
-"""Policy loss (SPEC 2.4): PPO clipping, aggregation modes, exact micro-batching, KL, entropy, TIS (SPEC 2.5)."""
+"""Policy loss (docs/ALGORITHMS.md, "Policy loss"): PPO clipping, aggregation modes, exact micro-batching, KL, entropy, TIS ("DLC")."""
 import math
 
 import pytest
 import torch
 
-from megatron_rlvr.algorithms import LOSS_AGG_MODES, count_loss_units, kl_estimate, policy_loss, tis_weights
+from megatron_rlvr.update.losses import LOSS_AGG_MODES, count_loss_units, kl_estimate, policy_loss, tis_weights
 
 LOG = math.log
 

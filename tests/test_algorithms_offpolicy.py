@@ -5,15 +5,9 @@ import math
 import pytest
 import torch
 
-from megatron_rlvr.algorithms import (
-    CORRECTIONS,
-    correction_weights,
-    offpolicy_weights,
-    policy_loss,
-    split_log_ratios,
-    tis_weights,
-)
 from megatron_rlvr.config import OFFPOLICY_CORRECTIONS, ConfigError, load_config
+from megatron_rlvr.update.losses import policy_loss, tis_weights
+from megatron_rlvr.update.offpolicy import CORRECTIONS, correction_weights, offpolicy_weights, split_log_ratios
 
 LOG = math.log
 MASK = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_rlvr.checks import (InvariantError, check_logprob_gap, check_step0_ppo_kl, logprob_gap,
+from megatron_rlvr.run.checks import (InvariantError, check_logprob_gap, check_step0_ppo_kl, logprob_gap,
                                   logprob_gap_tolerance)
 from tests.test_train_e2e import metrics, train
 

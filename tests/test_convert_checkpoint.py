@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_rlvr.convert.hf_io import hf_config, read_index_tensors
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.convert.hf_io import read_index_tensors
+from megatron_rlvr.qwen3.hf import hf_config
+from megatron_rlvr.qwen3.shapes import get_preset
 from tests.helpers.dist import run_distributed
 
 TOKENS = [[5, 17, 99, 3, 64, 127, 0, 42, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
@@ -42,8 +43,8 @@ def _distributed_job(root: str, imported: str) -> dict:
 
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
     from megatron_rlvr.convert.to_hf import save_hf_from_live
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     root = Path(root)
     layouts = {"tp2": ParallelConfig(tp=2), "tp1": ParallelConfig(tp=1), "pp2": ParallelConfig(pp=2),

@@ -11,9 +11,10 @@ import torch
 from megatron_rlvr.convert import ConversionError
 from megatron_rlvr.convert.cli import main as convert_main
 from megatron_rlvr.convert.from_hf import import_hf
-from megatron_rlvr.convert.hf_io import atomic_output_dir, hf_config, read_index_tensors
+from megatron_rlvr.convert.hf_io import atomic_output_dir, read_index_tensors
 from megatron_rlvr.convert.to_hf import export_checkpoint
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.hf import hf_config
+from megatron_rlvr.qwen3.shapes import get_preset
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from megatron_rlvr.convert import qwen3_map
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.shapes import get_preset
 
 TINY = ["tiny", "tiny-tied", "tiny-mem"]
 
@@ -20,7 +20,7 @@ def _arange(shape, offset: int) -> torch.Tensor:
 def test_hf_names_and_shapes_equal_transformers_qwen3_parameters(preset):
     from transformers import Qwen3ForCausalLM
 
-    from megatron_rlvr.convert.hf_io import hf_config
+    from megatron_rlvr.qwen3.hf import hf_config
 
     shape = get_preset(preset)
     with torch.device("meta"):

@@ -9,9 +9,9 @@ import torch
 
 from megatron_rlvr.convert import ConversionError
 from megatron_rlvr.convert.from_hf import import_hf
-from megatron_rlvr.convert.hf_io import hf_config
-from megatron_rlvr.convert.qwen3_support import unsupported_fields
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.hf import hf_config
+from megatron_rlvr.qwen3.shapes import get_preset
+from megatron_rlvr.qwen3.support import unsupported_fields
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Chunked vocab-parallel log-probs / entropy (models/logprobs.py) equal the full-vocabulary float32 reference.
+"""Chunked vocab-parallel log-probs / entropy (update/logprobs.py) equal the full-vocabulary float32 reference.
 
 Values and gradients, on awkward shapes (V = 151936 and its TP=2 shard 75968, V = 111 and 4099, ragged token
 counts that no chunk size divides), in float32 (bitwise equal to Megatron's vocab_parallel_cross_entropy) and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_rlvr.models.logprobs import reference_token_stats, token_stats
+from megatron_rlvr.update.logprobs import reference_token_stats, token_stats
 from tests.helpers.dist import run_distributed
 
 
@@ -43,7 +43,7 @@ def test_chunked_stats_and_gradients_equal_the_float32_reference(n, v, chunk, te
 @pytest.fixture(scope="module")
 def single_rank():
     from megatron_rlvr.config import ParallelConfig
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig()})
     yield ctx

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from megatron_rlvr.metrics import coverage_metrics, pass_at_k, write_plots
-from megatron_rlvr.progress import summary_line
+from megatron_rlvr.eval.rollout_stats import coverage_metrics, pass_at_k
 from megatron_rlvr.rollout.types import Generation, pack_generations
+from megatron_rlvr.run.metrics import write_plots
+from megatron_rlvr.run.progress import summary_line
 
 
 def _batch(correct_modes: list[list[int]]):

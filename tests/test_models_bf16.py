@@ -13,8 +13,8 @@ def _train_save_load(tmp: str) -> dict:
     import torch
 
     from megatron_rlvr.config import load_config
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     cfg = load_config(overrides=["policy.dtype=bfloat16", "optimizer.policy.lr=1e-3"])
     ctx = init_distributed(cfg)

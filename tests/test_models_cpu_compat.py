@@ -1,4 +1,4 @@
-"""CPU redirections of megatron-core's CUDA-only calls (megatron_rlvr.models.cpu_compat)."""
+"""CPU redirections of megatron-core's CUDA-only calls (megatron_rlvr.distributed.cpu_compat)."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from megatron_rlvr.models import cpu_compat
+from megatron_rlvr.distributed import cpu_compat
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour; on GPU activate() is a no-op")
 
@@ -48,7 +48,7 @@ def test_grad_clipping_scales_cpu_gradients_like_megatron():
 def test_activate_does_nothing_when_cuda_is_available():
     code = (
         "import torch; torch.cuda.is_available = lambda: True\n"
-        "from megatron_rlvr.models import cpu_compat\n"
+        "from megatron_rlvr.distributed import cpu_compat\n"
         "assert cpu_compat.activate() is False and not cpu_compat.is_active()\n"
         "from megatron.core.transformer import utils\n"
         "assert utils.torch is torch\n"

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from megatron_rlvr.config import ModelConfig, ParallelConfig
-from megatron_rlvr.models.presets import PRESETS, get_preset
+from megatron_rlvr.qwen3.shapes import PRESETS, get_preset
 
 PUBLISHED = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b"]
 
 
 @pytest.fixture(scope="module")
 def single_rank():
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig()})
     yield ctx
@@ -19,7 +19,7 @@ def single_rank():
 
 
 def _megatron_meta_count(name: str) -> int:
-    from megatron_rlvr.models.provider import build_gpt_model, transformer_config
+    from megatron_rlvr.qwen3.provider import build_gpt_model, transformer_config
 
     shape, mc = get_preset(name), ModelConfig(preset=name, dtype="float32")
     with torch.device("meta"):
@@ -58,7 +58,7 @@ def test_interleaved_pipelines_never_batch_their_p2p_ops(monkeypatch, vpp, batch
     # At PP=2 the previous and next stage are one peer, and a batch of sends/receives to one peer is matched in
     # posting order: interleaved schedules then swap activations and gradients (wrong losses on gloo and on
     # NCCL, 2x H200). Plain pipelines keep the batched ops on a GPU; on CPU nothing is batched.
-    from megatron_rlvr.models.provider import transformer_config
+    from megatron_rlvr.qwen3.provider import transformer_config
 
     shape = get_preset("tiny-deep")
     mc = ModelConfig(preset="tiny-deep", dtype="float32", parallel=ParallelConfig(pp=2, vpp=vpp))
@@ -69,7 +69,7 @@ def test_interleaved_pipelines_never_batch_their_p2p_ops(monkeypatch, vpp, batch
 
 
 def test_asking_for_batched_p2p_in_an_interleaved_pipeline_is_refused():
-    from megatron_rlvr.models.provider import transformer_config
+    from megatron_rlvr.qwen3.provider import transformer_config
 
     mc = ModelConfig(preset="tiny-deep", dtype="float32", parallel=ParallelConfig(pp=2, vpp=2),
                      megatron={"batch_p2p_comm": True})

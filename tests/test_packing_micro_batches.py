@@ -1,12 +1,12 @@
-"""Micro-batch planning (micro_batching.py) and THD packing of rows (models/packing.py): plain unit tests."""
+"""Micro-batch planning (update/micro_batching.py) and THD packing of rows (update/packing.py): plain unit tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from megatron_rlvr.micro_batching import gather_micro_batch, micro_batch_cost, plan_micro_batches, split_over_ranks
-from megatron_rlvr.models.packing import lengths_from_mask, pack_rows
+from megatron_rlvr.update.micro_batching import gather_micro_batch, micro_batch_cost, plan_micro_batches, split_over_ranks
+from megatron_rlvr.update.packing import lengths_from_mask, pack_rows
 
 LENGTHS = torch.tensor([700, 30, 4096, 1200, 1, 64, 2048, 900, 333, 4096, 15, 1024, 77])
 
@@ -93,7 +93,7 @@ def test_lengths_from_mask_end_at_the_last_masked_token():
 
 
 def test_bench_length_distribution_has_the_asked_median_and_never_exceeds_its_max():
-    from megatron_rlvr.bench_packing import sample_lengths
+    from megatron_rlvr.bench.packing import sample_lengths
 
     x = sample_lengths("lognormal:median=1024,max=4096", 20000, seed=1)
     assert int(x.max()) <= 4096 and int(x.min()) >= 1
@@ -105,7 +105,7 @@ def test_bench_length_distribution_has_the_asked_median_and_never_exceeds_its_ma
 @pytest.mark.parametrize("spec,message", [("gamma:k=1", "unknown distribution"), ("lognormal:median=5", "needs"),
                                           ("uniform:min", "key=value")])
 def test_bad_length_specs_are_refused_with_the_reason(spec, message):
-    from megatron_rlvr.bench_packing import parse_length_spec
+    from megatron_rlvr.bench.packing import parse_length_spec
 
     with pytest.raises(ValueError, match=message):
         parse_length_spec(spec)

@@ -21,6 +21,8 @@ VARIANTS = {
     "packed": dict(pack_sequences=True, max_tokens_per_micro_batch=0),
     "packed_budget": dict(pack_sequences=True, max_tokens_per_micro_batch=24),
     "padded_budget": dict(pack_sequences=False, max_tokens_per_micro_batch=40),
+    # the memory update alone on its own, larger budget; the policy update keeps its fixed-size micro-batches
+    "memory_budget": dict(pack_sequences=True, max_tokens_per_micro_batch=0, memory_max_tokens_per_micro_batch=60),
 }
 
 
@@ -52,8 +54,8 @@ def _cfg(loss_agg: str, **algo):
 
 def _worker(layout: dict, loss_aggs: list[str], variants: list[str], with_memory: bool) -> dict:
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
     from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
 
     par = ParallelConfig(**layout)
@@ -67,13 +69,14 @@ def _worker(layout: dict, loss_aggs: list[str], variants: list[str], with_memory
             pol = TrainableModel("policy", ModelConfig(preset="tiny", parallel=par, dtype="float32", init_seed=5),
                                  sgd, ctx)
             old, ent = recompute_logprobs(pol, batch, 0.8, 3, with_entropy=True, algo=cfg.algorithm)
-            stats = update_policy(pol, batch, old, cfg, step=0)
+            stats = update_policy(pol, batch, old, cfg.algorithm, temperature=cfg.rollout.temperature,
+                                  max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=0)
             res = {"old": old, "ent": ent, "loss": stats["policy/loss"], "grad_norm": stats["policy/grad_norm"],
                    "params": [p.detach().clone() for p in pol.parameters()]}
             if with_memory:
                 mem = TrainableModel("memory", ModelConfig(preset="tiny-mem", parallel=par, dtype="float32",
                                                            init_seed=6), sgd, ctx)
-                res["memory"] = update_memory(mem, batch, cfg)
+                res["memory"] = update_memory(mem, batch, cfg.algorithm)
                 res["memory_params"] = [p.detach().clone() for p in mem.parameters()]
             out[(agg, name)] = res
     ctx.destroy()
@@ -114,6 +117,12 @@ def test_packed_and_token_budgeted_updates_equal_the_padded_update_on_one_rank()
     _check(out, AGGS, list(VARIANTS))
     packed = out[("token-mean", "packed")]["old"]
     assert torch.all(packed[~_valid()] == 0), "packed rows are 0 past their length"
+    from megatron_rlvr.update.micro_batching import plan_micro_batches
+
+    rows, lengths = torch.arange(N), torch.tensor(LENGTHS)
+    assert len(plan_micro_batches(rows, lengths, 3, 60, packed=True)) < len(plan_micro_batches(rows, lengths, 3, 0,
+                                                                                               packed=True)), \
+        "the memory-update budget of the 'memory_budget' case really gives fewer, larger micro-batches"
 
 
 @pytest.mark.parametrize("layout", [dict(tp=2), dict(pp=2)], ids=["tp2", "pp2"])
@@ -137,8 +146,8 @@ def test_token_budget_across_two_data_parallel_ranks_keeps_every_loss_aggregatio
 
 def _unequal_counts_worker() -> dict:
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig()})
     rank = torch.distributed.get_rank()

@@ -9,7 +9,7 @@ def _layout_facts() -> dict:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig(tp=2), "memory": ParallelConfig(tp=1)})
 

@@ -68,8 +68,8 @@ def _train(model, name, ctx, steps, loss_fn, with_entropy, save_at=None):
 
 # ------------------------------------------------------------------------------------------------ workers
 def _reference_worker(tmp: str) -> dict:
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     distopt = ParallelConfig(distributed_optimizer=True)
     ctx = init_distributed({"policy": ParallelConfig(), "memory": ParallelConfig(), "distopt": distopt})
@@ -115,8 +115,8 @@ def _reference_worker(tmp: str) -> dict:
 
 def _tp2_worker(tmp: str) -> dict:
     """Policy at TP=2 and the memory model at TP=1 x DP=2 in the same world, steps interleaved."""
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig(tp=2), "memory": ParallelConfig(tp=1)})
     pol = TrainableModel("policy", _policy_cfg(ParallelConfig(tp=2), f"{tmp}/init"), OptimConfig(**POLICY_OPT), ctx)
@@ -136,8 +136,8 @@ def _tp2_worker(tmp: str) -> dict:
 
 def _pp2_worker(tmp: str) -> dict:
     """Policy at PP=2; then checkpoints written at TP=2 loaded into TP=1 x DP=2 (weights only / with optimizer)."""
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig(pp=2), "dense": ParallelConfig()})
     pol = TrainableModel("policy", _policy_cfg(ParallelConfig(pp=2), f"{tmp}/init"), OptimConfig(**POLICY_OPT), ctx)
@@ -157,8 +157,8 @@ def _pp2_worker(tmp: str) -> dict:
 
 def _vpp_distopt_worker(tmp: str) -> dict:
     """Interleaved pipeline (PP=2 x 2 virtual stages) on tiny-deep; distributed-optimizer resume at DP=2."""
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     vpp, distopt = ParallelConfig(pp=2, vpp=2), ParallelConfig(distributed_optimizer=True)
     ctx = init_distributed({"policy": vpp, "distopt": distopt})
@@ -172,8 +172,8 @@ def _vpp_distopt_worker(tmp: str) -> dict:
 
 
 def _tp2pp2_worker(tmp: str) -> dict:
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     par = ParallelConfig(tp=2, pp=2)
     ctx = init_distributed({"policy": par})

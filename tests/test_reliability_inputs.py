@@ -27,7 +27,7 @@ def _rows(n: int) -> str:
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning_naming_the_file(tmp_path, capsys):
-    from megatron_rlvr.metrics import MetricsLogger
+    from megatron_rlvr.run.metrics import MetricsLogger
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(_rows(3) + '{"step": 3, "rew')  # the disk filled up during the append of step 3
@@ -40,7 +40,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning_naming_the_file(tmp_
 
 
 def test_a_torn_tail_does_not_stop_a_fresh_start_and_the_old_metrics_are_kept(tmp_path):
-    from megatron_rlvr.metrics import MetricsLogger
+    from megatron_rlvr.run.metrics import MetricsLogger
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(_rows(5) + '{"st')
@@ -51,7 +51,7 @@ def test_a_torn_tail_does_not_stop_a_fresh_start_and_the_old_metrics_are_kept(tm
 
 
 def test_a_damaged_metrics_line_before_the_end_is_an_error_naming_file_and_line(tmp_path):
-    from megatron_rlvr.metrics import read_metrics
+    from megatron_rlvr.run.metrics import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(_rows(2) + "garbage\n" + _rows(1))
@@ -76,7 +76,7 @@ def full_tmpfs(tmp_path):
 
 
 def test_an_append_to_a_full_disk_leaves_no_torn_line(full_tmpfs):
-    from megatron_rlvr.metrics import append_line
+    from megatron_rlvr.run.metrics import append_line
 
     path = full_tmpfs / "metrics.jsonl"
     path.write_text(_rows(2))
@@ -126,10 +126,10 @@ def test_allow_config_change_names_must_be_config_fields():
 
 # ----------------------------------------------------------------------------------------------- run-folder lock
 def test_the_run_folder_lock_names_its_holder_and_dies_with_it(tmp_path):
-    from megatron_rlvr.run_guard import lock_run_dir
+    from megatron_rlvr.run.guard import lock_run_dir
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from megatron_rlvr.run_guard import lock_run_dir\n"
+        "import sys, time; from pathlib import Path; from megatron_rlvr.run.guard import lock_run_dir\n"
         f"lock_run_dir(Path({str(tmp_path)!r})); print('locked', flush=True); time.sleep(60)\n")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -158,7 +158,7 @@ def test_an_over_long_math_prompt_is_refused_at_load_naming_the_line_or_skipped(
 
 
 def test_the_prompt_budget_is_the_context_minus_the_response_length():
-    from megatron_rlvr.runtime import prompt_budget
+    from megatron_rlvr.run.runtime import prompt_budget
 
     limit, reason = prompt_budget(load_config(None, ["rollout.max_new_tokens=8"]))
     assert limit == 256 - 8 and "max_new_tokens=8" in reason
@@ -169,8 +169,8 @@ def test_the_prompt_budget_is_the_context_minus_the_response_length():
 def hf_tiny(tmp_path_factory) -> Path:
     from transformers import Qwen3ForCausalLM
 
-    from megatron_rlvr.convert.hf_io import hf_config
-    from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.qwen3.hf import hf_config
+    from megatron_rlvr.qwen3.shapes import get_preset
 
     root = tmp_path_factory.mktemp("hf") / "tiny"
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def test_from_hf_with_layer_types_disagreeing_with_the_layer_count_is_one_line(h
 
 
 def test_to_hf_refuses_an_unfinished_or_damaged_checkpoint(hf_tiny, tmp_path):
-    from megatron_rlvr.checkpoint import write_integrity
+    from megatron_rlvr.checkpoint.store import write_integrity
     from megatron_rlvr.convert import ConversionError
     from megatron_rlvr.convert.from_hf import import_hf
     from megatron_rlvr.convert.to_hf import export_checkpoint

@@ -161,7 +161,7 @@ def test_resuming_with_a_changed_group_size_is_refused_unless_allowed_and_then_r
 def test_changed_fields_that_break_exactness_are_refused_with_one_line(base_run, override, message, tmp_path):
     from megatron_rlvr.config import load_config
     from megatron_rlvr.errors import RunError
-    from megatron_rlvr.run_guard import check_config_change
+    from megatron_rlvr.run.guard import check_config_change
 
     cfg = load_config(None, [f"run_dir={tmp_path}", *SMALL, "steps=5", override])
     with pytest.raises(RunError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -206,7 +206,7 @@ def _damage(ckpts: Path, how: str) -> None:
 ])
 def test_damaged_checkpoint_files_fall_back_to_the_newest_intact_checkpoint_with_a_warning(copy_of_base, how,
                                                                                           resumed, capsys):
-    from megatron_rlvr.checkpoint import find_checkpoint
+    from megatron_rlvr.checkpoint.store import find_checkpoint
 
     ckpts = copy_of_base / "checkpoints"
     _damage(ckpts, how)
@@ -215,7 +215,7 @@ def test_damaged_checkpoint_files_fall_back_to_the_newest_intact_checkpoint_with
 
 
 def test_an_explicitly_named_damaged_checkpoint_is_refused_naming_file_and_the_previous_one(copy_of_base):
-    from megatron_rlvr.checkpoint import find_checkpoint
+    from megatron_rlvr.checkpoint.store import find_checkpoint
     from megatron_rlvr.errors import RunError
 
     ckpts = copy_of_base / "checkpoints"
@@ -277,7 +277,7 @@ def test_sigterm_finishes_the_step_checkpoints_exits_75_and_the_resume_is_exact(
 
 
 def test_sigusr1_and_sigterm_set_the_stop_request_a_second_signal_ends_at_once(tmp_path):
-    from megatron_rlvr.run_guard import StopSignals
+    from megatron_rlvr.run.guard import StopSignals
 
     previous = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
     try:
@@ -291,7 +291,7 @@ def test_sigusr1_and_sigterm_set_the_stop_request_a_second_signal_ends_at_once(t
     # A second signal exits at once with the requeue code (in a child: it calls os._exit).
     child = subprocess.run([sys.executable, "-c", (
         "import os, signal, time\n"
-        "from megatron_rlvr.run_guard import StopSignals\n"
+        "from megatron_rlvr.run.guard import StopSignals\n"
         "s = StopSignals().install()\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(0.1)\n"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from megatron_rlvr.rollout.sglang.bench import summarize_trace
+from megatron_rlvr.bench.rollout import summarize_trace
 
 
 def _write(path, events):

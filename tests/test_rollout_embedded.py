@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from megatron_rlvr.kernels import dlc_sample
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.hf import build_qwen3
+from megatron_rlvr.qwen3.shapes import get_preset
 from megatron_rlvr.rollout.embedded import EmbeddedEngine, sequence_seed
-from megatron_rlvr.rollout.hf_models import build_qwen3
 from megatron_rlvr.rollout.types import SamplingParams
 
 TINY, MEM = get_preset("tiny"), get_preset("tiny-mem")

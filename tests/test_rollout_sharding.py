@@ -20,8 +20,8 @@ def _collect_on_every_rank(overrides: list[str], steps: int) -> dict:
     import torch.distributed as dist
 
     from megatron_rlvr.config import load_config
-    from megatron_rlvr.models.presets import get_preset
-    from megatron_rlvr.rollout.collect import collect_rollouts
+    from megatron_rlvr.qwen3.shapes import get_preset
+    from megatron_rlvr.reward.collect import collect_rollouts
     from megatron_rlvr.rollout.embedded import EmbeddedEngine
     from megatron_rlvr.rollout.layout import RolloutLayout
     from megatron_rlvr.tasks import build_task

@@ -51,6 +51,18 @@ def reference_run(tmp_path_factory, cache) -> Path:
     return run_dir
 
 
+def test_the_saved_config_is_exactly_the_config_that_ran(reference_run, cache):
+    # The CLI builds the config from these arguments; the run refuses to finish if anything changed it meanwhile
+    # (runtime.check_config_unchanged), so config.yaml is the config of every step.
+    from megatron_rlvr.config import load_config
+
+    built = load_config(None, [f"run_dir={reference_run}", f"warm_start.cache_dir={cache}", *SMALL, "steps=6",
+                               "checkpoint.save_interval=2", "checkpoint.keep_last=0"])
+    saved = reference_run / "config.yaml"
+    assert saved.read_text() == built.to_yaml()
+    assert load_config(saved) == built
+
+
 def test_run_writes_config_metrics_plots_checkpoint_and_hf_export(reference_run):
     rows = metrics(reference_run)
     assert [r["step"] for r in rows] == list(range(6))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from megatron_rlvr.config import OptimConfig, load_config
-from megatron_rlvr.warm_start import WarmStartError, check_quality, loss_bound, warm_start_optim
+from megatron_rlvr.run.warm_start import WarmStartError, check_quality, loss_bound, warm_start_optim
 from tests.test_train_e2e import ROOT, SMALL, train
 
 QUICK = ["steps=1", "checkpoint.export_hf=false", "eval.interval=0"]
@@ -60,7 +60,7 @@ def _lrs(o: OptimConfig, steps: int) -> list[float]:
     import torch
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    from megatron_rlvr.models.trainable import TrainableModel
+    from megatron_rlvr.update.trainable import TrainableModel
 
     class _Opt:
         param_groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.0}]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.hf import build_qwen3
+from megatron_rlvr.qwen3.shapes import get_preset
 from megatron_rlvr.rollout.embedded import EmbeddedEngine
-from megatron_rlvr.rollout.hf_models import build_qwen3
 from megatron_rlvr.rollout.types import SamplingParams
 from megatron_rlvr.weight_sync import Broadcast, InProcessCopy, TensorBuckets, build_transport, buckets
 from tests.sglang.reference import greedy_dlc

@@ -17,9 +17,9 @@ import torch
 
 def build_seconds(preset: str, dtype: str, init_device: str) -> float:
     from megatron_rlvr.config import ModelConfig
-    from megatron_rlvr.models.presets import get_preset
-    from megatron_rlvr.models.provider import build_gpt_model, resolve_dtype
-    from megatron_rlvr.parallel import set_seed
+    from megatron_rlvr.qwen3.shapes import get_preset
+    from megatron_rlvr.qwen3.provider import build_gpt_model, resolve_dtype
+    from megatron_rlvr.distributed.parallel import set_seed
 
     cfg = ModelConfig(preset=preset, dtype=dtype, init_device=init_device)
     torch.cuda.synchronize() if torch.cuda.is_available() else None
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--preset", default="qwen3-8b")
     p.add_argument("--dtype", default="bfloat16")
     args = p.parse_args()
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.distributed.parallel import init_distributed
     from megatron_rlvr.config import ParallelConfig
 
     ctx = init_distributed({"policy": ParallelConfig()})

@@ -4,7 +4,7 @@
 #   bash tools/gpu_sglang.sh fetch            # HERE: download cp312 wheels, trim sglang-kernel, split into parts
 #   bash tools/gpu_sglang.sh install          # DEVICE: reassemble the parts and pip install them offline
 #   bash tools/gpu_sglang.sh test             # DEVICE: the bf16 GPU tests of tests/sglang (a few minutes)
-#   bash tools/gpu_sglang.sh bench [args]     # DEVICE: python -m megatron_rlvr.rollout.sglang.bench [args]
+#   bash tools/gpu_sglang.sh bench [args]     # DEVICE: python -m megatron_rlvr.bench.rollout [args]
 #
 # Carrying (the device tool uploads at most 64 MiB per call; untracked ignored paths must be named in
 # `carry`, and a path not carried again stays on the device's disk between consecutive warm calls):
@@ -22,7 +22,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 D=.whl/sglang-gpu
-PART_MB=60
+PART_MB=${PART_MB:-54}  # + the working tree (~5 MiB) must stay under the 64 MiB a call carries
 WHEEL_LIST=tools/sglang_gpu_wheels.txt  # pinned import closure, one NAME==VERSION per line
 
 cmd="${1:-}"
@@ -122,7 +122,7 @@ test)
   ;;
 bench)
   out="${OUT:-.}"
-  python -m megatron_rlvr.rollout.sglang.bench "$@" | tee "$out/sglang_bench.txt"
+  python -m megatron_rlvr.bench.rollout "$@" | tee "$out/sglang_bench.txt"
   ;;
 *)
   sed -n '2,9p' "$0"

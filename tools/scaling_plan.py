@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_rlvr.convert.qwen3_map import hf_shapes  # noqa: E402
-from megatron_rlvr.models.presets import get_preset  # noqa: E402
+from megatron_rlvr.qwen3.names import hf_shapes  # noqa: E402
+from megatron_rlvr.qwen3.shapes import get_preset  # noqa: E402
 from megatron_rlvr.recipes import get_recipe  # noqa: E402
 from megatron_rlvr.rollout.layout import RolloutLayout  # noqa: E402
 

@@ -28,7 +28,7 @@ ROWS: dict[str, list[str]] = {
     "DLC l=0.15": [*FULL, "dlc.lam=0.15"],
     "DLC l=0.5": [*FULL, "dlc.lam=0.5"],
     "DLC l=0.7": [*FULL, "dlc.lam=0.7"],
-    # DLC off-policy corrections (algorithms/offpolicy.py); none = DAPO+IAC+DLC
+    # DLC off-policy corrections (megatron_rlvr/update/offpolicy.py); none = DAPO+IAC+DLC
     "DLC tis(product)": [*FULL, "algorithm.tis=true", "algorithm.tis_cap=2"],
     "DLC shift token-tis": [*FULL, "algorithm.shift_correction=token-tis", "algorithm.shift_cap=2"],
     "DLC shift seq-tis": [*FULL, "algorithm.shift_correction=seq-tis", "algorithm.shift_cap=2"],

@@ -3,8 +3,8 @@ trained with RLVR on Persian inputs (paper section 3.4, appendices I and J), man
 
 Every seed is an independent run; the seed axis is a leading tensor dimension, so one optimizer step
 advances all runs together. Advantages (every estimator, IAC) and the policy loss come from
-`megatron_rlvr.algorithms`, the same functions the Megatron trainer calls: each seed's G samples form one
-group (one query) and one whitening batch, and each sample is a one-token response.
+`megatron_rlvr.advantage` and `megatron_rlvr.update.losses`, the same functions the Megatron trainer calls: each
+seed's G samples form one group (one query) and one whitening batch, and each sample is a one-token response.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from megatron_rlvr.algorithms import compute_advantages, policy_loss, tis_weights
+from megatron_rlvr.advantage import compute_advantages
+from megatron_rlvr.update.losses import policy_loss, tis_weights
 
 LABELS = ("Cat", "Dog", "Persian", "Siamese")
 CAT, DOG, PERSIAN, SIAMESE = range(4)
@@ -54,7 +55,7 @@ class ToyConfig:
     """One setting of the study; `seeds` independent runs of `steps` RLVR steps each."""
 
     estimator: str = "grpo"
-    """advantage estimator, one of megatron_rlvr.algorithms.ESTIMATORS"""
+    """advantage estimator, one of megatron_rlvr.advantage.ESTIMATORS"""
     group_size: int = 8
     """G: labels sampled per step (one query, the Persian input)"""
     optimizer: str = "sgd"
@@ -68,7 +69,7 @@ class ToyConfig:
     memory_lr: float | None = None
     """learning rate of the memory softmax (same optimizer family as the policy); None = policy lr"""
     tis_cap: float = 0.0
-    """> 0: weight each sample by min(pi / pi_cal, tis_cap) (SPEC 2.5 off-policy correction; not in the paper)"""
+    """> 0: weight each sample by min(pi / pi_cal, tis_cap) (docs/ALGORITHMS.md, "DLC"; not in the paper)"""
     steps: int = 500
     seeds: int = 24
     seed: int = 0
@@ -186,7 +187,7 @@ def run_toy(cfg: ToyConfig) -> ToyResult:
         opt.step()
         if use_dlc:
             # DLC memory update: cross-entropy on this step's sampled labels, so exp(z_mem) tracks the
-            # empirical rollout distribution (SPEC 2.5)
+            # empirical rollout distribution (docs/ALGORITHMS.md, "DLC")
             mem_logp = torch.log_softmax(U @ x, dim=-1)
             mem_loss = -mem_logp.gather(1, y).mean(dim=1).sum()
             mem_opt.zero_grad(set_to_none=True)

@@ -1,5 +1,7 @@
 """Validation of the whole tree, once at start-up: every invalid value raises one `ConfigError` naming the
-field, the value, the problem and the fix."""
+field, the value, the problem and the fix. Each section's own checks sit beside its dataclass (`validate_<section>`
+in models / rollout / algorithm / data / outputs); here are the order they run in, the checks that span sections,
+and the launch-time check of the world size."""
 
 from __future__ import annotations
 
@@ -8,97 +10,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from megatron_rlvr.config.algorithm import validate_algorithm, validate_dlc
 from megatron_rlvr.config.building import _build, describe_tree
-from megatron_rlvr.config.tree import (LR_DECAY_STYLES, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES,
-                                       AlgorithmConfig, ConfigError, DLCConfig, EvalSetConfig, ModelConfig,
-                                       OptimConfig, RunConfig, TaskConfig)
-from megatron_rlvr.models.presets import PRESETS, Qwen3Shape
-
-
-# ----------------------------------------------------------------------------------------------- validation
-def _require(cond: bool, path: str, value: Any, problem: str, fix: str) -> None:
-    if not cond:
-        raise ConfigError(path, value, problem, fix)
-
-
-def _validate_model(name: str, m: ModelConfig) -> Qwen3Shape:
-    _require(m.preset.lower() in PRESETS, f"{name}.preset", m.preset, "unknown Qwen3 preset",
-             f"choose one of {', '.join(PRESETS)}")
-    shape = m.shape()
-    par = m.parallel
-    for k in ("tp", "pp", "vpp"):
-        v = getattr(par, k)
-        _require(v >= 1, f"{name}.parallel.{k}", v, "must be >= 1", "use a positive integer")
-    _require(shape.num_key_value_heads % par.tp == 0, f"{name}.parallel.tp", par.tp,
-             f"tensor-parallel size must divide the {shape.num_key_value_heads} query groups (KV heads) of "
-             f"{m.preset}", f"use a tp that divides {shape.num_key_value_heads}")
-    _require(shape.num_attention_heads % par.tp == 0, f"{name}.parallel.tp", par.tp,
-             f"tensor-parallel size must divide the {shape.num_attention_heads} attention heads of {m.preset}",
-             f"use a tp that divides {shape.num_attention_heads}")
-    _require(shape.vocab_size % par.tp == 0, f"{name}.parallel.tp", par.tp,
-             f"tensor-parallel size must divide the vocabulary ({shape.vocab_size}) of {m.preset}",
-             "use a tp that divides the vocabulary size")
-    layers_per = par.pp * par.vpp
-    _require(shape.num_hidden_layers % layers_per == 0, f"{name}.parallel.pp", par.pp,
-             f"pp * vpp = {layers_per} must divide the {shape.num_hidden_layers} layers of {m.preset}",
-             "choose pp (and vpp) so that every stage holds a whole number of layers")
-    _require(par.vpp == 1 or par.pp > 1, f"{name}.parallel.vpp", par.vpp,
-             "virtual pipeline stages need pp > 1", "set vpp=1 or pp>=2")
-    _require(m.dtype in ("auto", "float32", "bfloat16", "float16"), f"{name}.dtype", m.dtype,
-             "unknown dtype", "use auto, float32, bfloat16 or float16")
-    _require(m.transformer_impl in ("auto", "local", "transformer_engine"), f"{name}.transformer_impl",
-             m.transformer_impl, "unknown layer implementation", "use auto, local or transformer_engine")
-    _require(m.init_device in ("cpu", "device"), f"{name}.init_device", m.init_device, "unknown init device",
-             "use cpu (same weights on every device) or device (faster on GPU)")
-    if m.init_from is not None:
-        _require(Path(m.init_from).expanduser().exists(), f"{name}.init_from", m.init_from,
-                 "checkpoint folder does not exist",
-                 "pass a folder written by the trainer or by `megatron-rlvr convert from-hf`")
-    return shape
-
-
-def _validate_optim(name: str, o: OptimConfig) -> None:
-    _require(o.optimizer in ("adam", "sgd"), f"{name}.optimizer", o.optimizer, "unknown optimizer",
-             "use adam or sgd")
-    _require(o.lr > 0, f"{name}.lr", o.lr, "learning rate must be > 0", "use e.g. 1e-6")
-    _require(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "must be >= 0", "use 0 or more")
-    for k in ("adam_beta1", "adam_beta2"):
-        v = getattr(o, k)
-        _require(0 <= v < 1, f"{name}.{k}", v, "must be in [0, 1)", "use e.g. 0.9 / 0.999")
-    _require(0 <= o.sgd_momentum < 1, f"{name}.sgd_momentum", o.sgd_momentum, "must be in [0, 1)", "use 0..0.99")
-    _require(o.clip_grad >= 0, f"{name}.clip_grad", o.clip_grad, "must be >= 0", "use 0 to disable")
-    _require(o.lr_warmup_steps >= 0, f"{name}.lr_warmup_steps", o.lr_warmup_steps, "must be >= 0", "use 0 or more")
-    _require(o.lr_decay_style in LR_DECAY_STYLES, f"{name}.lr_decay_style", o.lr_decay_style, "unknown decay style",
-             f"use one of {', '.join(LR_DECAY_STYLES)}")
-    _require(o.lr_decay_steps >= 0, f"{name}.lr_decay_steps", o.lr_decay_steps, "must be >= 0", "use 0 for no decay")
-    if o.lr_decay_steps:
-        _require(o.lr_decay_steps > o.lr_warmup_steps, f"{name}.lr_decay_steps", o.lr_decay_steps,
-                 f"must exceed lr_warmup_steps={o.lr_warmup_steps} (the decay starts after the warm-up)",
-                 "use more decay steps or fewer warm-up steps")
-    _require(0 <= o.min_lr_ratio <= 1, f"{name}.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]", "use e.g. 0.1")
-
-
-OFFPOLICY_CORRECTIONS = ("none", "token-tis", "seq-tis", "token-mis", "seq-mis")
-
-
-def _validate_offpolicy(a: AlgorithmConfig, d: DLCConfig) -> None:
-    """The separated off-policy corrections (mismatch and shift ratios) and their combinations."""
-    for kind in ("mismatch", "shift"):
-        corr, cap, low = (getattr(a, f"{kind}_{k}") for k in ("correction", "cap", "mask_low"))
-        _require(corr in OFFPOLICY_CORRECTIONS, f"algorithm.{kind}_correction", corr, "unknown off-policy correction",
-                 f"use one of {', '.join(OFFPOLICY_CORRECTIONS)}")
-        _require(cap > 0 and cap != float("inf"), f"algorithm.{kind}_cap", cap, "the cap C must be a finite number > 0",
-                 "use e.g. 2.0")
-        _require(0 <= low < cap, f"algorithm.{kind}_mask_low", low, f"must be in [0, {kind}_cap={cap})",
-                 "use 0 (no lower bound) or e.g. 0.5")
-        _require(low == 0 or corr.endswith("-mis"), f"algorithm.{kind}_mask_low", low,
-                 f"a lower bound only applies to masked IS, but {kind}_correction={corr}",
-                 f"set algorithm.{kind}_correction=token-mis or seq-mis, or {kind}_mask_low=0")
-        _require(not (a.tis and corr != "none"), f"algorithm.{kind}_correction", corr,
-                 "algorithm.tis=true already weights by the product of both ratios; combining it with a separated "
-                 "correction would correct twice", f"set algorithm.tis=false (or {kind}_correction=none)")
-    _require(a.shift_correction == "none" or d.enabled, "algorithm.shift_correction", a.shift_correction,
-             "the shift ratio pi_policy / pi_cal is identically 1 without DLC", "enable dlc or set it to none")
+from megatron_rlvr.config.data import (DATASET_FORMATS, EvalSetConfig, validate_checks, validate_eval,
+                                       validate_task, validate_warm_start)
+from megatron_rlvr.config.fields import OFFPOLICY_CORRECTIONS, require as _require  # noqa: F401  (OFFPOLICY_CORRECTIONS: re-exported)
+from megatron_rlvr.config.models import validate_model, validate_optim
+from megatron_rlvr.config.outputs import validate_checkpoint
+from megatron_rlvr.config.rollout import validate_rollout
+from megatron_rlvr.config.tree import RunConfig
 
 
 def _require_finite(node: Any, prefix: str = "") -> None:
@@ -113,7 +33,8 @@ def _require_finite(node: Any, prefix: str = "") -> None:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Check the whole tree once, before any process group or model exists."""
+    """Check the whole tree once, before any process group or model exists: the run's own fields, then each
+    section in turn (with the checks between sections where they belong)."""
     _require_finite(cfg)
     _require(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0", "use a non-negative number of RL steps")
     _require(cfg.mode in ("full", "rollout_only", "train_only"), "mode", cfg.mode, "unknown mode",
@@ -122,8 +43,8 @@ def validate_config(cfg: RunConfig) -> None:
         _require(cfg.replay_dir is not None and Path(cfg.replay_dir).is_dir(), "replay_dir", cfg.replay_dir,
                  "train_only replays saved rollouts and needs their folder",
                  "run once with logging.save_rollouts=true and pass its <run_dir>/rollouts")
-    pshape = _validate_model("policy", cfg.policy)
-    mshape = _validate_model("memory", cfg.memory)
+    pshape = validate_model("policy", cfg.policy)
+    mshape = validate_model("memory", cfg.memory)
     if cfg.dlc.enabled:
         _require(mshape.vocab_size == pshape.vocab_size, "memory.preset", cfg.memory.preset,
                  f"memory vocabulary ({mshape.vocab_size}) differs from the policy's ({pshape.vocab_size})",
@@ -132,84 +53,12 @@ def validate_config(cfg: RunConfig) -> None:
              "memory.parallel", dataclasses.asdict(cfg.memory.parallel),
              "the memory model's layout must not be larger than the policy's",
              "use tp/pp for memory <= the policy's (it is the smaller model)")
-    r = cfg.rollout
-    _require(r.engine in ("embedded", "sglang"), "rollout.engine", r.engine, "unknown rollout engine",
-             "use embedded or sglang")
-    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1", "use 1 or more")
-    _require(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1", "use 1 or more")
-    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1", "use 1 or more")
-    _require(r.temperature > 0, "rollout.temperature", r.temperature, "training rollouts need temperature > 0",
-             "use e.g. 1.0")
-    _require(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0", "use 0 to disable")
-    _require(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]", "use 1.0 to disable")
-    _require(r.batch_size >= 1, "rollout.batch_size", r.batch_size, "must be >= 1", "use 1 or more")
-    _require(r.placement in ("colocated", "dedicated"), "rollout.placement", r.placement, "unknown placement",
-             "use colocated or dedicated")
-    _require(r.max_engine_restarts >= 0, "rollout.max_engine_restarts", r.max_engine_restarts, "must be >= 0",
-             "use 0 to stop at the first engine failure")
-    _require(r.tp >= 1, "rollout.tp", r.tp, "must be >= 1", "use 1 (one engine per GPU) or the GPUs per engine")
-    _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", r.weight_bucket_mb, "must be >= 1", "use e.g. 512")
-    _require(r.dtype in ("auto", "float32", "bfloat16", "float16"), "rollout.dtype", r.dtype, "unknown dtype",
-             "use auto (the policy's dtype), float32, bfloat16 or float16")
-    k = cfg.checks
-    _require(k.logprob_gap in ("error", "warn", "off"), "checks.logprob_gap", k.logprob_gap, "unknown mode",
-             "use error, warn or off")
-    if k.logprob_gap_tolerance is not None:
-        _require(k.logprob_gap_tolerance > 0, "checks.logprob_gap_tolerance", k.logprob_gap_tolerance,
-                 "must be > 0", "use e.g. 0.05, or null for the dtype-aware default")
-
-    a = cfg.algorithm
-    _require(a.estimator in ESTIMATORS, "algorithm.estimator", a.estimator, "unknown advantage estimator",
-             f"use one of {', '.join(ESTIMATORS)}")
-    if a.estimator in GROUP_ESTIMATORS:
-        _require(r.group_size >= 2, "rollout.group_size", r.group_size,
-                 f"the group estimator {a.estimator} needs at least 2 responses per prompt",
-                 "set rollout.group_size>=2 or algorithm.estimator=raw")
-    _require(a.iac_alpha >= 0, "algorithm.iac_alpha", a.iac_alpha, "IAC exponent alpha must be >= 0",
-             "use 0 (off) to 2; the paper's default is 1.0")
-    _require(a.std_eps > 0, "algorithm.std_eps", a.std_eps, "must be > 0", "use e.g. 1e-6")
-    _require(a.loss_agg in LOSS_AGG_MODES, "algorithm.loss_agg", a.loss_agg, "unknown loss aggregation",
-             f"use one of {', '.join(LOSS_AGG_MODES)}")
-    for k in ("clip_eps_low", "clip_eps_high"):
-        v = getattr(a, k)
-        _require(0 < v < 1, f"algorithm.{k}", v, "PPO clip epsilon must be in (0, 1)", "use e.g. 0.2 (0.28 high)")
-    if a.clip_ratio_c is not None:
-        _require(a.clip_ratio_c > 1, "algorithm.clip_ratio_c", a.clip_ratio_c, "the dual-clip constant must be > 1",
-                 "use e.g. 3.0 (verl's default), or null to disable")
-    _require(a.dynamic_sampling_max_rounds >= 0, "algorithm.dynamic_sampling_max_rounds",
-             a.dynamic_sampling_max_rounds, "must be >= 0", "use e.g. 3")
-    if a.overlong_shaping:
-        _require(0 < a.overlong_cache_len < r.max_new_tokens, "algorithm.overlong_cache_len", a.overlong_cache_len,
-                 f"must be in (0, rollout.max_new_tokens={r.max_new_tokens})", "use a window shorter than max length")
-    _require(a.overlong_penalty >= 0, "algorithm.overlong_penalty", a.overlong_penalty, "must be >= 0", "use e.g. 1.0")
-    _require(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0", "use 0 to disable")
-    _require(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", a.kl_estimator, "unknown KL estimator",
-             "use k1, k2 or k3")
-    _require(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0", "use 0 to disable")
-    _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", a.ppo_epochs, "must be >= 1", "use 1 or more")
-    _require(a.micro_batch_size >= 1, "algorithm.micro_batch_size", a.micro_batch_size, "must be >= 1", "use 1+")
-    _require(a.max_tokens_per_micro_batch >= 0, "algorithm.max_tokens_per_micro_batch", a.max_tokens_per_micro_batch,
-             "must be >= 0", "use 0 (micro_batch_size sequences) or a token budget such as 16384")
-    _require(a.mini_batches >= 1, "algorithm.mini_batches", a.mini_batches, "must be >= 1", "use 1 or more")
-    n_seq = r.prompts_per_step * r.group_size
-    _require(n_seq % a.mini_batches == 0, "algorithm.mini_batches", a.mini_batches,
-             f"must divide the {n_seq} sequences of a step (prompts_per_step x group_size)",
-             "pick a divisor of prompts_per_step * group_size")
-    _require(a.tis_cap > 0, "algorithm.tis_cap", a.tis_cap, "truncation C must be > 0", "use e.g. 2.0")
-
-    d = cfg.dlc
-    _require(d.lam >= 0, "dlc.lam", d.lam, "lambda must be >= 0 (it scales the memory logits subtracted)",
-             "use 0 (plain sampling) or a positive value such as 0.5")
-    if d.plausibility_tau is not None:
-        _require(0 < d.plausibility_tau <= 1, "dlc.plausibility_tau", d.plausibility_tau, "must be in (0, 1]",
-                 "use e.g. 0.01, or null to disable")
-    if a.tis:
-        _require(d.enabled, "algorithm.tis", a.tis, "the TIS weight corrects for sampling from pi_cal",
-                 "enable dlc or set algorithm.tis=false")
-    _validate_offpolicy(a, d)
-
-    _validate_optim("optimizer.policy", cfg.optimizer.policy)
-    _validate_optim("optimizer.memory", cfg.optimizer.memory)
+    validate_rollout(cfg.rollout)
+    validate_checks(cfg.checks)
+    validate_algorithm(cfg.algorithm, cfg.rollout)
+    validate_dlc(cfg.dlc, cfg.algorithm)
+    validate_optim("optimizer.policy", cfg.optimizer.policy)
+    validate_optim("optimizer.memory", cfg.optimizer.memory)
     for name in ("policy", "memory"):
         if getattr(cfg, name).parallel.distributed_optimizer:
             o = getattr(cfg.optimizer, name).optimizer
@@ -217,68 +66,17 @@ def validate_config(cfg: RunConfig) -> None:
                      f"Megatron's distributed optimizer supports only adam, not {o}",
                      f"set optimizer.{name}.optimizer=adam or {name}.parallel.distributed_optimizer=false")
 
-    t = cfg.task
-    _require(t.name in ("synthetic", "synthetic_coupled", "math"), "task.name", t.name, "unknown task",
-             "use synthetic, synthetic_coupled or math")
-    if t.name == "math":
-        _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
-                 "pass task.path=/path/to/train.jsonl (or .json / .parquet)")
-        for p in str(t.path).split(","):
-            _require(Path(p.strip()).expanduser().exists(), "task.path", t.path,
-                     f"dataset file {p.strip()!r} does not exist", "check the path")
-    _validate_task_fields(t)
-    _require(t.num_queries >= 1, "task.num_queries", t.num_queries, "must be >= 1", "use 1 or more")
-    _require(t.answers_per_query >= 1, "task.answers_per_query", t.answers_per_query, "must be >= 1", "use 1+")
-
-    w = cfg.warm_start
-    _require(w.steps >= 0, "warm_start.steps", w.steps, "must be >= 0", "use 0 or more")
-    _require(w.lr > 0, "warm_start.lr", w.lr, "must be > 0", "use e.g. 3e-3")
-    _require(w.batch_size >= 1, "warm_start.batch_size", w.batch_size, "must be >= 1", "use 1 or more")
-    _require(0 <= w.incorrect_fraction < 1, "warm_start.incorrect_fraction", w.incorrect_fraction,
-             "must be in [0, 1)", "use e.g. 0.3")
-    _require(w.warmup_steps >= 0, "warm_start.warmup_steps", w.warmup_steps, "must be >= 0", "use e.g. 40")
-    _require(w.lr_decay in LR_DECAY_STYLES, "warm_start.lr_decay", w.lr_decay, "unknown decay style",
-             f"use one of {', '.join(LR_DECAY_STYLES)}")
-    _require(0 <= w.min_lr_ratio <= 1, "warm_start.min_lr_ratio", w.min_lr_ratio, "must be in [0, 1]", "use e.g. 0.1")
-    if w.max_loss is not None:
-        _require(w.max_loss > 0, "warm_start.max_loss", w.max_loss, "must be > 0",
-                 "use e.g. 0.6, or null for the task's bound")
-    _require(w.eval_examples >= 1, "warm_start.eval_examples", w.eval_examples, "must be >= 1", "use e.g. 512")
-
-    e = cfg.eval
-    _require(e.interval >= 0, "eval.interval", e.interval, "must be >= 0", "use 0 to disable")
-    _require(e.num_prompts >= 1, "eval.num_prompts", e.num_prompts, "must be >= 1", "use 1 or more")
-    _require(e.group_size >= 1, "eval.group_size", e.group_size, "must be >= 1", "use 1 or more")
-    _require(e.temperature > 0, "eval.temperature", e.temperature, "must be > 0", "use e.g. 1.0")
+    validate_task(cfg.task)
+    validate_warm_start(cfg.warm_start)
+    validate_eval(cfg.eval)
     eval_set_configs(cfg)
 
     c = cfg.checkpoint
-    _require(c.save_interval >= 0, "checkpoint.save_interval", c.save_interval, "must be >= 0", "use 0 for end only")
-    _require(c.keep_last >= 0, "checkpoint.keep_last", c.keep_last, "must be >= 0", "use 0 to keep all")
-    _require(c.load in ("auto", "none") or Path(c.load).expanduser().exists(), "checkpoint.load", c.load,
-             "checkpoint folder does not exist", "use auto, none, or an existing checkpoint folder")
-    _require(c.verify in ("sha256", "size"), "checkpoint.verify", c.verify, "unknown integrity check",
-             "use sha256 or size")
+    validate_checkpoint(c)
     keys = {k for k, _, _ in describe_tree()} if c.allow_config_change else set()
     for name in c.allow_config_change:
         _require(str(name) in keys, "checkpoint.allow_config_change", name, "not a config field",
                  "name fields by their dotted key, e.g. [rollout.group_size, seed]")
-
-
-DATASET_FORMATS = ("gsm8k", "math", "deepscaler", "dapo", "verl")  # megatron_rlvr.tasks.layouts.FORMATS
-
-
-def _validate_task_fields(t: TaskConfig) -> None:
-    _require(t.format is None or t.format in DATASET_FORMATS, "task.format", t.format, "unknown dataset format",
-             f"use one of {', '.join(DATASET_FORMATS)}, or leave it unset and give task.prompt_key / answer_key")
-    _require(t.chat_template in ("auto", "tokenizer", "raw") or Path(t.chat_template).expanduser().is_file(),
-             "task.chat_template", t.chat_template, "neither auto, tokenizer, raw nor an existing template file",
-             "use one of those or the path of a Jinja chat-template file")
-    _require(t.reward_fn is None or (":" in t.reward_fn and all(t.reward_fn.split(":", 1))), "task.reward_fn",
-             t.reward_fn, "not of the form module:function", "write e.g. task.reward_fn=my_rewards:score")
-    _require(t.verify_workers >= 0, "task.verify_workers", t.verify_workers, "must be >= 0",
-             "use 0 (in-process) or a few worker processes")
-    _require(t.verify_timeout_s > 0, "task.verify_timeout_s", t.verify_timeout_s, "must be > 0", "use e.g. 10")
 
 
 def eval_set_configs(cfg: RunConfig) -> list[EvalSetConfig]:

@@ -1,9 +1,9 @@
-"""Conversion stage: Megatron dist-checkpoints <-> Hugging Face Qwen3 folders, and the live weight stream.
+"""Conversion: Megatron dist-checkpoints <-> Hugging Face Qwen3 folders (`to_hf`, `from_hf`, CLI in `cli`).
 
-One declarative name map (:mod:`.qwen3_map`) serves the offline converters (:mod:`.to_hf`, :mod:`.from_hf`, CLI in
-:mod:`.cli`) and the trainer's weight push to rollout engines (:mod:`.live`).
+The name map, the HF config <-> shape mapping and the live weight stream are the Qwen3 family's
+(`megatron_rlvr.qwen3`), shared with the trainer's weight push to the rollout engines.
 """
 
+from megatron_rlvr.errors import ConversionError
 
-class ConversionError(ValueError):
-    """Bad conversion input (missing/truncated files, mismatched config, unknown architecture); nothing was written."""
+__all__ = ["ConversionError"]

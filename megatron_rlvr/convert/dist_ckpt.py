@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -27,36 +26,13 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from megatron_rlvr.convert import ConversionError, qwen3_map
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.convert import ConversionError
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.model_info import MODEL_INFO, read_model_info
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 
-MODEL_INFO = "model_info.json"
 # Top-level modules of a GPTModel's checkpoint keys (optimizer states live under "optimizer.").
 _MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
-
-
-def read_model_info(model_dir: Path) -> tuple[Optional[str], Qwen3Shape]:
-    """(preset name or None, Qwen3Shape) from ``<model_dir>/model_info.json`` (the trainer's format:
-    ``{"preset": ..., "shape": {Qwen3Shape fields}, ...}``, see ``megatron_rlvr.models.trainable``)."""
-    path = Path(model_dir) / MODEL_INFO
-    if not path.is_file():
-        raise ConversionError(f"{path} is missing: {model_dir} is not a model folder written by the trainer or by "
-                              "`convert from-hf`")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path} is not valid JSON ({err})") from None
-    family = info.get("family", "qwen3")
-    values = info.get("shape")
-    known = {f.name for f in fields(Qwen3Shape)}
-    if str(family).lower() != "qwen3" or not isinstance(values, dict) or set(values) - known:
-        extra = sorted(set(values) - known) if isinstance(values, dict) else []
-        raise ConversionError(f"{path}: unsupported architecture (family {family!r}, unknown shape fields {extra});"
-                              " this converter handles Qwen3 dense models only")
-    try:
-        return info.get("preset"), Qwen3Shape(**values)
-    except TypeError as err:
-        raise ConversionError(f"{path}: incomplete Qwen3 shape ({err})") from None
 
 
 class _SliceLoadPlanner(DefaultLoadPlanner):
@@ -96,7 +72,8 @@ class DistCheckpointReader:
         backend = json.loads((self.dir / "metadata.json").read_text()).get("sharded_backend")
         if backend != "torch_dist":
             raise ConversionError(f"{self.dir}: dist-checkpoint backend {backend!r} is not supported (torch_dist is)")
-        self.preset, info_shape = read_model_info(self.dir)
+        info = read_model_info(self.dir)
+        self.preset, info_shape = info.preset, info.shape
         self.shape = shape or info_shape
         try:  # megatron's torch_dist backend stores each ShardedTensor under its key as a DCP tensor
             self._dcp_metadata = FileSystemReader(str(self.dir)).read_metadata()

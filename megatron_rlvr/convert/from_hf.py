@@ -7,7 +7,7 @@ The output is what ``TrainableModel.save_checkpoint`` writes minus the optimizer
 
 With ``--tp N --pp M`` the checkpoint is written the way a trainer with that layout writes it: N*M ranks (torchrun,
 gloo, CPU) each build their Megatron model chunk with the project's provider, fill their shards from the HF tensors
-through the name map (:func:`megatron_rlvr.convert.live.load_hf_tensors`), and save collectively. A 1-rank
+through the name map (:func:`megatron_rlvr.qwen3.live.load_hf_tensors`), and save collectively. A 1-rank
 conversion on a machine without a GPU runs in-process. Every rank holds only its own shard plus one logical tensor.
 All input validation happens before any process starts or anything is written.
 """
@@ -27,8 +27,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_rlvr.convert import ConversionError
-from megatron_rlvr.convert.hf_io import HFFolderReader, atomic_output_dir, shape_from_hf_config
-from megatron_rlvr.models.presets import PRESETS, Qwen3Shape
+from megatron_rlvr.convert.hf_io import HFFolderReader, atomic_output_dir
+from megatron_rlvr.qwen3.hf import shape_from_hf_config
+from megatron_rlvr.qwen3.shapes import PRESETS, Qwen3Shape
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -96,7 +97,7 @@ def import_hf(
             _write_rank(job)
         else:
             _run_ranks(job, tp * pp)
-        from megatron_rlvr.models.trainable import write_model_info  # the trainer's format, written by its code
+        from megatron_rlvr.qwen3.model_info import write_model_info  # the one format the trainer writes too
 
         write_model_info(tmp, preset_name, shape, has_optimizer=False, dtype=job["dtype"], source=str(hf_dir))
         tok = reader.tokenizer_files()
@@ -125,9 +126,9 @@ def _write_rank(job: dict) -> None:
     from megatron.core.dist_checkpointing.mapping import apply_factories
 
     from megatron_rlvr.config import ModelConfig, ParallelConfig
-    from megatron_rlvr.convert.live import load_hf_tensors
-    from megatron_rlvr.models.provider import build_gpt_model, transformer_config
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.qwen3.live import load_hf_tensors
+    from megatron_rlvr.qwen3.provider import build_gpt_model, transformer_config
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     shape = Qwen3Shape(**job["shape"])
     par = ParallelConfig(tp=job["tp"], pp=job["pp"])

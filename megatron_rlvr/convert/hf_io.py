@@ -14,14 +14,15 @@ import os
 import shutil
 import socket
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
-from megatron_rlvr.convert import ConversionError, qwen3_map
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.convert import ConversionError
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.hf import hf_config
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -76,52 +77,6 @@ def atomic_output_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def hf_config(shape: Qwen3Shape, dtype: torch.dtype):
-    """transformers `Qwen3Config` of `shape` (RoPE theta passed explicitly: transformers 5 defaults to 1e4)."""
-    from transformers import Qwen3Config
-
-    values = shape.to_hf_config_dict()
-    theta = values.pop("rope_theta")
-    return Qwen3Config(**values, rope_parameters={"rope_type": "default", "rope_theta": float(theta)}, dtype=dtype)
-
-
-def shape_from_hf_config(hf_dir: Path) -> tuple[Qwen3Shape, Optional[torch.dtype]]:
-    """Qwen3Shape (and the declared dtype) of a Hugging Face folder; ConversionError for anything not Qwen3."""
-    path = Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise ConversionError(f"{path} is missing: --hf must be a Hugging Face model folder with a config.json")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path} is not valid JSON ({err})") from None
-    archs = raw.get("architectures") or []
-    if raw.get("model_type") != qwen3_map.HF_MODEL_TYPE or qwen3_map.HF_ARCHITECTURE not in archs:
-        raise ConversionError(
-            f"{path}: unsupported architecture (model_type={raw.get('model_type')!r}, architectures={archs}); "
-            f"this converter handles {qwen3_map.HF_ARCHITECTURE} (model_type 'qwen3') only")
-    layer_types, n_layers = raw.get("layer_types"), raw.get("num_hidden_layers")
-    if isinstance(layer_types, list) and isinstance(n_layers, int) and len(layer_types) != n_layers:
-        raise ConversionError(f"{path}: layer_types lists {len(layer_types)} layers but num_hidden_layers is "
-                              f"{n_layers}; fix config.json so they agree (one entry per layer)")
-    from transformers import Qwen3Config
-
-    try:
-        cfg = Qwen3Config.from_pretrained(str(hf_dir))  # normalises old-style rope_theta into rope_parameters
-    except Exception as err:  # transformers / huggingface_hub validate configs with their own error types
-        reason = " ".join(str(err).split())
-        raise ConversionError(f"{path} is not a valid Qwen3 config: {reason}") from None
-    from megatron_rlvr.convert.qwen3_support import check_supported
-
-    check_supported(cfg, str(path))
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    values = {f.name: getattr(cfg, f.name) for f in fields(Qwen3Shape) if f.name != "rope_theta"}
-    values["rope_theta"] = float(rope.get("rope_theta", raw.get("rope_theta", Qwen3Shape.rope_theta)))
-    if values["head_dim"] is None:
-        values["head_dim"] = cfg.hidden_size // cfg.num_attention_heads
-    dtype = getattr(cfg, "dtype", None)
-    return Qwen3Shape(**values), dtype if isinstance(dtype, torch.dtype) else None
 
 
 class HFFolderReader:

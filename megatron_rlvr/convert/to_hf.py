@@ -5,7 +5,7 @@ logical tensor through the name map, and streams the Hugging Face tensors into s
 memory: one layer's full tensors + one output shard (``max_shard_bytes``) + the runtime.
 
 Live (end of training, or any caller holding the model): :func:`save_hf_from_live` writes the same folder from the
-stream of :func:`megatron_rlvr.convert.live.export_hf_tensors`, the stream the rollout weight push uses.
+stream of :func:`megatron_rlvr.qwen3.live.export_hf_tensors`, the stream the rollout weight push uses.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_rlvr.checkpoint import INTEGRITY, LATEST, iter_dir_name, read_latest, verify_checkpoint
-from megatron_rlvr.convert import ConversionError, qwen3_map
+from megatron_rlvr.checkpoint.store import INTEGRITY, LATEST, iter_dir_name, read_latest, verify_checkpoint
+from megatron_rlvr.convert import ConversionError
 from megatron_rlvr.convert.dist_ckpt import DistCheckpointReader
 from megatron_rlvr.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, HFFolderWriter, atomic_output_dir, tokenizer_files_in
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.qwen3 import names as qwen3_map
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 
 MODEL_NAMES = ("policy", "memory")
 
@@ -112,7 +113,7 @@ def save_hf_from_live(
 ) -> Optional[Path]:
     """Write a live (sharded) model as a Hugging Face folder. Collective over the model's TP/PP ranks (all must
     call it); global rank 0 writes and returns `out`, the others return None."""
-    from megatron_rlvr.convert.live import export_hf_tensors
+    from megatron_rlvr.qwen3.live import export_hf_tensors
 
     stream = export_hf_tensors(model_chunks, shape, dtype)
     if dist.is_initialized() and dist.get_rank() != 0:

@@ -94,7 +94,7 @@ class Evaluator:
             m["entropy"] = sum(ent) / len(ent)
         m.update({k: v for k, v in es.task.pop_stats().items() if k.startswith("verify/")})
         if self.legacy:  # the keys the CPU default always logged (plots and docs read them)
-            from megatron_rlvr.metrics import coverage_metrics, rollout_metrics
+            from megatron_rlvr.eval.rollout_stats import coverage_metrics, rollout_metrics
             from megatron_rlvr.rollout.types import pack_generations
 
             batch = pack_generations(gens, [s[0] for s in scored], [i // n for i in range(len(gens))],

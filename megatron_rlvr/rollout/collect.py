@@ -1,4 +1,4 @@
-"""Rollout and reward stages: G responses per prompt from pi_cal, verifier rewards, DAPO shaping and filtering.
+"""Rollout stage: one round of G responses per prompt from pi_cal on every engine, gathered on every rank.
 
 Every rank draws the same prompts (its prompt sampler is a copy of every other rank's: same seed, same state),
 so no prompt crosses the wire. Each engine host (`rollout.layout`) generates and scores its contiguous shard of
@@ -6,20 +6,28 @@ the step's groups; the responses then travel as fixed-shape tensors (tokens, log
 all-gather over the trainer's world group, and every rank packs the same `RolloutBatch` and takes its
 data-parallel share of it. A request's RNG stream is that of its global index in the round, so the batch is the
 same whatever the number of engines.
+
+Scoring happens on the engine host, before the gather (the verifier's worker processes run beside the engine),
+so a round takes the reward stage's scorer as an argument (`megatron_rlvr.reward.collect` passes it); this module
+knows nothing of rewards beyond carrying them.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from megatron_rlvr.algorithms import dynamic_sampling_keep, overlong_penalty
-from megatron_rlvr.config import RunConfig
 from megatron_rlvr.rollout.engine import EngineDied, RolloutEngine, RolloutEngineError, any_rank_failed
 from megatron_rlvr.rollout.layout import RolloutLayout
-from megatron_rlvr.rollout.types import Generation, RolloutBatch, SamplingParams, pack_generations
+from megatron_rlvr.rollout.types import Generation, SamplingParams
+
+if TYPE_CHECKING:  # annotations only: the config tree sits above the stages (docs/ARCHITECTURE.md)
+    from megatron_rlvr.config import RunConfig
+
+# (examples, response token ids) -> one (reward, mode) per response, in order
+Scorer = Callable[[list, list], list]
 
 
 def sampling_params(cfg: RunConfig, task, seed: int) -> SamplingParams:
@@ -36,24 +44,18 @@ def step_seed(cfg: RunConfig, step: int, round_: int) -> int:
     return (cfg.seed * 1_000_003 + step * 1009 + round_) % (2**31 - 1)
 
 
-def score(task, example, response_ids) -> tuple[float, int]:
-    """Verifier reward and mode of one response (`Task.score_many` scores a batch; ids beyond the tokenizer, as in a
-    model's padded vocabulary, are simply incorrect)."""
-    return task.score_many([example], [response_ids])[0]
-
-
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def _score_round(engine: Optional[RolloutEngine], layout: RolloutLayout, task, examples: list, cfg: RunConfig,
-                 seed: int, first_group: int):
-    """Generate and score one round on every engine; returns the round's gens, rewards, modes, group ids and the
-    engine index of each sequence, in global order, identical on every rank."""
+def generate_round(engine: Optional[RolloutEngine], layout: RolloutLayout, task, examples: list, cfg: RunConfig,
+                   seed: int, first_group: int, score: Scorer):
+    """Generate one round on every engine and `score` it on the engine hosts; returns the round's gens, rewards,
+    modes, group ids and the engine index of each sequence, in global order, identical on every rank."""
     G = cfg.rollout.group_size
-    rank, world = _rank_world()
+    rank, world = rank_world()
     shards = [layout.shard(len(examples), k) for k in range(layout.num_engines)]
     mine = layout.engine_index(rank)
     gens: list[Generation] = []
@@ -69,7 +71,7 @@ def _score_round(engine: Optional[RolloutEngine], layout: RolloutLayout, task, e
             failure = e
         if failure is None:
             # one batch: the verifier's worker processes score the responses in parallel, each under its timeout
-            scored = task.score_many([e for e in exs for _ in range(G)], [g.response_ids for g in gens])
+            scored = score([e for e in exs for _ in range(G)], [g.response_ids for g in gens])
     if any_rank_failed(failure is not None):
         raise EngineDied(failure is not None, failure)
     if world > 1:
@@ -85,7 +87,7 @@ def _all_gather_round(gens, scored, examples, shards, layout: RolloutLayout, G: 
     """Every host's sequences to every rank, as two fixed-shape tensors per rank (no pickled Python objects):
     int64 (n, R + 3) = response tokens | length | stopped | mode, float32 (n, 2R + 1) = log pi_cal | log pi_theta
     | reward. Prompts are not sent: every rank holds the round's examples already."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     n_max = max(len(sh) for sh in shards) * G
     ints = torch.zeros((n_max, R + 3), dtype=torch.long)
     floats = torch.zeros((n_max, 2 * R + 1), dtype=torch.float32)
@@ -114,63 +116,3 @@ def _all_gather_round(gens, scored, examples, shards, layout: RolloutLayout, G: 
                 finish_reason="stop" if stopped else "length"))
             all_scored.append((float(floats_k[j, 2 * R]), int(mode)))
     return all_gens, all_scored
-
-
-def collect_rollouts(engine: Optional[RolloutEngine], sampler, task, cfg: RunConfig, step: int,
-                     layout: Optional[RolloutLayout] = None) -> RolloutBatch:
-    """Generate and score one step's rollouts on every engine (see the module docstring); the same batch on every
-    rank. `engine` is this rank's engine (None where it hosts none); `layout` defaults to one engine on rank 0."""
-    layout = layout or RolloutLayout(_rank_world()[1], tp=_rank_world()[1])
-    return _collect(engine, layout, sampler, task, cfg, step)
-
-
-def _collect(engine, layout: RolloutLayout, sampler, task, cfg: RunConfig, step: int) -> RolloutBatch:
-    a, r = cfg.algorithm, cfg.rollout
-    want = r.prompts_per_step
-    kept: list[tuple] = []  # (gens, rewards, modes, groups) of informative groups
-    dropped: list[tuple] = []
-    n_groups, rounds, n_generated = 0, 0, 0
-    engine_tokens = [0] * layout.num_engines
-    while True:
-        need = want - sum(len(k[0]) for k in kept) // r.group_size
-        examples = sampler.next_batch(need)
-        gens, correct, modes, groups, engines = _score_round(engine, layout, task, examples, cfg,
-                                                             step_seed(cfg, step, rounds), n_groups)
-        for g, k in zip(gens, engines):
-            engine_tokens[k] += len(g.response_ids)
-        n_groups += len(examples)
-        n_generated += len(gens)
-        rewards = correct.clone()
-        if a.overlong_shaping:
-            lens = torch.tensor([len(g.response_ids) for g in gens])
-            rewards = rewards + overlong_penalty(lens, r.max_new_tokens, a.overlong_cache_len, a.overlong_penalty)
-        keep = dynamic_sampling_keep(rewards, torch.tensor(groups)) if a.dynamic_sampling else torch.ones(
-            len(gens), dtype=torch.bool)
-        for G0 in range(0, len(gens), r.group_size):
-            part = slice(G0, G0 + r.group_size)
-            rec = (gens[part], rewards[part], correct[part], modes[part], groups[part])
-            (kept if bool(keep[G0]) else dropped).append(rec)
-        rounds += 1
-        have = len(kept)
-        if have >= want or not a.dynamic_sampling or rounds > a.dynamic_sampling_max_rounds:
-            break
-    # DAPO oversamples until the batch is full; when the round budget runs out, uninformative groups fill the rest:
-    # their advantages are zero under every group estimator, so they keep shapes fixed without adding signal.
-    groups_used = (kept + dropped)[:want]
-    gens = [g for rec in groups_used for g in rec[0]]
-    batch = pack_generations(
-        gens, rewards=torch.cat([rec[1] for rec in groups_used]).tolist(),
-        group_ids=[gid for rec in groups_used for gid in rec[4]], pad_id=task.tokenizer.pad_id,
-        modes=[m for rec in groups_used for m in rec[3]],
-    )
-    batch.correct = torch.cat([rec[2] for rec in groups_used]) > 0.5
-    batch.stats = {
-        "rollout/generated_sequences": float(n_generated),
-        "dapo/kept_group_frac": len(kept) / max(len(kept) + len(dropped), 1),
-        "dapo/rounds": float(rounds),
-        "rollout/engines": float(layout.num_engines),
-        # tokens each engine generated this step (every round): the load balance across engines
-        **{f"rollout/engine_tokens/{k}": float(n) for k, n in enumerate(engine_tokens)},
-    }
-    return batch
-

@@ -19,8 +19,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
-from megatron_rlvr.rollout.hf_models import build_qwen3
+from megatron_rlvr.qwen3.hf import build_qwen3
+from megatron_rlvr.qwen3.shapes import Qwen3Shape, get_preset
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -215,3 +215,12 @@ class EmbeddedEngine:
                        finish_reason=finish[i], entropy_cal=ent[i])
             for i in range(B)
         ]
+
+
+def build_engine(cfg, *, engine_index: int, device: torch.device, dtype: torch.dtype, tokenizer=None,
+                 run_dir=None) -> EmbeddedEngine:
+    """The embedded engine of `cfg` (registered as "embedded" in `megatron_rlvr.registry.ENGINES`). It computes in
+    `dtype` (`rollout.dtype`; auto: the policy's), so its log-probs match the trainer's."""
+    memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
+    return EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=dtype,
+                          batch_size=cfg.rollout.batch_size)

@@ -44,7 +44,7 @@ def server_argv(cfg, host: str, port: int, device: str, workdir: Optional[Path] 
     """(argv of the SGLang server, its model folder) for a validated RunConfig; writes the folder."""
     import torch
 
-    from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.qwen3.shapes import get_preset
     from megatron_rlvr.rollout.sglang import build_model_dir
     from megatron_rlvr.rollout.sglang.remote import server_command
 

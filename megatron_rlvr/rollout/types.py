@@ -22,7 +22,7 @@ class SamplingParams:
     top_p: float = 1.0
     # DLC balance factor: sample from softmax((z_policy - lam * z_memory) / T); 0 = plain policy sampling
     lam: float = 0.0
-    # optional plausibility constraint (SPEC 2.5)
+    # optional plausibility constraint (docs/ALGORITHMS.md, "DLC")
     tau: Optional[float] = None
     # base seed; the engine derives a per-sequence seed and uses the decode position as the RNG offset
     seed: int = 0

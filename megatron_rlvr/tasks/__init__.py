@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from megatron_rlvr.registry import TASKS
 from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
 from megatron_rlvr.tasks.chat import ChatSettings, PromptRenderer
 from megatron_rlvr.tasks.layouts import FORMATS, DatasetError, load_math_rows, resolve_keys
@@ -48,28 +49,11 @@ def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason:
     """The task described by a `TaskConfig` (megatron_rlvr.config). Math prompts longer than `max_prompt_tokens`
     are refused at load (or skipped with task.skip_malformed), `length_reason` saying where the limit comes from.
     A held-out evaluation set reuses the training task's settings (tokenizer, chat template, verifier) with its own
-    `path`, (prompt, answer) `keys` and `limit`."""
-    if task_cfg.name == "synthetic":
-        return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
-    if task_cfg.name == "synthetic_coupled":
-        return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
-    if task_cfg.name == "math":
-        path = path or task_cfg.path
-        if path is None:
-            raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
-                             "task.path=/path/to/train.jsonl (or .json / .parquet)")
-        if tokenizer is None and task_cfg.tokenizer is None:
-            raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
-                             "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
-        pk, ak = keys or resolve_keys(task_cfg.format, task_cfg.prompt_key, task_cfg.answer_key)
-        chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
-        tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
-        return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
-                        verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s,
-                        limit=limit,
-                        max_prompt_tokens=max_prompt_tokens, length_reason=length_reason)
-    raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use synthetic, "
-                     "synthetic_coupled or math")
+    `path`, (prompt, answer) `keys` and `limit`. The factory of each name is in `megatron_rlvr.registry.TASKS`."""
+    if task_cfg.name not in TASKS:
+        raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use {TASKS.spoken()}")
+    return TASKS.load(task_cfg.name)(task_cfg, max_prompt_tokens=max_prompt_tokens, length_reason=length_reason,
+                                     path=path, keys=keys, limit=limit, tokenizer=tokenizer)
 
 
 __all__ = [

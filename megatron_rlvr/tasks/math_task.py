@@ -23,9 +23,10 @@ from megatron_rlvr.tasks.layouts import (  # noqa: F401  (re-exported: the loadi
     MathRow,
     last_boxed,
     load_math_rows,
+    resolve_keys,
     unbox,
 )
-from megatron_rlvr.tasks.tokenizer import Tokenizer
+from megatron_rlvr.tasks.tokenizer import HFTokenizer, Tokenizer
 from megatron_rlvr.tasks.verify_pool import VerifierPool
 
 VERIFY_MATH = "megatron_rlvr.tasks.math_task:verify_math"
@@ -213,3 +214,22 @@ class MathTask(Task):
             template = rng.choices(ANSWER_TEMPLATES, weights=weights)[0]
             out.append((list(ex.prompt_ids), self.tokenizer.encode(template.format(a=answer), add_eos=True)))
         return out
+
+
+def build_math_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason: str = "",
+                    path: Optional[str] = None, keys: Optional[tuple[str, str]] = None, limit: Optional[int] = None,
+                    tokenizer: Optional[Tokenizer] = None) -> MathTask:
+    """The math task of a `TaskConfig` (registered as "math" in megatron_rlvr.registry.TASKS); see `build_task`."""
+    path = path or task_cfg.path
+    if path is None:
+        raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
+                         "task.path=/path/to/train.jsonl (or .json / .parquet)")
+    if tokenizer is None and task_cfg.tokenizer is None:
+        raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
+                         "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
+    pk, ak = keys or resolve_keys(task_cfg.format, task_cfg.prompt_key, task_cfg.answer_key)
+    chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
+    tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
+    return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
+                    verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s,
+                    limit=limit, max_prompt_tokens=max_prompt_tokens, length_reason=length_reason)

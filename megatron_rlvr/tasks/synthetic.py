@@ -44,7 +44,7 @@ class ShiftCipherTask(Task):
     """`num_queries` three-letter queries, each with exactly `answers_per_query` correct answers (modes)."""
 
     name = "synthetic"
-    # Warm-start quality gate (megatron_rlvr.warm_start), in nats per response token on held-out examples. Measured
+    # Warm-start quality gate (megatron_rlvr.run.warm_start), in nats per response token on held-out examples. Measured
     # over init seeds 0-7 on CPU and an H200 (bf16 and fp32): converged policies 0.472-0.477, memory models
     # 0.496-0.640; stuck starts (the old constant 3e-3 schedule) 1.0-1.2.
     warm_start_max_loss = 0.7
@@ -231,3 +231,12 @@ class CoupledShiftCipherTask(ShiftCipherTask):
                 text = md["answers"][mode]
             out.append((list(ex.prompt_ids), self.tokenizer.encode(text, add_eos=True)))
         return out
+
+
+# Registered task factories (megatron_rlvr.registry.TASKS); the synthetic tasks read only their own fields.
+def build_shift_cipher(task_cfg, **_) -> ShiftCipherTask:
+    return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+
+
+def build_coupled_shift_cipher(task_cfg, **_) -> CoupledShiftCipherTask:
+    return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)

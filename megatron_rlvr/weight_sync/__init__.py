@@ -8,7 +8,7 @@ One package, one transport class per path, chosen once at start-up by `build_tra
                     one group spanning trainer rank 0 and every server rank                      (broadcast.py)
 
 All of them are fed by the converter's name map: `push_weights` streams each model with Hugging Face Qwen3 names
-(`megatron_rlvr.convert.live.export_hf_tensors`), so the rollout sync and the offline export cannot disagree.
+(`megatron_rlvr.qwen3.live.export_hf_tensors`), so the rollout sync and the offline export cannot disagree.
 The receiving ends are declared in `megatron_rlvr.rollout.engine`; each engine implements one of them.
 """
 

@@ -1,7 +1,7 @@
 """Weight-sync stage: stream both models to the engines, and pick the transport once at start-up.
 
 Gathering a TP/PP-sharded model is collective: every rank of a model's TP/PP groups iterates its stream, and each
-such rank receives the identical full stream (`convert.live.export_hf_tensors`). So with one engine per rollout
+such rank receives the identical full stream (`qwen3.live.export_hf_tensors`). So with one engine per rollout
 group, every rank that hosts an engine hands its own copy of the stream to its own engine, and no rank waits for
 another's push; ranks without an engine (transport None) only take part in the gathers.
 """
@@ -45,7 +45,7 @@ def push_weights(transport: Optional[WeightTransport], models: dict) -> int:
     drains its stream to the end, and then every rank raises `EngineDied` together (the trainer restarts the
     engine and pushes again).
     """
-    from megatron_rlvr.convert.live import export_hf_tensors
+    from megatron_rlvr.qwen3.live import export_hf_tensors
     from megatron_rlvr.rollout.engine import EngineDied, RolloutEngineError, any_rank_failed
 
     pushed, failure = 0, None

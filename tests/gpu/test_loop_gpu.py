@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_tiny_iac_dlc_loop_trains_on_one_gpu_with_the_triton_sampler(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "steps=6",
-           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=150", "logging.progress=false",
+           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=150",
+           # A short warm start for speed: it stops above the quality gate's loss bound (the gate raised here, and
+           # these tests failed on the H200), and this test checks the GPU loop's mechanics, not learning
+           # (test_tracking_gpu.py checks learning against the CPU run).
+           "warm_start.gate=false", "logging.progress=false",
            "logging.tensorboard=false", "eval.interval=3", "checkpoint.save_interval=3"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -36,7 +40,7 @@ def test_tiny_iac_dlc_loop_trains_on_one_gpu_with_the_triton_sampler(tmp_path):
 
 def test_embedded_engine_on_cuda_samples_through_the_triton_kernel(monkeypatch):
     import megatron_rlvr.kernels as K
-    from megatron_rlvr.models.presets import get_preset
+    from megatron_rlvr.qwen3.shapes import get_preset
     from megatron_rlvr.rollout.embedded import EmbeddedEngine
     from megatron_rlvr.rollout.types import SamplingParams
 

@@ -23,7 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _train(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
     run_dir = tmp_path / name
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "steps=3",
-           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=100", "logging.progress=false",
+           f"warm_start.cache_dir={tmp_path / 'ws'}", "warm_start.steps=100",
+           # A short warm start for speed: it stops above the quality gate's loss bound (the gate raised here, and
+           # these tests failed on the H200), and this test checks the GPU loop's mechanics, not learning
+           # (test_tracking_gpu.py checks learning against the CPU run).
+           "warm_start.gate=false", "logging.progress=false",
            "logging.tensorboard=false", "logging.plots=false", "checkpoint.export_hf=false", "eval.interval=0",
            "checkpoint.save_interval=0", *overrides]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_rlvr.models.logprobs import DEFAULT_CHUNK_ELEMENTS, reference_token_stats, token_stats
+from megatron_rlvr.update.logprobs import DEFAULT_CHUNK_ELEMENTS, reference_token_stats, token_stats
 from tests.helpers.dist import run_distributed
 
 pytestmark = [
@@ -71,8 +71,8 @@ def test_log_prob_memory_beyond_logits_and_gradient_is_a_few_chunks_not_tokens_b
 
 def _model_worker(preset: str, lengths: list[int], train: bool) -> dict:
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
 
     ctx = init_distributed({"policy": ParallelConfig()})
     g = torch.Generator().manual_seed(1)

@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from tests.helpers.dist import run_distributed
 
 # name -> (shape, std of the random weights). Larger std on the narrow models keeps their logits far from uniform.
@@ -40,7 +40,7 @@ GRAD_RTOL = 1e-4  # ||g_megatron - g_hf|| / ||g_hf|| per tensor
 def hf_model(shape: Qwen3Shape, std: float, seed: int = 0):
     from transformers import Qwen3ForCausalLM
 
-    from megatron_rlvr.convert.hf_io import hf_config
+    from megatron_rlvr.qwen3.hf import hf_config
 
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(hf_config(shape, torch.float32)).float()
@@ -58,9 +58,9 @@ def compare_worker(name: str, tp: int, transformer_impl: str = "local") -> dict:
     from megatron.core import tensor_parallel
 
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
-    from megatron_rlvr.convert.live import export_hf_tensors, load_hf_tensors
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.qwen3.live import export_hf_tensors, load_hf_tensors
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
     from megatron_rlvr.update import cross_entropy_step
 
     torch.backends.cuda.matmul.allow_tf32 = False

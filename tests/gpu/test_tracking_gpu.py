@@ -37,12 +37,12 @@ def build_worker(init_device: str, steps: int) -> dict:
     import random
 
     from megatron_rlvr.config import ModelConfig, load_config
-    from megatron_rlvr.convert.live import export_hf_tensors
-    from megatron_rlvr.models.trainable import TrainableModel
-    from megatron_rlvr.parallel import init_distributed
+    from megatron_rlvr.qwen3.live import export_hf_tensors
+    from megatron_rlvr.update.trainable import TrainableModel
+    from megatron_rlvr.distributed.parallel import init_distributed
     from megatron_rlvr.tasks import build_task
     from megatron_rlvr.update import cross_entropy_step
-    from megatron_rlvr.warm_start import _examples_batch, warm_start_optim
+    from megatron_rlvr.run.warm_start import _examples_batch, warm_start_optim
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -115,7 +115,7 @@ def run_distributed(
 
     `fn` must be defined at module level of an importable module (a test file is fine); `args`, `kwargs` and
     the return values must pickle. `fn` itself sets up torch.distributed (e.g. via
-    ``megatron_rlvr.parallel.init_distributed``), reading the torchrun environment this helper provides.
+    ``megatron_rlvr.distributed.parallel.init_distributed``), reading the torchrun environment this helper provides.
     """
     module = fn.__module__
     if module == "__main__" or "<locals>" in fn.__qualname__:

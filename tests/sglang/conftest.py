@@ -40,7 +40,7 @@ _use_sgl_kernel_stub_if_needed()
 
 import torch  # noqa: E402
 
-from megatron_rlvr.models.presets import get_preset  # noqa: E402
+from megatron_rlvr.qwen3.shapes import get_preset  # noqa: E402
 
 POLICY_PRESET, MEMORY_PRESET = "tiny", "tiny-mem"
 

@@ -13,7 +13,7 @@ def next_logits(model, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrated_logprobs(policy, memory, ids: list[int], lam: float, temperature: float = 1.0):
-    """(log pi_cal, log pi_policy) over the vocabulary at `temperature` (SPEC 2.5)."""
+    """(log pi_cal, log pi_policy) over the vocabulary at `temperature` (docs/ALGORITHMS.md, "DLC")."""
     zp, zm = next_logits(policy, ids), next_logits(memory, ids)
     cal = torch.log_softmax((zp - lam * zm) / temperature, dim=-1)
     pol = torch.log_softmax(zp / temperature, dim=-1)

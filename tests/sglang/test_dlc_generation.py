@@ -1,4 +1,4 @@
-"""The DLC model generates in SGLang exactly as the transformers reference of pi_cal (SPEC 2.5)."""
+"""The DLC model generates in SGLang exactly as the transformers reference of pi_cal (docs/ALGORITHMS.md, "DLC")."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.shapes import get_preset
 from megatron_rlvr.rollout.sglang.engine import SGLangEngine, SGLangEngineError
 from megatron_rlvr.rollout.sglang.model_dir import dlc_config_dict
 from megatron_rlvr.rollout.types import SamplingParams

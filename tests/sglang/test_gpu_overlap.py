@@ -29,7 +29,7 @@ import os
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape, get_preset
+from megatron_rlvr.qwen3.shapes import Qwen3Shape, get_preset
 from megatron_rlvr.rollout.types import SamplingParams
 
 from .conftest import hf_qwen3

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from megatron_rlvr.models.presets import get_preset
+from megatron_rlvr.qwen3.names import hf_names as hf_qwen3_names
+from megatron_rlvr.qwen3.shapes import get_preset
 from megatron_rlvr.rollout.sglang.engine import request_seed, sglang_sampling_params, to_generation
 from megatron_rlvr.rollout.sglang.model_dir import build_model_dir, dlc_config_dict
 from megatron_rlvr.rollout.sglang.protocol import ARCHITECTURE, MEMORY_CONFIG_KEY
-from megatron_rlvr.convert.qwen3_map import hf_names as hf_qwen3_names
 from megatron_rlvr.rollout.sglang.protocol import dlc_param_names as prefixed
 from megatron_rlvr.rollout.types import SamplingParams
 

@@ -6,7 +6,7 @@
 
 Layout: `models/` is the out-of-tree model package SGLang imports in its own processes (DLC architecture);
 `sampler.py` the DLC sampler backend; `engine.py` the RolloutEngine; `remote.py` attach-to-server helpers;
-`model_dir.py` the model folder; `protocol.py` shared keys and the DLC model's weight names. Weights reach
+`model_dir.py` the model folder; `factory.py` the engine's factory (`megatron_rlvr.registry.ENGINES`); `protocol.py` shared keys and the DLC model's weight names. Weights reach
 the engine through `megatron_rlvr.weight_sync` (its receiving ends are `receive_tensors` / `receive_broadcast`).
 Names are resolved lazily so that importing this package does not import SGLang.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 _LAZY = {
     "SGLangEngine": "engine", "SGLangEngineError": "engine", "build_model_dir": "model_dir",
-    "dlc_config_dict": "model_dir", "server_command": "remote", "server_env": "remote",
+    "dlc_config_dict": "model_dir", "server_command": "remote", "server_env": "remote", "build_engine": "factory",
 }
 
 __all__ = sorted(_LAZY)

@@ -26,13 +26,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
+from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
     ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
     SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
-from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,12 @@ GPU_DEFAULTS = dict(attention_backend="triton")
 
 def engine_args(model_path: str, device: str, placement: str, extra: dict) -> dict[str, Any]:
     """The sglang.Engine arguments: the DLC model's tested defaults per device, then the user's rollout.sglang."""
+    # sleep_on_idle: an idle scheduler otherwise spins a core at 100% (SGLang's event loop polls its sockets).
+    # Colocated, that spinning process sat beside the trainer through every update and slowed it (the policy and
+    # memory updates took 1.3-1.8x their embedded-engine time, BENCHMARKS.md "Session 7"); it wakes on a request
+    # at once (zmq poll), so generation loses nothing.
     args: dict[str, Any] = dict(model_path=model_path, skip_tokenizer_init=True, enable_custom_logit_processor=True,
-                                device=device, custom_sigquit_handler=_log_child_failure)
+                                device=device, custom_sigquit_handler=_log_child_failure, sleep_on_idle=True)
     if device == "cpu":
         args.update(CPU_DEFAULTS)
     else:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from megatron_rlvr.models.presets import Qwen3Shape
+from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from megatron_rlvr.rollout.sglang.protocol import ARCHITECTURE, MEMORY_CONFIG_KEY, check_stack_compat, dlc_param_names
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

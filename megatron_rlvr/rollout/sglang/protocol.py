@@ -63,7 +63,7 @@ def check_stack_compat(policy: dict, memory: dict) -> None:
 def dlc_param_names(model: str, named_tensors: Iterable, shape: Optional[object] = None) -> Iterator[tuple]:
     """(`<model>.<HF name>`, tensor) pairs: the DLC model's names of one stack's HF Qwen3 tensors, each name checked
     against `shape` by the converter's name map (a Qwen3Shape; None checks the name's form only)."""
-    from megatron_rlvr.convert.qwen3_map import check_hf_name
+    from megatron_rlvr.qwen3.names import check_hf_name
 
     if model not in MODEL_PREFIXES:
         raise ValueError(f"model must be one of {MODEL_PREFIXES}, got {model!r}")

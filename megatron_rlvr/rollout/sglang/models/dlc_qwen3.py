@@ -1,7 +1,7 @@
 """Rollout stage, SGLang model: DLC as one SGLang architecture, a Qwen3 policy stack and a Qwen3 memory stack.
 
 Both stacks read the same token ids and positions in one forward pass, so every scheduled sequence advances
-policy and memory in lockstep and the sampler sees both models' next-token logits of the same step (SPEC 2.5:
+policy and memory in lockstep and the sampler sees both models' next-token logits of the same step (docs/ALGORITHMS.md, "DLC":
 pi_cal = softmax((z_policy - lam * z_memory) / T)).
 
 KV layout: SGLang keeps one KV pool, indexed by the RadixAttention `layer_id`, with the KV-head count and

@@ -1,0 +1,69 @@
+"""`megatron-rlvr bench kernels|train|rollout|convert`: one command, one harness (provenance row, CSV, last line one
+JSON object); the train benchmark times the trainer's own RL step. The CPU-runnable paths run here for real."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "megatron_rlvr.cli", "bench", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    if check and res.returncode != 0:
+        raise AssertionError(f"bench {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
+                             f"{res.stderr[-3000:]}")
+    return res
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_without_a_target_lists_all_four():
+    out = bench().stdout
+    assert "{kernels,train,rollout,convert}" in out
+
+
+@pytest.mark.parametrize("target", ["kernels", "train", "convert"])
+def test_every_target_answers_help_with_its_own_options(target):
+    out = bench(target, "--help").stdout
+    assert out.startswith(f"usage: megatron-rlvr bench {target}")
+
+
+def test_rollout_outside_the_sglang_environment_says_where_it_runs():
+    pytest.importorskip("torch")
+    try:
+        import sglang  # noqa: F401
+        pytest.skip("SGLang is installed here: the message is for environments without it")
+    except ImportError:
+        pass
+    res = bench("rollout", "--help", check=False)
+    assert res.returncode != 0 and "needs SGLang" in res.stderr and "tools/setup_sglang_env.sh" in res.stderr
+
+
+def test_bench_train_on_cpu_times_each_phase_of_the_trainers_step_and_ends_with_one_json_row(tmp_path):
+    res = bench("train", "--policy", "tiny", "--memory", "tiny-mem", "--prompts", "2", "--group-size", "2",
+                "--max-new-tokens", "4", "--micro-batch-size", "4", "--steps", "1", "--out", str(tmp_path))
+    record = last_json(res.stdout)
+    assert {"device", "date", "commit"} <= set(record) and record["device"] == "cpu"
+    for phase in ("rollout", "logprob_recompute", "policy_update", "memory_update", "weight_push", "step"):
+        assert record[f"embedded_dlc_on_{phase}_s"] >= 0.0
+    assert record["embedded_dlc_on_step_s"] > 0 and record["rl_over_plain"] > 0
+    rows = list(csv.DictReader(open(tmp_path / "bench_train_embedded.csv")))
+    assert len(rows) == 1 and rows[0]["commit"] == record["commit"]
+
+
+def test_bench_convert_on_cpu_round_trips_bit_identically_and_reports_peak_memory(tmp_path):
+    res = bench("convert", "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path))
+    record = last_json(res.stdout)
+    assert record["round_trip_bit_identical"] is True
+    assert record["from_hf"]["peak_rss_main"] > 0 and record["to_hf"]["peak_pss_tree"] > 0
+    assert (tmp_path / "bench_convert.csv").is_file() and not (tmp_path / "work").exists()

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One session's GPU checks on the lent device, in the order that spends the least device time: the device tool
+# carries at most 64 MiB per call and gives the machine back after 30 s idle, so each call carries one SGLang wheel
+# part AND does GPU work that needs no SGLang, and the SGLang work runs as a background chain that later calls poll.
+#
+# HERE, once:  bash tools/gpu_tier.sh fetch && PYTHON=.venv-sglang/bin/python bash tools/gpu_sglang.sh fetch
+# DEVICE, back to back (carry what each line names; OUT is the call's output folder):
+#   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier, ~9 min
+#   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler tests + launch sweep
+#   3  bash tools/gpu_session.sh packing         carry [".whl/sglang-gpu/p2"]   packed-update tests + bench
+#   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait S s
+#   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait S s (default 480), print and return the logs
+# Each step prints the tails of every log so far; the logs also come back under $OUT. A step never fails the call
+# (its status is printed as rc=N), so one broken test does not lose the logs of the rest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+  NVSHMEM_DISABLE_NVLS=1
+[ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
+OUT=${OUT:-/tmp/gpu_out}; LOGS=/tmp/gpu_session_logs; mkdir -p "$OUT" "$LOGS" /tmp/parts
+
+# A carried path is gone from the device's tree at the next call that does not carry it: keep each part in /tmp.
+stash() { for p in .whl/sglang-gpu/p*; do [ -d "$p" ] && cp -r "$p" /tmp/parts/; done; echo "parts kept: $(ls /tmp/parts | tr '\n' ' ')"; }
+collect() { cp "$LOGS"/* "$OUT/" 2>/dev/null; for f in "$LOGS"/*; do echo "=== $f"; grep -v "Capturing batches" "$f" | tail -n "${1:-25}"; done; }
+step() { local name=$1 limit=$2; shift 2; timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1; echo "$name rc=$?" | tee -a "$LOGS/status.log"; }
+PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts="" -rfE --tb=short)
+
+date -u; stash
+case "${1:-}" in
+tier)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
+  python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
+  step gpu_tier 560 "${PYTEST[@]}" -m gpu tests/gpu
+  collect 40 ;;
+kernels)
+  step kernel_tests 200 "${PYTEST[@]}" -m gpu tests/gpu/test_kernels_gpu.py
+  step kernel_sweep 340 python3 tools/bench_kernels.py --sweep --batches 64,128,256,512,1024 --out-dir "$OUT"
+  collect 40 ;;
+packing)
+  OUT=$LOGS step packing 560 bash tools/gpu_packing.sh
+  collect 30 ;;
+sglang)
+  mkdir -p .whl/sglang-gpu && cp -r /tmp/parts/p* .whl/sglang-gpu/
+  step sglang_install 240 bash tools/gpu_sglang.sh install
+  setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
+  sleep "${2:-420}"; collect 30 ;;
+chain)  # background, started by `sglang`: the SGLang GPU tests, the 20-step colocated run, the RL-step benchmark
+  step sglang_gpu_tests 600 bash tools/gpu_sglang.sh test
+  step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
+  step bench_train 900 python3 -m megatron_rlvr.cli bench train --engine sglang --steps 1 --embedded-steps 1 \
+    --out /tmp/bench_train ${BENCH_ARGS:-}
+  echo "chain done" ;;
+poll)
+  sleep "${2:-480}"; collect 30 ;;
+*)
+  sed -n '2,15p' "$0"; exit 2 ;;
+esac
