@@ -1,13 +1,16 @@
 """Benchmarks stage: kernel micro-benchmarks (``megatron-rlvr bench kernels`` or ``python tools/bench_kernels.py``).
 
 For each batch size at V = 151936 (Qwen3) this times, side by side in one run:
-  * unfused PyTorch DLC: subtract, softmax, multinomial, log_softmax + gather for pi_cal and for the policy;
-  * unfused PyTorch policy-only sampling: softmax, multinomial;
   * the fused kernel ``dlc_sample`` (lam > 0, log-probs of both distributions);
+  * unfused PyTorch DLC: subtract, softmax, multinomial, log_softmax + gather for pi_cal and for the policy;
+  * ``torch.compile`` of that unfused DLC (modes ``--compile-modes``), what a user would try first;
+  * FlashInfer's fused sampling from logits on the policy alone (skipped with the reason if it cannot run);
+  * unfused PyTorch policy-only sampling: softmax, multinomial;
 and reports the achieved bandwidth of the fused kernel (both logit tensors read once), its fraction of the
-device-to-device copy bandwidth measured in the same run, and the speed-ups. Each time is the median over
-replays of a CUDA graph holding one call per rotating input set (enough sets to overflow L2, so every call
-reads its logits from HBM), after warm-up. Writes a CSV and a PNG plot; the last stdout line is one JSON object.
+device-to-device copy bandwidth measured in the same run, and each baseline's time / fused time. Each time is the
+median over replays of a CUDA graph holding one call per rotating input set (enough sets to overflow L2, so every
+call reads its logits from HBM), after warm-up. Before that it prints the eager host time per call (fast launch
+vs Triton's JIT launch). Writes a CSV and a PNG plot; the last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -96,6 +100,32 @@ def time_eager(fn: Callable[[int], object], n_sets: int, reps: int = 50) -> floa
     return statistics.median(times)
 
 
+def time_stream(fn: Callable[[int], object], n_sets: int, reps: int = 30) -> float:
+    """Seconds per call of back-to-back eager calls between two events (for code a CUDA graph cannot capture)."""
+    for i in range(n_sets):
+        fn(i)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for r in range(reps):
+            fn(r % n_sets)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / reps)
+    return statistics.median(times)
+
+
+def _time_any(fn: Callable[[int], object], n_sets: int, replays: int) -> tuple[float, str]:
+    """(seconds per call, how): in a CUDA graph if it can be captured, else as an eager stream of calls."""
+    try:
+        return time_graph(fn, n_sets, replays), "graph"
+    except Exception:  # noqa: BLE001 - capture refused (e.g. a host sync inside): time it eagerly instead
+        torch.cuda.synchronize()
+        return time_stream(fn, n_sets), "eager"
+
+
 def unfused_dlc(zp: torch.Tensor, zm: torch.Tensor, lam: float, temperature: float):
     z = (zp.float() - lam * zm.float()) / temperature
     tok = torch.multinomial(torch.softmax(z, dim=-1), 1)
@@ -109,10 +139,15 @@ def unfused_policy(zp: torch.Tensor, temperature: float):
 
 
 def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, temperature: float,
-          replays: int, l2_bytes: int = 256 << 20) -> tuple[list[dict], float]:
+          replays: int, compile_modes: Sequence[str] = (), compile_budget_s: float = 120.0,
+          flashinfer: Optional[object] = None, flashinfer_wait_s: float = 180.0,
+          l2_bytes: int = 256 << 20) -> tuple[list[dict], float]:
+    from .bench_baselines import compiled_dlc
     from .dlc_sample_launcher import dlc_sample
 
     bw = copy_bandwidth()
+    compiled = {mode: compiled_dlc(mode) for mode in compile_modes}
+    dropped: dict = {}
     rows_out = []
     for batch in batches:
         set_bytes = 2 * batch * vocab * torch.tensor([], dtype=dtype).element_size()
@@ -131,52 +166,63 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
         t_dlc = time_graph(lambda i, s=sets: unfused_dlc(s[i][0], s[i][1], lam, temperature), n_sets, replays)
         t_pol = time_graph(lambda i, s=sets: unfused_policy(s[i][0], temperature), n_sets, replays)
         achieved = set_bytes / t_fused
-        rows_out.append(dict(
+        row = dict(
             batch=batch, vocab=vocab, dtype=str(dtype).replace("torch.", ""),
             unfused_dlc_ms=t_dlc * 1e3, unfused_policy_ms=t_pol * 1e3, fused_ms=t_fused * 1e3,
             fused_eager_ms=t_fused_eager * 1e3, fused_tb_s=achieved / 1e12, copy_tb_s=bw / 1e12,
             pct_of_copy=100 * achieved / bw, speedup_vs_dlc=t_dlc / t_fused, speedup_vs_policy=t_pol / t_fused,
-        ))
+        )
+        for mode, fn in compiled.items():
+            key = f"compile_{mode.replace('-', '_')}"
+            row[f"{key}_ms"] = None
+            if mode in dropped:
+                continue
+            start = time.perf_counter()
+            fn(*sets[0], lam, temperature)  # compiles this shape
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - start
+            t, how = _time_any(lambda i, s=sets, f=fn: f(s[i][0], s[i][1], lam, temperature), n_sets, replays)
+            row[f"{key}_ms"], row[f"{key}_timing"], row[f"{key}_compile_s"] = t * 1e3, how, compile_s
+            if compile_s > compile_budget_s:
+                dropped[mode] = f"dropped after B={batch}: its compile took {compile_s:.0f} s > {compile_budget_s:.0f} s"
+        row["flashinfer_policy_ms"] = None
+        if flashinfer is not None and flashinfer.ready(flashinfer_wait_s):
+            t, how = _time_any(lambda i, s=sets: flashinfer(s[i][0], i), n_sets, replays)
+            row["flashinfer_policy_ms"], row["flashinfer_timing"] = t * 1e3, how
+        rows_out.append(row)
+        print(f"B={batch}: fused {t_fused * 1e3:.4f} ms ({row['pct_of_copy']:.1f}% of copy bandwidth); " + ", ".join(
+            f"{name} {row[k]:.4f} ms" for k, name in _BASELINES if row.get(k) is not None), flush=True)
         del sets
         torch.cuda.empty_cache()
+    for mode, why in dropped.items():
+        print(f"torch.compile mode {mode}: {why}")
     return rows_out, bw
 
 
-def sweep(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, replays: int) -> None:
-    """Tuning aid: the fused kernel alone under several launch settings (tile chunks, programs per SM)."""
-    from . import dlc_sample_kernel, dlc_sample_launcher
-    from .dlc_sample_launcher import dlc_sample
-
-    settings = [(tile, pps, 10) for tile in (2, 4, 8) for pps in (1, 2, 3)]
-    defaults = (dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM,
-                dlc_sample_kernel.PHILOX_ROUNDS, dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS)
-    print(f"{'B':>5} {'tile':>4} {'prog/SM':>7} {'rounds':>6} {'fused ms':>9} {'TB/s':>6}")
-    for batch in batches:
-        set_bytes = 2 * batch * vocab * torch.tensor([], dtype=dtype).element_size()
-        n_sets = max(2, min(512, math.ceil((256 << 20) / set_bytes)))
-        sets = [((torch.randn(batch, vocab, device="cuda") * 3).to(dtype),
-                 (torch.randn(batch, vocab, device="cuda") * 3).to(dtype)) for _ in range(n_sets)]
-        for tile, pps, rounds in settings:
-            dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM = tile, pps
-            dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS = tile
-            dlc_sample_kernel.PHILOX_ROUNDS = rounds
-            t = time_graph(lambda i, s=sets: dlc_sample(s[i][0], s[i][1], lam=lam, seed=1, offset=i,
-                                                        check_nan=False), n_sets, replays)
-            print(f"{batch:>5} {tile:>4} {pps:>7} {rounds:>6} {t * 1e3:>9.4f} {set_bytes / t / 1e12:>6.2f}")
-        del sets
-        torch.cuda.empty_cache()
-    (dlc_sample_launcher.MAX_TILE_CHUNKS, dlc_sample_launcher.PROGRAMS_PER_SM,
-     dlc_sample_kernel.PHILOX_ROUNDS, dlc_sample_launcher.LARGE_BATCH_TILE_CHUNKS) = defaults
+_BASELINES = (("unfused_dlc_ms", "unfused DLC"), ("compile_default_ms", "compile"),
+              ("compile_max_autotune_no_cudagraphs_ms", "compile max-at"), ("flashinfer_policy_ms", "FlashInfer pol"),
+              ("unfused_policy_ms", "unfused policy"))
 
 
-def _print_table(rows: list[dict]) -> None:
-    head = (f"{'B':>5} {'unfused DLC ms':>15} {'unfused policy ms':>18} {'fused ms':>9} {'fused eager ms':>15} "
-            f"{'TB/s':>6} {'% copy':>7} {'x vs DLC':>9} {'x vs policy':>12}")
-    print(head)
+def _print_table(rows: list[dict]) -> list[str]:
+    """The side-by-side table: fused time and bandwidth, then each baseline's ms and its time / fused time.
+
+    Returns the failures of "the fused kernel beats every baseline at every batch" (empty if it does).
+    """
+    cols = [(k, name) for k, name in _BASELINES if any(r.get(k) is not None for r in rows)]
+    print(f"{'B':>5} {'fused ms':>9} {'TB/s':>6} {'% copy':>7} {'eager ms':>9} " +
+          " ".join(f"{name + ' ms (x)':>22}" for _, name in cols))
+    losses = []
     for r in rows:
-        print(f"{r['batch']:>5} {r['unfused_dlc_ms']:>15.4f} {r['unfused_policy_ms']:>18.4f} {r['fused_ms']:>9.4f} "
-              f"{r['fused_eager_ms']:>15.4f} {r['fused_tb_s']:>6.2f} {r['pct_of_copy']:>6.1f}% "
-              f"{r['speedup_vs_dlc']:>9.1f} {r['speedup_vs_policy']:>12.1f}")
+        cells = []
+        for k, name in cols:
+            v = r.get(k)
+            cells.append(f"{'-':>22}" if v is None else f"{v:>13.4f} ({v / r['fused_ms']:>5.1f}x)")
+            if v is not None and v <= r["fused_ms"]:
+                losses.append(f"B={r['batch']}: {name} {v:.4f} ms <= fused {r['fused_ms']:.4f} ms")
+        print(f"{r['batch']:>5} {r['fused_ms']:>9.4f} {r['fused_tb_s']:>6.2f} {r['pct_of_copy']:>6.1f}% "
+              f"{r['fused_eager_ms']:>9.4f} " + " ".join(cells))
+    return losses
 
 
 def _plot(rows: list[dict], path: Path, device: str) -> None:
@@ -204,42 +250,92 @@ def _plot(rows: list[dict], path: Path, device: str) -> None:
     plt.close(fig)
 
 
+def _set_rule(text: str) -> None:
+    """Set the launcher's rule constants from "P,MIN,TILE,LARGE,WPC" (for confirming a sweep's candidate)."""
+    from . import dlc_sample_launcher as launcher
+
+    names = ("PROGRAMS_PER_SM", "MIN_CHUNKS_PER_SPLIT", "MAX_TILE_CHUNKS", "LARGE_BATCH_TILE_CHUNKS", "WARPS_PER_CHUNK")
+    parts = text.replace("(", "").replace(")", "").split(",")
+    if len(parts) != len(names):
+        raise SystemExit(f"--rule needs {len(names)} comma-separated numbers ({','.join(names)}), got {text!r}")
+    for name, part in zip(names, parts):
+        value = float(part)
+        setattr(launcher, name, int(value) if value.is_integer() else value)
+    launcher.clear_launch_caches()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron-rlvr bench kernels", description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="1,32,256,1024", help="comma-separated batch sizes")
+    parser.add_argument("--batches", default="1,32,256,512,1024", help="comma-separated batch sizes")
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--lam", type=float, default=0.5, help="DLC balance factor lambda")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--replays", type=int, default=30, help="timed graph replays per measurement")
-    parser.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)  # tuning aid, see sweep()
+    parser.add_argument("--compile-modes", default="default,max-autotune-no-cudagraphs",
+                        help="torch.compile modes of the unfused DLC baseline ('' for none)")
+    parser.add_argument("--compile-budget-s", type=float, default=90.0,
+                        help="drop a compile mode for later batches once one of its compiles took longer")
+    parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer policy-only baseline")
+    parser.add_argument("--skip-host", action="store_true", help="skip the eager host-time table")
+    parser.add_argument("--rule", default=None, metavar="P,MIN,TILE,LARGE,WPC",
+                        help="launch-rule constants for this run (programs per SM, min chunks per split, max tile, "
+                             "large-batch tile, warps per chunk), e.g. a row of the sweep's rule candidates")
+    # Tuning aid (see bench_sweep.py): every launch setting per batch, then the rule candidates scored.
+    parser.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", default=os.environ.get("OUT", "runs/bench_kernels"),
                         help="where the CSV and PNG go")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench kernels needs a CUDA GPU: torch.cuda.is_available() is False", file=sys.stderr)
         return 2
+    from .bench_baselines import FlashInferPolicy, host_overhead_table, print_host_table
+
     batches = [int(b) for b in args.batches.split(",") if b]
-    if args.sweep:
-        sweep(batches, args.vocab, _DTYPES[args.dtype], args.lam, args.replays)
-        return 0
+    dtype = _DTYPES[args.dtype]
+    if args.rule:
+        _set_rule(args.rule)
     device = torch.cuda.get_device_name()
-    rows, bw = bench(batches, args.vocab, _DTYPES[args.dtype], args.lam, args.temperature, args.replays)
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    date, commit = datetime.date.today().isoformat(), _commit()
+    from . import dlc_sample_launcher as launcher
+
+    print(f"device: {device} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB)   "
+          f"torch {torch.__version__}   date: {date}   commit: {commit}   launch rule "
+          f"(programs/SM, min chunks/split, max tile, large-batch tile, warps/chunk) = {launcher._settings()}",
+          flush=True)
+    flashinfer = None if (args.no_flashinfer or args.sweep) else FlashInferPolicy()
+    host = [] if args.skip_host else host_overhead_table(args.vocab, dtype)
+    if host:
+        print_host_table(host)
+    if args.sweep:
+        from .bench_sweep import run_sweep
+
+        bw = copy_bandwidth()
+        print(f"\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
+        run_sweep(batches, args.vocab, dtype, args.lam, args.replays, time_graph, bw)
+        return 0
+    modes = [m for m in args.compile_modes.split(",") if m]
+    rows, bw = bench(batches, args.vocab, dtype, args.lam, args.temperature, args.replays, modes,
+                     args.compile_budget_s, flashinfer)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    commit = _commit()
-    print(f"device: {device}   copy bandwidth (read+write): {bw / 1e12:.2f} TB/s   date: {date}   commit: {commit}")
-    _print_table(rows)
+    print(f"\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
+    if flashinfer is not None and flashinfer.fn is None:
+        print(f"FlashInfer baseline skipped: {flashinfer.reason}")
+    losses = _print_table(rows)
+    print("fused faster than every baseline at every batch: " + ("yes" if not losses else "NO: " + "; ".join(losses)))
     csv_path = out_dir / "bench_kernels.csv"
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["device", "date", "commit", *rows[0].keys()])
+        writer = csv.DictWriter(f, fieldnames=["device", "date", "commit", *fields], restval="")
         writer.writeheader()
         for r in rows:
             writer.writerow({"device": device, "date": date, "commit": commit, **r})
     png_path = out_dir / "bench_kernels.png"
     _plot(rows, png_path, device)
     print(f"wrote {csv_path} and {png_path}")
+    rnd = lambda d: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in d.items()}  # noqa: E731
     print(json.dumps({"device": device, "date": date, "commit": commit, "copy_tb_s": bw / 1e12,
-                      "rows": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
+                      "host": [rnd(h) for h in host], "rows": [rnd(r) for r in rows]}))
     return 0

@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import os
 from functools import lru_cache
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from . import dlc_sample_kernel as _k
+from .dlc_launch_rule import LaunchPlan, launch_plan
+from .launch_cache import CachedKernel, specialization_class
 from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, raise_on_invalid_rows)
 from .dlc_sample_reference import dlc_partials_reference, dlc_sample_reference
 
@@ -33,6 +35,7 @@ PROGRAMS_PER_SM = 3
 MIN_CHUNKS_PER_SPLIT = 2
 MAX_TILE_CHUNKS = 4
 LARGE_BATCH_TILE_CHUNKS = 2
+WARPS_PER_CHUNK = 1
 
 
 def _next_pow2(n: int) -> int:
@@ -59,26 +62,34 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(chunk_lo, chunk_hi, splits, chunks_per_split, tile_chunks) for a (rows, vocab) launch."""
-    chunk_lo = vocab_offset // _k.CHUNK
-    chunk_hi = -(-(vocab_offset + vocab) // _k.CHUNK)
-    n_chunks = chunk_hi - chunk_lo
+def _settings() -> tuple:
+    """The launch-rule constants (module globals, so that tests and the benchmark's sweep can change them)."""
+    return (PROGRAMS_PER_SM, MIN_CHUNKS_PER_SPLIT, MAX_TILE_CHUNKS, LARGE_BATCH_TILE_CHUNKS, WARPS_PER_CHUNK)
+
+
+def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) -> LaunchPlan:
+    """The launch shape (chunk_lo, chunk_hi, splits, chunks_per_split, tile_chunks, num_warps) of a call."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 1
-    splits = max(1, min(-(-n_chunks // MIN_CHUNKS_PER_SPLIT), -(-PROGRAMS_PER_SM * sms // rows)))
-    per_split = -(-n_chunks // splits)
-    splits = -(-n_chunks // per_split)
-    max_tile = LARGE_BATCH_TILE_CHUNKS if rows >= 4 * sms else MAX_TILE_CHUNKS
-    tile = 1
-    while tile < min(per_split, max_tile):
-        tile *= 2
+    plan = launch_plan(rows, vocab, vocab_offset, sms, *_settings())
     if _interpret():  # the interpreter pays per operation, not per element: one big tile
-        tile = 1 << max(0, (per_split - 1).bit_length())
-    return chunk_lo, chunk_hi, splits, per_split, tile
+        plan = plan._replace(tile=_next_pow2(plan.per_split))
+    return plan
 
 
 _COUNTERS: dict = {}
+_DUMMIES: dict = {}
+_PLANS: dict = {}  # caller-side key -> _Stage1, the launch shape of one class of calls
+STAGE1 = CachedKernel(_k.dlc_stage1_kernel)
+THRESHOLD = CachedKernel(_k.dlc_threshold_kernel)
+COMBINE = CachedKernel(_k.dlc_combine_kernel)
+
+
+def clear_launch_caches() -> None:
+    """Forget cached launch plans and compiled handles (after changing the launch-rule constants)."""
+    _PLANS.clear()
+    for kernel in (STAGE1, THRESHOLD, COMBINE):
+        kernel.clear()
 
 
 def _arrival_counters(rows: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -102,24 +113,77 @@ def _arrival_counters(rows: int, device: torch.device) -> Optional[torch.Tensor]
     return buf
 
 
-def _scalar_or_ptr(value, dtype: torch.dtype, device: torch.device, dummy: torch.Tensor):
-    """(pointer, scalar, is_tensor) kernel arguments for a per-row parameter."""
+def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholder float32 / int64 tensors for pointer arguments the kernel never reads (one pair per device)."""
+    pair = _DUMMIES.get(device)
+    if pair is None:
+        pair = (torch.empty(1, dtype=torch.float32, device=device), torch.empty(1, dtype=torch.int64, device=device))
+        _DUMMIES[device] = pair
+    return pair
+
+
+def _row_arg(value, dtype: torch.dtype, device: torch.device):
+    """(tensor or None, scalar) for a per-row parameter: a contiguous (B,) tensor of ``dtype``, or a Python number."""
     if isinstance(value, torch.Tensor):
-        return value.reshape(-1).to(device=device, dtype=dtype).contiguous(), 0.0, True
-    return dummy, float(value), False
+        if value.dtype is not dtype or value.dim() != 1 or not value.is_contiguous() or value.device != device:
+            value = value.reshape(-1).to(device=device, dtype=dtype).contiguous()
+        return value, 0
+    return None, value
 
 
 def _int_halves(value: int) -> tuple[int, int]:
     """A Python int as two int32 kernel arguments carrying the low and high uint32 words."""
+    if 0 <= value < (1 << 31):  # the common case (decode positions, small seeds), without the general arithmetic
+        return value, 0
     value &= (1 << 64) - 1
     lo, hi = value & 0xFFFFFFFF, value >> 32
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
+
+
+class _Stage1(NamedTuple):
+    """Everything about a stage-1 launch that depends only on the call's class (shape, dtypes, flags)."""
+
+    plan: LaunchPlan
+    grid: tuple
+    finalize: bool
+    n_float: int  # float32 elements of the per-call buffer: outputs first, then the scratch
+    offsets: tuple  # element offsets in it of lp_cal, lp_pol, entropy, pthr, sthr, part_f, part_i, chunk_vals (-1: none)
+    ints: tuple  # V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter
+    constexprs: dict  # with COUNTER=False; COUNTER depends on whether the call got an arrival buffer
+    constexprs_counter: dict  # the same with COUNTER=True
+    threshold_block: int
+
+
+def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: torch.device, has_memory: bool,
+                 lam_t: bool, temp_t: bool, seed_t: bool, off_t: bool, has_mask: bool, has_noise: bool,
+                 return_entropy: bool, partials_only: bool) -> _Stage1:
+    plan = _split_plan(rows, vocab, vocab_offset, device)
+    splits, per_split = plan.splits, plan.per_split
+    finalize = splits == 1 and not partials_only
+    # Layout of the one float32 buffer of a call, in rows of B: log-probs (and entropy) first, which the call
+    # returns as views; then the scratch that lives only for the launch.
+    sizes = [1, 1, int(return_entropy), int(has_mask), int(has_mask), 0 if finalize else 8 * splits,
+             0 if finalize else splits, 0 if has_noise else splits * per_split]
+    offsets, at = [], 0
+    for size in sizes:
+        offsets.append(at * rows if size else -1)
+        at += size
+    constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
+                      HAS_MASK=has_mask, HAS_NOISE=has_noise, RETURN_ENTROPY=return_entropy, FINALIZE=finalize,
+                      COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS)
+    stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, tuple(offsets),
+                     (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),
+                     constexprs, {**constexprs, "COUNTER": True}, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
+    _PLANS[key] = stage1
+    return stage1
 
 
 def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg, temperature: FloatArg,
             seed: IntArg, offset: IntArg, tau: Optional[float], top_k: int, top_p: float, vocab_offset: int,
             return_entropy: bool, uniform_noise: Optional[torch.Tensor], policy_max: Optional[torch.Tensor],
             partials_only: bool):
+    # The hot path of every eager decode step: plain locals and one dict look-up, no per-call planning (see
+    # launch_cache.py for why the kernel launch itself bypasses the JIT).
     rows, vocab = policy.shape
     device = policy.device
     policy = policy if policy.stride(1) == 1 else policy.contiguous()
@@ -127,71 +191,143 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
         memory = memory.contiguous()
     if uniform_noise is not None and uniform_noise.stride(1) != 1:
         uniform_noise = uniform_noise.contiguous()
-    dummy_f = torch.empty(1, dtype=torch.float32, device=device)
-    dummy_i = torch.empty(1, dtype=torch.int64, device=device)
-    lam_p, lam_v, lam_t = _scalar_or_ptr(lam, torch.float32, device, dummy_f)
-    temp_p, temp_v, temp_t = _scalar_or_ptr(temperature, torch.float32, device, dummy_f)
-    if isinstance(seed, torch.Tensor):
-        seed_p, (seed_lo, seed_hi), seed_t = seed.reshape(-1).to(device, torch.int64).contiguous(), (0, 0), True
-    else:
-        seed_p, (seed_lo, seed_hi), seed_t = dummy_i, _int_halves(seed), False
-    if isinstance(offset, torch.Tensor):
-        off_p, (off_lo, off_hi), off_t = offset.reshape(-1).to(device, torch.int64).contiguous(), (0, 0), True
-    else:
-        off_p, (off_lo, off_hi), off_t = dummy_i, _int_halves(offset), False
+    lam_p, lam_v = _row_arg(lam, torch.float32, device)
+    temp_p, temp_v = _row_arg(temperature, torch.float32, device)
+    seed_p, seed_v = _row_arg(seed, torch.int64, device)
+    off_p, off_v = _row_arg(offset, torch.int64, device)
+    has_mask = tau is not None or top_k > 0 or top_p < 1.0
     mem = memory if memory is not None else policy
     noise = uniform_noise if uniform_noise is not None else policy
+    s_pol, s_mem, s_noise = policy.stride(0), mem.stride(0), noise.stride(0)
 
-    has_mask = tau is not None or top_k > 0 or top_p < 1.0
-    pthr = sthr = dummy_f
-    if has_mask:
-        pthr = torch.empty(rows, dtype=torch.float32, device=device)
-        sthr = torch.empty(rows, dtype=torch.float32, device=device)
-        block = min(_next_pow2(vocab), 8192 if _interpret() else 4096)
-        _k.dlc_threshold_kernel[(rows,)](
-            policy, mem, policy.stride(0), mem.stride(0), lam_p, lam_v, temp_p, temp_v,
-            pthr, sthr, policy_max if policy_max is not None else dummy_f, vocab,
-            math.log(tau) if tau is not None else 0.0, top_k, float(top_p),
-            HAS_MEMORY=memory is not None, LAM_T=lam_t, TEMP_T=temp_t, HAS_TAU=tau is not None,
-            PMAX_GIVEN=policy_max is not None, HAS_TOPK=top_k > 0, HAS_TOPP=top_p < 1.0, BLOCK=block,
-            num_warps=8,
-        )
-
-    chunk_lo, chunk_hi, splits, per_split, tile = _split_plan(rows, vocab, vocab_offset, device)
-    finalize = splits == 1 and not partials_only
-    tokens = torch.empty(rows, dtype=torch.int64, device=device)
-    lp_cal = torch.empty(rows, dtype=torch.float32, device=device)
-    lp_pol = torch.empty(rows, dtype=torch.float32, device=device)
-    entropy = torch.empty(rows, dtype=torch.float32, device=device) if return_entropy else dummy_f
-    part_f = part_i = dummy_f
+    key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, s_pol, s_mem, s_noise,
+           memory is not None, lam_p is not None, temp_p is not None, seed_p is not None, off_p is not None,
+           has_mask, uniform_noise is not None, return_entropy, partials_only, _settings(), _k.PHILOX_ROUNDS)
+    st = _PLANS.get(key)
+    if st is None:
+        st = _stage1_plan(key, rows, vocab, vocab_offset, device, memory is not None, lam_p is not None,
+                          temp_p is not None, seed_p is not None, off_p is not None, has_mask,
+                          uniform_noise is not None, return_entropy, partials_only)
     counters = None
-    if not finalize:
-        part_f = torch.empty(rows, splits, 8, dtype=torch.float32, device=device)
-        part_i = torch.empty(rows, splits, dtype=torch.int32, device=device)
-        if not partials_only:
-            counters = _arrival_counters(rows, device)
-    # Per (row, split) the log2 mass of each of its chunks (RNG mode only): written and read by one program.
-    chunk_vals = dummy_f if uniform_noise is not None else torch.empty(
-        rows * splits * per_split, dtype=torch.float32, device=device)
-    _k.dlc_stage1_kernel[(rows, splits)](
-        policy, mem, noise, policy.stride(0), mem.stride(0), noise.stride(0),
-        lam_p, lam_v, temp_p, temp_v, seed_p, seed_lo, seed_hi, off_p, off_lo, off_hi,
-        pthr, sthr, part_f, part_i, counters if counters is not None else dummy_i, chunk_vals,
-        tokens, lp_cal, lp_pol, entropy,
-        vocab, vocab_offset, chunk_lo, chunk_hi, per_split, -(-per_split // tile),
-        HAS_MEMORY=memory is not None, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
-        HAS_MASK=has_mask, HAS_NOISE=uniform_noise is not None, RETURN_ENTROPY=return_entropy,
-        FINALIZE=finalize, COUNTER=counters is not None, BLOCK_S=_next_pow2(splits), C=tile,
-        N_ROUNDS=_k.PHILOX_ROUNDS, num_warps=tile,
-    )
+    if not st.finalize and not partials_only:
+        counters = _arrival_counters(rows, device)
+    dummy_f, dummy_i = _dummies(device)
+    tokens = torch.empty(rows, dtype=torch.int64, device=device)
+    fbuf = torch.empty(st.n_float, dtype=torch.float32, device=device)
+    lp_cal = fbuf[:rows]
+    lp_pol = fbuf[rows:2 * rows]
+    entropy = fbuf[2 * rows:3 * rows] if return_entropy else None
+    seed_lo, seed_hi = (0, 0) if seed_p is not None else _int_halves(seed_v)
+    off_lo, off_hi = (0, 0) if off_p is not None else _int_halves(off_v)
+    lam_v = float(lam_v)
+    temp_v = float(temp_v)
+    o_pthr, o_sthr, o_pf, o_pi, o_cv = st.offsets[3:]
+
+    # Addresses of the call's tensors (0: not given). The fast path hands them to the launcher as ints; every
+    # buffer made here comes from PyTorch's allocator (aligned), so one check covers the user's tensors: a
+    # misaligned view (Triton would specialise on it) always takes the JIT path.
+    a_pol, a_mem, a_noise = policy.data_ptr(), mem.data_ptr(), noise.data_ptr()
+    a_lam = lam_p.data_ptr() if lam_p is not None else 0
+    a_temp = temp_p.data_ptr() if temp_p is not None else 0
+    a_seed = seed_p.data_ptr() if seed_p is not None else 0
+    a_off = off_p.data_ptr() if off_p is not None else 0
+    a_pmax = policy_max.data_ptr() if policy_max is not None else 0
+    base, a_tok = fbuf.data_ptr(), tokens.data_ptr()
+    aligned = not ((a_pol | a_mem | a_noise | a_lam | a_temp | a_seed | a_off | a_pmax | base | a_tok) & 15)
+    current = torch.cuda.current_device() if device.type == "cuda" else -1  # Triton loads kernels per device
+    handle_key = (key, current, counters is not None) if aligned else None
+    if has_mask:
+        _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf,
+                   (a_pol, a_mem, a_lam, a_temp, a_pmax, base), dummy_f, vocab, tau, top_k, top_p, policy_max,
+                   memory is not None, rows)
+
+    constexprs = st.constexprs if counters is None else st.constexprs_counter
+    h = STAGE1.handle(handle_key) if handle_key is not None else None
+    if h is not None:
+        df, di = st_dummy_addresses(dummy_f, dummy_i)
+        h = STAGE1.launch(h, st.grid, (
+            a_pol, a_mem, a_noise, s_pol, s_mem, s_noise, a_lam or df, lam_v, a_temp or df, temp_v,
+            a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi,
+            base + 4 * o_pthr if o_pthr >= 0 else df, base + 4 * o_sthr if o_sthr >= 0 else df,
+            base + 4 * o_pf if o_pf >= 0 else df, base + 4 * o_pi if o_pi >= 0 else df,
+            counters.data_ptr() if counters is not None else di, base + 4 * o_cv if o_cv >= 0 else df,
+            a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()),
+            current)
+    if not h:
+        splits = st.plan.splits
+        view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
+        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else dummy_f
+        args = (policy, mem, noise, s_pol, s_mem, s_noise,
+                dummy_f if lam_p is None else lam_p, lam_v, dummy_f if temp_p is None else temp_p, temp_v,
+                dummy_i if seed_p is None else seed_p, seed_lo, seed_hi, dummy_i if off_p is None else off_p,
+                off_lo, off_hi, view(o_pthr), view(o_sthr), view(o_pf, rows * splits * 8), part_i,
+                counters if counters is not None else dummy_i, view(o_cv, rows * splits * st.plan.per_split),
+                tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, *st.ints)
+        STAGE1.launch_jit(handle_key, st.grid, args, constexprs, st.plan.num_warps)
     if partials_only:
+        splits = st.plan.splits
+        part_f = fbuf.narrow(0, o_pf, rows * splits * 8).view(rows, splits, 8)
+        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32).view(rows, splits)
         return part_f, part_i.to(torch.int64)
-    if not finalize and counters is None:
-        _k.dlc_combine_kernel[(rows,)](
-            part_f, part_i, tokens, lp_cal, lp_pol, entropy, splits,
-            BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy, num_warps=1 if splits <= 64 else 4,
-        )
-    return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy if return_entropy else None)
+    if not st.finalize and counters is None:
+        splits = st.plan.splits
+        COMBINE.launch_jit(None, (rows, 1, 1), (
+            fbuf.narrow(0, o_pf, rows * splits * 8), fbuf.narrow(0, o_pi, rows * splits).view(torch.int32),
+            tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, splits),
+            dict(BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy), 1 if splits <= 64 else 4)
+    return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy)
+
+
+_DUMMY_ADDRESSES: dict = {}
+
+
+def st_dummy_addresses(dummy_f: torch.Tensor, dummy_i: torch.Tensor) -> tuple[int, int]:
+    """The addresses of a device's placeholder tensors (which live as long as the process)."""
+    pair = _DUMMY_ADDRESSES.get(id(dummy_f))
+    if pair is None:
+        pair = (dummy_f.data_ptr(), dummy_i.data_ptr())
+        _DUMMY_ADDRESSES[id(dummy_f)] = pair
+    return pair
+
+
+def threshold_constexprs(has_memory: bool, lam_t: bool, temp_t: bool, tau: Optional[float], top_k: int, top_p: float,
+                         pmax_given: bool, block: int) -> dict:
+    """The threshold kernel's constexprs, in its signature order."""
+    return dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, HAS_TAU=tau is not None, PMAX_GIVEN=pmax_given,
+                HAS_TOPK=top_k > 0, HAS_TOPP=top_p < 1.0, BLOCK=block)
+
+
+def threshold_handle_key(handle_key: tuple, top_k: int, constexprs: dict) -> tuple:
+    """The threshold kernel's cached-handle key: the stage-1 key (shapes, dtypes, strides, alignment), the class
+    Triton specialises ``top_k`` on (1, divisible by 16), and every constexpr of the call. The stage-1 key knows only
+    that *some* mask is on; which one (tau, top-k, top-p, a given policy max) compiles a different kernel, and a key
+    without them replayed a top-k-only kernel for a top-k + top-p call (top-p silently ignored)."""
+    return (handle_key, specialization_class(top_k), tuple(constexprs.items()))
+
+
+def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int, s_mem: int, lam_p, lam_v,
+               temp_p, temp_v, fbuf, addr: tuple, dummy_f, vocab, tau, top_k, top_p, policy_max, has_memory,
+               rows) -> None:
+    """The mask pre-pass (tau / top-k / top-p): per-row thresholds into the call buffer's pthr / sthr rows."""
+    o_pthr, o_sthr = st.offsets[3], st.offsets[4]
+    log_tau = math.log(tau) if tau is not None else 0.0
+    constexprs = threshold_constexprs(has_memory, lam_p is not None, temp_p is not None, tau, top_k, top_p,
+                                      policy_max is not None, st.threshold_block)
+    key = None if handle_key is None else threshold_handle_key(handle_key, top_k, constexprs)
+    h = THRESHOLD.handle(key) if key is not None else None
+    if h is not None:
+        a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr
+        df = dummy_f.data_ptr()
+        h = THRESHOLD.launch(h, (rows, 1, 1), (
+            a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
+            base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()),
+            handle_key[1])
+    if not h:
+        THRESHOLD.launch_jit(key, (rows, 1, 1), (
+            policy, mem, s_pol, s_mem, dummy_f if lam_p is None else lam_p, lam_v,
+            dummy_f if temp_p is None else temp_p, temp_v, fbuf.narrow(0, o_pthr, rows), fbuf.narrow(0, o_sthr, rows),
+            policy_max if policy_max is not None else dummy_f, vocab, log_tau, top_k, float(top_p)),
+            constexprs, 8)
 
 
 def dlc_sample(

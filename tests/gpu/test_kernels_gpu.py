@@ -154,6 +154,8 @@ def test_split_rows_merged_in_kernel_equal_the_combine_kernel_and_leave_counters
     from megatron_rlvr.kernels import dlc_sample_launcher as launcher
 
     zp, zm = _logits(rows, seed=rows)
+    # At least 3 programs per SM, whatever the shipped rule says: B = 256 then splits its rows too.
+    monkeypatch.setattr(launcher, "PROGRAMS_PER_SM", max(3, launcher.PROGRAMS_PER_SM))
     assert launcher._split_plan(rows, QWEN3_VOCAB, 0, zp.device)[2] > 1
     seed = torch.arange(rows, device="cuda", dtype=torch.int64) * 7 + 1
     kwargs = dict(lam=0.5, temperature=1.0, seed=seed, offset=9, return_entropy=True)

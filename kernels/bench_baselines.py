@@ -1,0 +1,164 @@
+"""Benchmarks stage: what a user would try instead of the fused sampler, and the sampler's eager host time.
+
+* ``compiled_dlc(mode)``: ``torch.compile`` of the unfused PyTorch DLC sampler (``bench.unfused_dlc``), one
+  compile per batch shape (``dynamic=False``), warmed up before timing; a mode whose first compile takes longer
+  than the budget is dropped for the remaining batches (the table says so).
+* ``FlashInferPolicy``: FlashInfer's fused sampling from logits on the policy alone (no memory model, no
+  log-probs): the fastest policy-only sampler a serving stack ships. Its JIT build starts in a child process
+  when the benchmark starts, so that it overlaps the other measurements.
+* ``host_time``: host time per eager ``dlc_sample`` call, with the fast launch path and with Triton's normal
+  JIT launch (``MEGATRON_RLVR_FAST_LAUNCH=0``), at a batch where the GPU is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+
+def compiled_dlc(mode: str) -> Callable:
+    """A torch.compile'd unfused DLC sampler (same math as bench.unfused_dlc)."""
+    from .bench import unfused_dlc
+
+    return torch.compile(unfused_dlc, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
+
+
+# Run in a child process: the first call JIT-builds FlashInfer's sampling extension (or loads it from FlashInfer's
+# cache), in another CUDA context, so it never touches the benchmark's stream while a CUDA graph is captured.
+_FLASHINFER_BUILD = """
+import torch
+import flashinfer.sampling as fs
+x = torch.randn(4, 1000, device="cuda")
+try:
+    fs.sampling_from_logits(x.to(torch.bfloat16), seed=0, offset=0)
+except (TypeError, RuntimeError, ValueError):
+    fs.sampling_from_logits(x, seed=0, offset=0)
+torch.cuda.synchronize()
+"""
+
+
+class FlashInferPolicy:
+    """``flashinfer.sampling.sampling_from_logits`` on the policy logits, or the reason it cannot run.
+
+    The extension build runs in a child process started with the benchmark (so it overlaps the other
+    measurements and never touches this process's CUDA stream while graphs are being captured); ``ready`` waits
+    for it, then imports the cached build here and makes one test call.
+    """
+
+    def __init__(self) -> None:
+        self.fn: Optional[Callable] = None
+        self.reason = "not started"
+        self.needs_float = False
+        self._checked = False
+        self._build = subprocess.Popen([sys.executable, "-c", _FLASHINFER_BUILD], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+
+    def ready(self, timeout_s: float) -> bool:
+        """Whether the baseline can run (waits for the build the first time, at most timeout_s)."""
+        if not self._checked:
+            self._checked = True
+            self._check(timeout_s)
+        return self.fn is not None
+
+    def _check(self, timeout_s: float) -> None:
+        try:
+            out, _ = self._build.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._build.kill()
+            self._build.communicate()
+            self.reason = f"FlashInfer's sampling build did not finish within {timeout_s:.0f} s"
+            return
+        if self._build.returncode != 0:
+            last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+            self.reason = f"flashinfer.sampling did not run in a child process: {last[0]}"[:240]
+            return
+        try:
+            import flashinfer.sampling as fs
+
+            fn = fs.sampling_from_logits
+            x = (torch.randn(4, 151936, device="cuda") * 3).to(torch.bfloat16)
+            try:
+                fn(x, seed=0, offset=0)
+            except (TypeError, RuntimeError, ValueError):
+                self.needs_float = True  # versions whose kernel takes float32 logits only
+                fn(x.float(), seed=0, offset=0)
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 - any failure is reported as the reason for the skip
+            self.reason = f"sampling_from_logits failed on a test call: {type(exc).__name__}: {exc}"[:240]
+            return
+        self.fn, self.reason = fn, ""
+
+    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        # Explicit seed/offset: by-value RNG state, so the call can be captured in a CUDA graph like the others.
+        return self.fn(logits.float() if self.needs_float else logits, seed=0, offset=step)
+
+
+def host_time(call: Callable[[int], object], n: int = 2000) -> tuple[float, float, float]:
+    """(wall, CPU, drained) seconds per call of n eager calls issued back to back with no sync between.
+
+    wall: host time until the last call returned; CPU: this thread's CPU time; drained: until the GPU finished too.
+    drained ~ wall means the host was the bottleneck, i.e. wall is the host overhead of one call.
+    """
+    for i in range(20):
+        call(i)
+    torch.cuda.synchronize()
+    c0, t0 = time.thread_time(), time.perf_counter()
+    for i in range(n):
+        call(i)
+    t1, c1 = time.perf_counter(), time.thread_time()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    return (t1 - t0) / n, (c1 - c0) / n, (t2 - t0) / n
+
+
+def host_overhead_table(vocab: int, dtype: torch.dtype, batch: int = 1) -> list[dict]:
+    """Host time of eager dlc_sample calls in the engines' two call styles, fast launch vs Triton's JIT launch."""
+    from . import dlc_sample_launcher as launcher
+    from .dlc_sample_launcher import dlc_sample
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    zp = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
+    zm = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
+    seeds = torch.arange(batch, device="cuda")
+    lam_t = torch.full((batch,), 0.5, device="cuda")
+    temp_t = torch.ones(batch, device="cuda")
+    off_t = torch.zeros(batch, dtype=torch.int64, device="cuda")
+    styles = {
+        # rollout/embedded.py: scalar lam and T, per-row seeds, the decode position as the offset
+        "embedded engine": lambda i: dlc_sample(zp, zm, lam=0.5, temperature=1.0, seed=seeds, offset=i,
+                                                return_entropy=True, check_nan=False),
+        # rollout/sglang/sampler.py: every per-row parameter a tensor
+        "sglang sampler": lambda i: dlc_sample(zp, zm, lam=lam_t, temperature=temp_t, seed=seeds, offset=off_t,
+                                               return_entropy=True, check_nan=False),
+        "with tau=0.05": lambda i: dlc_sample(zp, zm, lam=0.5, seed=seeds, offset=i, tau=0.05, check_nan=False),
+    }
+    rows = []
+    for name, call in styles.items():
+        fast_before = launcher.STAGE1.fast_launches
+        fast = host_time(call)
+        used_fast = launcher.STAGE1.fast_launches > fast_before
+        os.environ["MEGATRON_RLVR_FAST_LAUNCH"] = "0"
+        try:
+            jit = host_time(call, n=500)
+        finally:
+            os.environ.pop("MEGATRON_RLVR_FAST_LAUNCH", None)
+        rows.append(dict(style=name, batch=batch, fast_us=fast[0] * 1e6, fast_cpu_us=fast[1] * 1e6,
+                         fast_drained_us=fast[2] * 1e6, jit_us=jit[0] * 1e6, jit_cpu_us=jit[1] * 1e6,
+                         jit_drained_us=jit[2] * 1e6, speedup=jit[0] / fast[0], fast_path_used=used_fast))
+    return rows
+
+
+def print_host_table(rows: list[dict]) -> None:
+    print(f"\neager host time per dlc_sample call (B={rows[0]['batch']}, no sync between calls; 'drained' waits for "
+          "the GPU too: close to wall = host-bound, so wall is the host overhead). Target: fast <= 30 us")
+    print(f"{'call style':<16} {'fast us':>8} {'(CPU)':>7} {'(drained)':>9} {'JIT us':>8} {'(CPU)':>7} "
+          f"{'(drained)':>9} {'x':>6}  fast path used")
+    for r in rows:
+        print(f"{r['style']:<16} {r['fast_us']:>8.1f} {r['fast_cpu_us']:>7.1f} {r['fast_drained_us']:>9.1f} "
+              f"{r['jit_us']:>8.1f} {r['jit_cpu_us']:>7.1f} {r['jit_drained_us']:>9.1f} {r['speedup']:>6.2f}  "
+              f"{r['fast_path_used']}")
