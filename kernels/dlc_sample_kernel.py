@@ -33,107 +33,8 @@ u = ((x >> 9) + 0.5) * 2**-23 in (0, 1) and F = -log2(u). ``philox.py`` holds th
 import triton
 import triton.language as tl
 
-CHUNK = 1024
-QUARTER = 256  # a chunk's four quarters each hold 32 thread-rows of 8 contiguous ids (one 16-byte bf16 load)
-PHILOX_ROUNDS = 10
-
-
-_PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
-_PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
-_PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
-_PHILOX_ROUND_B = tl.constexpr(0xCD9E8D57)
-
-
-@triton.jit
-def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
-    """Philox-4x32 (Salmon et al., SC'11) on uint32 values; only c0 varies per element here."""
-    for _ in tl.static_range(N_ROUNDS):
-        _c0 = c0
-        _c2 = c2
-        c0 = tl.umulhi(_c2, _PHILOX_ROUND_B) ^ c1 ^ k0
-        c2 = tl.umulhi(_c0, _PHILOX_ROUND_A) ^ c3 ^ k1
-        c1 = _c2 * _PHILOX_ROUND_B
-        c3 = _c0 * _PHILOX_ROUND_A
-        k0 = k0 + _PHILOX_KEY_A
-        k1 = k1 + _PHILOX_KEY_B
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def _race_weight(x):
-    """F = -log2(u) for u = ((x >> 9) + 0.5) * 2^-23, the exponential-race divisor of one uint32."""
-    u = (x >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.960464477539063e-08
-    return -tl.log2(u)
-
-
-@triton.jit
-def _row_params(row, lam_ptr, lam_val, temp_ptr, temp_val, LAM_T: tl.constexpr, TEMP_T: tl.constexpr):
-    """Per-row scale factors: s2 = z_policy * a - z_memory * b; temperature <= 0 means greedy (scored at T = 1)."""
-    if LAM_T:
-        lam = tl.load(lam_ptr + row).to(tl.float32)
-    else:
-        lam = lam_val
-    if TEMP_T:
-        temp = tl.load(temp_ptr + row).to(tl.float32)
-    else:
-        temp = temp_val
-    greedy = temp <= 0.0
-    inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temp))
-    a = inv_t * 1.4426950408889634
-    b = lam * a
-    return a, b, greedy
-
-
-@triton.jit
-def _row_rng_key(row, seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi, SEED_T: tl.constexpr,
-                 OFF_T: tl.constexpr):
-    if SEED_T:
-        s = tl.load(seed_ptr + row)
-        k0 = (s & 0xFFFFFFFF).to(tl.uint32)
-        k1 = ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    else:
-        k0 = seed_lo.to(tl.uint32, bitcast=True)
-        k1 = seed_hi.to(tl.uint32, bitcast=True)
-    if OFF_T:
-        o = tl.load(off_ptr + row)
-        c1 = (o & 0xFFFFFFFF).to(tl.uint32)
-        c2 = ((o >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    else:
-        c1 = off_lo.to(tl.uint32, bitcast=True)
-        c2 = off_hi.to(tl.uint32, bitcast=True)
-    return k0, k1, c1, c2
-
-
-@triton.jit
-def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
-    """Raw policy logit, policy score and calibrated score (log2 units); out of bounds gives -inf scores."""
-    zp = tl.load(pol_row + offs, mask=inb, other=float("-inf")).to(tl.float32)
-    p2 = zp * a
-    if HAS_MEMORY:
-        zm = tl.load(mem_row + offs, mask=inb, other=0.0).to(tl.float32)
-        # An explicit fma pins the rounding: the threshold kernel's top-k/top-p cut, the pass and the winner's
-        # recomputed score then see bit-identical s2 (free contraction could fuse either product).
-        s2 = tl.fma(zm, -b, p2)
-    else:
-        s2 = p2
-    return zp, p2, s2
-
-
-@triton.jit
-def _quarter(pol_row, mem_row, local, inb, a, b, pthr, sthr, HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Policy and calibrated scores of one quarter tile; masked ids get s2 = -inf (NaN is kept: the row is flagged)."""
-    zp, p2, s2 = _scores(pol_row, mem_row, local, inb, a, b, HAS_MEMORY)
-    if HAS_MASK:
-        keep = (zp >= pthr) & (s2 >= sthr)
-        s2 = tl.where(keep | (s2 != s2), s2, float("-inf"))
-    return p2, s2
-
-
-@triton.jit
-def _noise_weight(noise_row, local, inb, greedy):
-    """Race divisor F = -log2(u) from caller-given uniforms (1 for greedy rows)."""
-    u = tl.load(noise_row + local, mask=inb, other=0.5).to(tl.float32)
-    return tl.where(greedy, 1.0, -tl.log2(u))
+from .dlc_sample_ops import (CHUNK, PHILOX_ROUNDS, QUARTER, _better, _noise_weight, _philox4x32,  # noqa: F401
+                             _quarter, _race_weight, _row_params, _row_rng_key, _scores)
 
 
 @triton.jit
@@ -199,12 +100,6 @@ def _chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2,
 
 
 @triton.jit
-def _better(q, pos, q_new, pos_new):
-    take = q_new > q
-    return tl.where(take, q_new, q), tl.where(take, pos_new, pos)
-
-
-@triton.jit
 def _finish_row(row, M, L, T, MP, LP, best_score, s2b, p2b, tok, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,
                 RETURN_ENTROPY: tl.constexpr):
     """Final outputs of one row from its merged statistics; non-finite or empty rows get token -1 and NaNs."""
@@ -234,7 +129,7 @@ def dlc_stage1_kernel(
     HAS_MEMORY: tl.constexpr, LAM_T: tl.constexpr, TEMP_T: tl.constexpr, SEED_T: tl.constexpr,
     OFF_T: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, RETURN_ENTROPY: tl.constexpr,
     FINALIZE: tl.constexpr, COUNTER: tl.constexpr, BLOCK_S: tl.constexpr, C: tl.constexpr,
-    N_ROUNDS: tl.constexpr,
+    N_ROUNDS: tl.constexpr, LEAN: tl.constexpr = False,
 ):
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -346,7 +241,14 @@ def dlc_stage1_kernel(
             mass = tl.sum(tl.reshape(rs, (C, 32)) * tl.exp2(mn2 - ref[:, None]), 1)  # (C,)
             cid = cg + tl.arange(0, C)
             val = tl.where(greedy, tl.max(tl.reshape(mx, (C, 32)), 1), ref + tl.log2(mass))
-            tl.store(chunk_row + (cid - c_begin), val, mask=cid < c_end)
+            if LEAN:
+                # Store from the thread-rows' own layout (lane 0 of each chunk's warp writes): the (C,) layout of
+                # the reduction would need a shared-memory conversion and two barriers per iteration.
+                rr_1 = tl.arange(0, R)  # (R,): the thread-rows, in the layout of the per-row statistics
+                val_r = tl.reshape(tl.broadcast_to(val[:, None], (C, 32)), (R,))
+                tl.store(chunk_row + (it * C + rr_1 // 32), val_r, mask=((rr_1 % 32) == 0) & ((cg + rr_1 // 32) < c_end))
+            else:
+                tl.store(chunk_row + (cid - c_begin), val, mask=cid < c_end)
 
         if SEPARATE_POLICY:
             mpx = tl.maximum(tl.maximum(tl.max(p0, 1), tl.max(p1, 1)), tl.maximum(tl.max(p2_, 1), tl.max(p3, 1)))
