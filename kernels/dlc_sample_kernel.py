@@ -35,6 +35,7 @@ import triton.language as tl
 
 from .dlc_sample_ops import (CHUNK, PHILOX_ROUNDS, QUARTER, _better, _noise_weight, _philox4x32,  # noqa: F401
                              _quarter, _race_weight, _row_params, _row_rng_key, _scores)
+from . import dlc_sample_tail as _tail
 
 
 @triton.jit
@@ -264,34 +265,45 @@ def dlc_stage1_kernel(
         l_p = l_c
 
     # Reduce the per-thread statistics of this program.
-    M = tl.max(m_c, 0)
-    Ms = tl.where(M == float("-inf"), 0.0, M)
-    w = tl.exp2(m_c - Ms)
-    L = tl.sum(l_c * w, 0)
-    T = tl.sum(tl.where(l_c > 0.0, w * (t_c + (m_c - Ms) * l_c), 0.0), 0)
-    MP = tl.max(m_p, 0)
-    MPs = tl.where(MP == float("-inf"), 0.0, MP)
-    LP = tl.sum(l_p * tl.exp2(m_p - MPs), 0)
+    if LEAN:  # one cross-warp reduction (dlc_sample_tail.py says why)
+        M, L, T, MP, LP = _tail.program_statistics(m_c, l_c, t_c, m_p, l_p, SEPARATE_POLICY, RETURN_ENTROPY)
+        Ms = tl.where(M == float("-inf"), 0.0, M)
+        MPs = tl.where(MP == float("-inf"), 0.0, MP)
+    else:
+        M = tl.max(m_c, 0)
+        Ms = tl.where(M == float("-inf"), 0.0, M)
+        w = tl.exp2(m_c - Ms)
+        L = tl.sum(l_c * w, 0)
+        T = tl.sum(tl.where(l_c > 0.0, w * (t_c + (m_c - Ms) * l_c), 0.0), 0)
+        MP = tl.max(m_p, 0)
+        MPs = tl.where(MP == float("-inf"), 0.0, MP)
+        LP = tl.sum(l_p * tl.exp2(m_p - MPs), 0)
     if HAS_NOISE:
         bs = tl.max(best, 0)
         # Smallest id among equal scores, matching torch.argmax of the reference.
         tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
         tok = tl.where(tok == 2147483647, -1, tok)
+    elif LEAN:  # the winner's scores come with it: no second load of its logits
+        bs, best_chunk = _tail.chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
+                                          N_ROUNDS)
+        tok, s2b, p2b = _tail.sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr,
+                                              sthr, k0, k1, c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
     else:
         bs, best_chunk = _chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
                                      N_ROUNDS)
         tok = _sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1,
                                c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
 
-    # The winner's own scores, recomputed from its two logits.
-    tl_local = tl.maximum(tok - vocab_offset, 0).to(tl.int64)
-    zpb = tl.load(pol_row + tl_local).to(tl.float32)
-    p2b = zpb * a
-    if HAS_MEMORY:
-        zmb = tl.load(mem_row + tl_local).to(tl.float32)
-        s2b = tl.fma(zmb, -b, p2b)
-    else:
-        s2b = p2b
+    if HAS_NOISE or not LEAN:
+        # The winner's own scores, recomputed from its two logits.
+        tl_local = tl.maximum(tok - vocab_offset, 0).to(tl.int64)
+        zpb = tl.load(pol_row + tl_local).to(tl.float32)
+        p2b = zpb * a
+        if HAS_MEMORY:
+            zmb = tl.load(mem_row + tl_local).to(tl.float32)
+            s2b = tl.fma(zmb, -b, p2b)
+        else:
+            s2b = p2b
 
     if FINALIZE:
         _finish_row(row, Ms, L, T, MPs, LP, bs, s2b, p2b, tok, tok_ptr, lp_cal_ptr, lp_pol_ptr, ent_ptr,

@@ -36,6 +36,11 @@ MIN_CHUNKS_PER_SPLIT = 2
 MAX_TILE_CHUNKS = 4
 LARGE_BATCH_TILE_CHUNKS = 2
 WARPS_PER_CHUNK = 1
+# Which stage-1 tail runs: "lean" (dlc_sample_tail.py: no barrier in the loop, fewer cross-warp reductions after it,
+# the same tokens) or "plain" (the kernel before it, kept for side-by-side runs: tools/bench_kernels.py --variants).
+VARIANTS = ("lean", "plain")
+VARIANT = os.environ.get("MEGATRON_RLVR_DLC_VARIANT", "lean")
+INTERPRETER_ONE_TILE = True  # under TRITON_INTERPRET=1; tests turn it off to run the loop over several tiles
 
 
 def _next_pow2(n: int) -> int:
@@ -67,12 +72,20 @@ def _settings() -> tuple:
     return (PROGRAMS_PER_SM, MIN_CHUNKS_PER_SPLIT, MAX_TILE_CHUNKS, LARGE_BATCH_TILE_CHUNKS, WARPS_PER_CHUNK)
 
 
+def _lean() -> bool:
+    """True for the lean stage-1 tail (``VARIANT``); an unknown variant is an error naming the choices."""
+    if VARIANT not in VARIANTS:
+        raise ValueError(f"dlc_sample variant {VARIANT!r} unknown (MEGATRON_RLVR_DLC_VARIANT or "
+                         f"dlc_sample_launcher.VARIANT); use one of {VARIANTS}")
+    return VARIANT == "lean"
+
+
 def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) -> LaunchPlan:
     """The launch shape (chunk_lo, chunk_hi, splits, chunks_per_split, tile_chunks, num_warps) of a call."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 1
     plan = launch_plan(rows, vocab, vocab_offset, sms, *_settings())
-    if _interpret():  # the interpreter pays per operation, not per element: one big tile
+    if _interpret() and INTERPRETER_ONE_TILE:  # the interpreter pays per operation, not per element: one big tile
         plan = plan._replace(tile=_next_pow2(plan.per_split))
     return plan
 
@@ -170,7 +183,8 @@ def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: t
         at += size
     constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
                       HAS_MASK=has_mask, HAS_NOISE=has_noise, RETURN_ENTROPY=return_entropy, FINALIZE=finalize,
-                      COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS)
+                      COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS,
+                      LEAN=_lean())
     stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, tuple(offsets),
                      (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),
                      constexprs, {**constexprs, "COUNTER": True}, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
@@ -202,7 +216,7 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
 
     key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, s_pol, s_mem, s_noise,
            memory is not None, lam_p is not None, temp_p is not None, seed_p is not None, off_p is not None,
-           has_mask, uniform_noise is not None, return_entropy, partials_only, _settings(), _k.PHILOX_ROUNDS)
+           has_mask, uniform_noise is not None, return_entropy, partials_only, _settings(), _k.PHILOX_ROUNDS, VARIANT)
     st = _PLANS.get(key)
     if st is None:
         st = _stage1_plan(key, rows, vocab, vocab_offset, device, memory is not None, lam_p is not None,
