@@ -141,7 +141,8 @@ def unfused_policy(zp: torch.Tensor, temperature: float):
 def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, temperature: float,
           replays: int, compile_modes: Sequence[str] = (), compile_budget_s: float = 120.0,
           flashinfer: Optional[object] = None, flashinfer_wait_s: float = 180.0,
-          l2_bytes: int = 256 << 20) -> tuple[list[dict], float]:
+          l2_bytes: int = 256 << 20, variants: Sequence[str] = (), variant_rounds: int = 3) -> tuple[list[dict], float]:
+    from . import dlc_sample_launcher as launcher
     from .bench_baselines import compiled_dlc
     from .dlc_sample_launcher import dlc_sample
 
@@ -161,7 +162,19 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
             return dlc_sample(s[i][0], s[i][1], lam=lam, temperature=temperature, seed=seeds, offset=i,
                               check_nan=False)
 
-        t_fused = time_graph(fused, n_sets, replays)
+        per_variant = {}
+        if variants:
+            # Kernel variants side by side (A/B), alternating so that drifts of the device hit each alike; the
+            # first variant is the "fused" column, the median of its rounds.
+            for _ in range(variant_rounds):
+                for v in variants:
+                    _use_variant(launcher, v)
+                    per_variant.setdefault(v, []).append(time_graph(fused, n_sets, replays))
+            _use_variant(launcher, variants[0])
+            per_variant = {v: statistics.median(ts) for v, ts in per_variant.items()}
+            t_fused = per_variant[variants[0]]
+        else:
+            t_fused = time_graph(fused, n_sets, replays)
         t_fused_eager = time_eager(fused, n_sets)
         t_dlc = time_graph(lambda i, s=sets: unfused_dlc(s[i][0], s[i][1], lam, temperature), n_sets, replays)
         t_pol = time_graph(lambda i, s=sets: unfused_policy(s[i][0], temperature), n_sets, replays)
@@ -172,6 +185,8 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
             fused_eager_ms=t_fused_eager * 1e3, fused_tb_s=achieved / 1e12, copy_tb_s=bw / 1e12,
             pct_of_copy=100 * achieved / bw, speedup_vs_dlc=t_dlc / t_fused, speedup_vs_policy=t_pol / t_fused,
         )
+        for v, t in per_variant.items():
+            row[f"fused_{v}_ms"], row[f"pct_of_copy_{v}"] = t * 1e3, 100 * set_bytes / t / bw
         for mode, fn in compiled.items():
             key = f"compile_{mode.replace('-', '_')}"
             row[f"{key}_ms"] = None
@@ -202,6 +217,26 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
 _BASELINES = (("unfused_dlc_ms", "unfused DLC"), ("compile_default_ms", "compile"),
               ("compile_max_autotune_no_cudagraphs_ms", "compile max-at"), ("flashinfer_policy_ms", "FlashInfer pol"),
               ("unfused_policy_ms", "unfused policy"))
+
+
+def _use_variant(launcher, variant: str) -> None:
+    """Select a stage-1 kernel variant of the launcher (dlc_sample_launcher.VARIANTS) and drop compiled handles."""
+    if variant not in launcher.VARIANTS:
+        raise SystemExit(f"--variants: {variant!r} is not one of {launcher.VARIANTS}")
+    launcher.VARIANT = variant
+    launcher.clear_launch_caches()
+
+
+def print_variant_table(rows: list[dict], variants: Sequence[str]) -> None:
+    """The kernel variants side by side: ms and % of copy bandwidth each, and each one's time / the first's."""
+    first = variants[0]
+    print(f"\nkernel variants, same inputs, alternating rounds (median): x = variant ms / {first} ms")
+    print(f"{'B':>5} " + " ".join(f"{v + ' ms (% copy)':>22}" for v in variants) +
+          " " + " ".join(f"{'x ' + v:>10}" for v in variants[1:]))
+    for r in rows:
+        cells = [f"{r[f'fused_{v}_ms']:>12.4f} ({r[f'pct_of_copy_{v}']:>5.1f}%)" for v in variants]
+        ratios = [f"{r[f'fused_{v}_ms'] / r[f'fused_{first}_ms']:>10.3f}" for v in variants[1:]]
+        print(f"{r['batch']:>5} " + " ".join(f"{c:>22}" for c in cells) + " " + " ".join(ratios))
 
 
 def _print_table(rows: list[dict]) -> list[str]:
@@ -278,6 +313,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="drop a compile mode for later batches once one of its compiles took longer")
     parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer policy-only baseline")
     parser.add_argument("--skip-host", action="store_true", help="skip the eager host-time table")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated stage-1 kernel variants to time side by side, e.g. lean,plain (the first "
+                             "is the fused column; default: the launcher's variant only)")
+    parser.add_argument("--variant-rounds", type=int, default=3, help="alternating timing rounds per variant")
     parser.add_argument("--rule", default=None, metavar="P,MIN,TILE,LARGE,WPC",
                         help="launch-rule constants for this run (programs per SM, min chunks per split, max tile, "
                              "large-batch tile, warps per chunk), e.g. a row of the sweep's rule candidates")
@@ -302,7 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     print(f"device: {device} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB)   "
           f"torch {torch.__version__}   date: {date}   commit: {commit}   launch rule "
-          f"(programs/SM, min chunks/split, max tile, large-batch tile, warps/chunk) = {launcher._settings()}",
+          f"(programs/SM, min chunks/split, max tile, large-batch tile, warps/chunk) = {launcher._settings()}   "
+          f"kernel variant: {launcher.VARIANT}",
           flush=True)
     flashinfer = None if (args.no_flashinfer or args.sweep) else FlashInferPolicy()
     host = [] if args.skip_host else host_overhead_table(args.vocab, dtype)
@@ -316,14 +356,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_sweep(batches, args.vocab, dtype, args.lam, args.replays, time_graph, bw)
         return 0
     modes = [m for m in args.compile_modes.split(",") if m]
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in launcher.VARIANTS:
+            raise SystemExit(f"--variants: {v!r} is not one of {launcher.VARIANTS}")
     rows, bw = bench(batches, args.vocab, dtype, args.lam, args.temperature, args.replays, modes,
-                     args.compile_budget_s, flashinfer)
+                     args.compile_budget_s, flashinfer, variants=variants, variant_rounds=args.variant_rounds)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
     if flashinfer is not None and flashinfer.fn is None:
         print(f"FlashInfer baseline skipped: {flashinfer.reason}")
     losses = _print_table(rows)
+    if variants:
+        print_variant_table(rows, variants)
     print("fused faster than every baseline at every batch: " + ("yes" if not losses else "NO: " + "; ".join(losses)))
     csv_path = out_dir / "bench_kernels.csv"
     fields = list(dict.fromkeys(k for r in rows for k in r))

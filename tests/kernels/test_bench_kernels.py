@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from megatron_rlvr.kernels import bench
+from megatron_rlvr.kernels import dlc_sample_launcher as launcher
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -32,3 +33,18 @@ def test_bench_table_shows_each_baseline_ratio_and_flags_a_baseline_that_wins(ca
     out = capsys.readouterr().out
     assert "FlashInfer pol ms (x)" in out and "compile max-at ms (x)" in out and "(  5.0x)" in out
     assert losses == ["B=1: FlashInfer pol 0.0500 ms <= fused 0.1000 ms"]
+
+
+def test_variant_table_shows_each_variant_and_its_time_relative_to_the_first(capsys):
+    rows = [dict(batch=b, fused_lean_ms=0.05 * b, pct_of_copy_lean=80.0, fused_plain_ms=0.06 * b,
+                 pct_of_copy_plain=66.7) for b in (64, 256)]
+    bench.print_variant_table(rows, ["lean", "plain"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "lean ms (% copy)" in lines[2] and "x plain" in lines[2]
+    assert lines[3].split()[0] == "64" and lines[3].split()[-1] == "1.200" and "( 80.0%)" in lines[3]
+    assert [line.split()[0] for line in lines[3:]] == ["64", "256"]
+
+
+def test_an_unknown_variant_is_refused_before_any_timing():
+    with pytest.raises(SystemExit, match="fast"):
+        bench._use_variant(launcher, "fast")
