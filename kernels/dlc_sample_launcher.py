@@ -126,17 +126,21 @@ def _arrival_counters(rows: int, device: torch.device) -> Optional[torch.Tensor]
     return buf
 
 
-def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Placeholder float32 / int64 tensors for pointer arguments the kernel never reads (one pair per device)."""
-    pair = _DUMMIES.get(device)
-    if pair is None:
+def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Placeholder float32 / int64 tensors for pointer arguments the kernel never reads (one pair per device), and
+    their addresses (they live as long as the process)."""
+    four = _DUMMIES.get(device)
+    if four is None:
         pair = (torch.empty(1, dtype=torch.float32, device=device), torch.empty(1, dtype=torch.int64, device=device))
-        _DUMMIES[device] = pair
-    return pair
+        four = (*pair, pair[0].data_ptr(), pair[1].data_ptr())
+        _DUMMIES[device] = four
+    return four
 
 
 def _row_arg(value, dtype: torch.dtype, device: torch.device):
     """(tensor or None, scalar) for a per-row parameter: a contiguous (B,) tensor of ``dtype``, or a Python number."""
+    if type(value) in (int, float):  # the common scalar case first (a bool is an int, and takes the general test)
+        return None, value
     if isinstance(value, torch.Tensor):
         if value.dtype is not dtype or value.dim() != 1 or not value.is_contiguous() or value.device != device:
             value = value.reshape(-1).to(device=device, dtype=dtype).contiguous()
@@ -160,7 +164,11 @@ class _Stage1(NamedTuple):
     grid: tuple
     finalize: bool
     n_float: int  # float32 elements of the per-call buffer: outputs first, then the scratch
+    n_rows: int  # the same buffer as (n_rows, B): row 0 lp_cal, row 1 lp_pol, row 2 the entropy if asked for
     offsets: tuple  # element offsets in it of lp_cal, lp_pol, entropy, pthr, sthr, part_f, part_i, chunk_vals (-1: none)
+    byte_offsets: tuple  # of pthr, sthr, part_f, part_i, chunk_vals, entropy; 0 where absent (the kernel never reads
+    # those, and the buffer's own aligned start specialises like the JIT path's aligned placeholder)
+    dummies: tuple  # (float32 placeholder, int64 placeholder, their addresses) on the call's device
     ints: tuple  # V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter
     constexprs: dict  # with COUNTER=False; COUNTER depends on whether the call got an arrival buffer
     constexprs_counter: dict  # the same with COUNTER=True
@@ -185,7 +193,8 @@ def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: t
                       HAS_MASK=has_mask, HAS_NOISE=has_noise, RETURN_ENTROPY=return_entropy, FINALIZE=finalize,
                       COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS,
                       LEAN=_lean())
-    stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, tuple(offsets),
+    byte_offsets = tuple(4 * offsets[i] if offsets[i] >= 0 else 0 for i in (3, 4, 5, 6, 7, 2))
+    stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, at, tuple(offsets), byte_offsets, _dummies(device),
                      (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),
                      constexprs, {**constexprs, "COUNTER": True}, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
     _PLANS[key] = stage1
@@ -225,12 +234,12 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     counters = None
     if not st.finalize and not partials_only:
         counters = _arrival_counters(rows, device)
-    dummy_f, dummy_i = _dummies(device)
+    dummy_f, dummy_i, df, di = st.dummies
     tokens = torch.empty(rows, dtype=torch.int64, device=device)
-    fbuf = torch.empty(st.n_float, dtype=torch.float32, device=device)
-    lp_cal = fbuf[:rows]
-    lp_pol = fbuf[rows:2 * rows]
-    entropy = fbuf[2 * rows:3 * rows] if return_entropy else None
+    fbuf = torch.empty((st.n_rows, rows), dtype=torch.float32, device=device)  # 2-D: a row index is a cheap view
+    lp_cal = fbuf[0]
+    lp_pol = fbuf[1]
+    entropy = fbuf[2] if return_entropy else None
     seed_lo, seed_hi = (0, 0) if seed_p is not None else _int_halves(seed_v)
     off_lo, off_hi = (0, 0) if off_p is not None else _int_halves(off_v)
     lam_v = float(lam_v)
@@ -251,32 +260,32 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     current = torch.cuda.current_device() if device.type == "cuda" else -1  # Triton loads kernels per device
     handle_key = (key, current, counters is not None) if aligned else None
     if has_mask:
-        _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf,
+        _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf.view(-1),
                    (a_pol, a_mem, a_lam, a_temp, a_pmax, base), dummy_f, vocab, tau, top_k, top_p, policy_max,
                    memory is not None, rows)
 
     constexprs = st.constexprs if counters is None else st.constexprs_counter
     h = STAGE1.handle(handle_key) if handle_key is not None else None
     if h is not None:
-        df, di = st_dummy_addresses(dummy_f, dummy_i)
+        b_pthr, b_sthr, b_pf, b_pi, b_cv, b_ent = st.byte_offsets
         h = STAGE1.launch(h, st.grid, (
             a_pol, a_mem, a_noise, s_pol, s_mem, s_noise, a_lam or df, lam_v, a_temp or df, temp_v,
-            a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi,
-            base + 4 * o_pthr if o_pthr >= 0 else df, base + 4 * o_sthr if o_sthr >= 0 else df,
-            base + 4 * o_pf if o_pf >= 0 else df, base + 4 * o_pi if o_pi >= 0 else df,
-            counters.data_ptr() if counters is not None else di, base + 4 * o_cv if o_cv >= 0 else df,
-            a_tok, base, base + 4 * rows, base + 8 * rows if return_entropy else df, *st.ints, *constexprs.values()),
-            current)
+            a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi, base + b_pthr, base + b_sthr, base + b_pf,
+            base + b_pi, counters.data_ptr() if counters is not None else di, base + b_cv,
+            a_tok, base, base + 4 * rows, base + b_ent, *st.ints, *constexprs.values()), current)
+    if not h or partials_only or (not st.finalize and counters is None):
+        fbuf = fbuf.view(-1)  # the slow paths address the buffer by element offsets
     if not h:
         splits = st.plan.splits
-        view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else dummy_f  # noqa: E731
-        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else dummy_f
+        # Absent scratch rows get the buffer's start, as on the fast path (never read; aligned like a placeholder).
+        view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else fbuf  # noqa: E731
+        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else fbuf
         args = (policy, mem, noise, s_pol, s_mem, s_noise,
                 dummy_f if lam_p is None else lam_p, lam_v, dummy_f if temp_p is None else temp_p, temp_v,
                 dummy_i if seed_p is None else seed_p, seed_lo, seed_hi, dummy_i if off_p is None else off_p,
                 off_lo, off_hi, view(o_pthr), view(o_sthr), view(o_pf, rows * splits * 8), part_i,
                 counters if counters is not None else dummy_i, view(o_cv, rows * splits * st.plan.per_split),
-                tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, *st.ints)
+                tokens, lp_cal, lp_pol, entropy if return_entropy else fbuf, *st.ints)
         STAGE1.launch_jit(handle_key, st.grid, args, constexprs, st.plan.num_warps)
     if partials_only:
         splits = st.plan.splits
@@ -290,18 +299,6 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
             tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, splits),
             dict(BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy), 1 if splits <= 64 else 4)
     return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy)
-
-
-_DUMMY_ADDRESSES: dict = {}
-
-
-def st_dummy_addresses(dummy_f: torch.Tensor, dummy_i: torch.Tensor) -> tuple[int, int]:
-    """The addresses of a device's placeholder tensors (which live as long as the process)."""
-    pair = _DUMMY_ADDRESSES.get(id(dummy_f))
-    if pair is None:
-        pair = (dummy_f.data_ptr(), dummy_i.data_ptr())
-        _DUMMY_ADDRESSES[id(dummy_f)] = pair
-    return pair
 
 
 def threshold_constexprs(has_memory: bool, lam_t: bool, temp_t: bool, tau: Optional[float], top_k: int, top_p: float,
@@ -331,7 +328,7 @@ def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int
     h = THRESHOLD.handle(key) if key is not None else None
     if h is not None:
         a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr
-        df = dummy_f.data_ptr()
+        df = st.dummies[2]
         h = THRESHOLD.launch(h, (rows, 1, 1), (
             a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
             base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()),

@@ -108,7 +108,7 @@ def test_fast_launch_hands_the_kernel_the_same_arguments_as_the_jit_launch(case,
     monkeypatch.setattr(launcher, "_arrival_counters", lambda r, d: counters)
     monkeypatch.setattr(launcher, "_interpret", lambda: False)  # the GPU's launch plan (tiles), not the interpreter's
     monkeypatch.setattr(launcher, "_num_sms", lambda index: 1)
-    dummies = [t.data_ptr() for t in launcher._dummies(zp.device)]
+    dummies = launcher._dummies(zp.device)[2:]  # the placeholders' addresses
 
     seen = {}
 
@@ -216,3 +216,17 @@ def test_sweep_scoring_ranks_first_the_rule_that_picks_the_fastest_setting_at_ev
     assert ranked[0][0] == 1.0  # worst ratio 1: the fastest setting at every batch
     assert winner in [consts for worst, _, consts, _ in ranked if worst == 1.0]
     assert "rule candidates" in capsys.readouterr().out
+
+
+def test_the_fast_launch_switch_follows_every_write_to_the_environment(monkeypatch):
+    from megatron_rlvr.kernels.launch_cache import fast_launch_enabled
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MEGATRON_RLVR_FAST_LAUNCH", raising=False)
+    assert fast_launch_enabled()
+    monkeypatch.setenv("MEGATRON_RLVR_FAST_LAUNCH", "0")
+    assert not fast_launch_enabled()
+    monkeypatch.setenv("MEGATRON_RLVR_FAST_LAUNCH", "1")
+    assert fast_launch_enabled()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not fast_launch_enabled()
