@@ -68,25 +68,37 @@ def check_inputs(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: Floa
             raise ValueError("uniform_noise must have the shape and device of policy_logits")
         if not uniform_noise.is_floating_point():
             raise ValueError("uniform_noise must be a float tensor of uniforms in (0, 1)")
-    for name, value in (("lam", lam), ("temperature", temperature)):
-        if isinstance(value, torch.Tensor):
-            if value.numel() != rows or value.device != policy.device:
-                raise ValueError(f"{name} tensor must have B={rows} elements on {policy.device}, "
-                                 f"got {value.numel()} on {value.device}")
-        elif not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite float >= 0 (or a (B,) tensor), got {value!r}")
-    for name, value in (("seed", seed), ("offset", offset)):
-        if isinstance(value, torch.Tensor):
-            if value.numel() != rows or value.device != policy.device or value.is_floating_point():
-                raise ValueError(f"{name} tensor must be (B,)={rows} integers on {policy.device}")
-        elif not isinstance(value, int):
-            raise ValueError(f"{name} must be an int or a (B,) int64 tensor, got {type(value).__name__}")
+    _check_float_arg("lam", lam, rows, policy.device)
+    _check_float_arg("temperature", temperature, rows, policy.device)
+    _check_int_arg("seed", seed, rows, policy.device)
+    _check_int_arg("offset", offset, rows, policy.device)
     if tau is not None and not (isinstance(tau, (int, float)) and 0.0 < tau <= 1.0):
         raise ValueError(f"tau must be None or a float in (0, 1], got {tau!r}")
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
     if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be a float in (0, 1] (1 disables it), got {top_p!r}")
+
+
+def _check_float_arg(name: str, value: FloatArg, rows: int, device: torch.device) -> None:
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, decided in one comparison chain
+        return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != rows or value.device != device:
+            raise ValueError(f"{name} tensor must have B={rows} elements on {device}, "
+                             f"got {value.numel()} on {value.device}")
+    elif not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite float >= 0 (or a (B,) tensor), got {value!r}")
+
+
+def _check_int_arg(name: str, value: IntArg, rows: int, device: torch.device) -> None:
+    if type(value) is int:
+        return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != rows or value.device != device or value.is_floating_point():
+            raise ValueError(f"{name} tensor must be (B,)={rows} integers on {device}")
+    elif not isinstance(value, int):
+        raise ValueError(f"{name} must be an int or a (B,) int64 tensor, got {type(value).__name__}")
 
 
 def row_tensor(value: Union[FloatArg, IntArg], rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
