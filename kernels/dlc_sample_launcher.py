@@ -209,11 +209,21 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     # launch_cache.py for why the kernel launch itself bypasses the JIT).
     rows, vocab = policy.shape
     device = policy.device
-    policy = policy if policy.stride(1) == 1 else policy.contiguous()
-    if memory is not None and memory.stride(1) != 1:
-        memory = memory.contiguous()
-    if uniform_noise is not None and uniform_noise.stride(1) != 1:
-        uniform_noise = uniform_noise.contiguous()
+    s_pol, unit = policy.stride()
+    if unit != 1:
+        policy = policy.contiguous()
+        s_pol = policy.stride(0)
+    s_mem = s_noise = s_pol
+    if memory is not None:
+        s_mem, unit = memory.stride()
+        if unit != 1:
+            memory = memory.contiguous()
+            s_mem = memory.stride(0)
+    if uniform_noise is not None:
+        s_noise, unit = uniform_noise.stride()
+        if unit != 1:
+            uniform_noise = uniform_noise.contiguous()
+            s_noise = uniform_noise.stride(0)
     lam_p, lam_v = _row_arg(lam, torch.float32, device)
     temp_p, temp_v = _row_arg(temperature, torch.float32, device)
     seed_p, seed_v = _row_arg(seed, torch.int64, device)
@@ -221,7 +231,6 @@ def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg,
     has_mask = tau is not None or top_k > 0 or top_p < 1.0
     mem = memory if memory is not None else policy
     noise = uniform_noise if uniform_noise is not None else policy
-    s_pol, s_mem, s_noise = policy.stride(0), mem.stride(0), noise.stride(0)
 
     key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, s_pol, s_mem, s_noise,
            memory is not None, lam_p is not None, temp_p is not None, seed_p is not None, off_p is not None,
