@@ -265,7 +265,19 @@ def dlc_stage1_kernel(
         l_p = l_c
 
     # Reduce the per-thread statistics of this program.
-    if LEAN:  # one cross-warp reduction (dlc_sample_tail.py says why)
+    if LEAN and not HAS_NOISE:
+        # The chunk race, the winning chunk's loads, then the statistics (one cross-warp reduction) while those
+        # loads are in flight, then the race inside the chunk; the winner's scores come with it (dlc_sample_tail.py).
+        bs, best_chunk = _tail.chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
+                                          N_ROUNDS)
+        zp0, zm0, zp1, zm1, zp2, zm2, zp3, zm3 = _tail.load_chunk(pol_row, mem_row, best_chunk, V, vocab_offset,
+                                                                  HAS_MEMORY)
+        M, L, T, MP, LP = _tail.program_statistics(m_c, l_c, t_c, m_p, l_p, SEPARATE_POLICY, RETURN_ENTROPY)
+        tok, s2b, p2b = _tail.race_in_chunk(zp0, zm0, zp1, zm1, zp2, zm2, zp3, zm3, best_chunk, a, b, greedy, pthr,
+                                            sthr, k0, k1, c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
+        Ms = tl.where(M == float("-inf"), 0.0, M)
+        MPs = tl.where(MP == float("-inf"), 0.0, MP)
+    elif LEAN:  # explicit noise (tests): one cross-warp reduction of the statistics
         M, L, T, MP, LP = _tail.program_statistics(m_c, l_c, t_c, m_p, l_p, SEPARATE_POLICY, RETURN_ENTROPY)
         Ms = tl.where(M == float("-inf"), 0.0, M)
         MPs = tl.where(MP == float("-inf"), 0.0, MP)
@@ -283,12 +295,7 @@ def dlc_stage1_kernel(
         # Smallest id among equal scores, matching torch.argmax of the reference.
         tok = tl.min(tl.where(best == bs, best_i, 2147483647), 0)
         tok = tl.where(tok == 2147483647, -1, tok)
-    elif LEAN:  # the winner's scores come with it: no second load of its logits
-        bs, best_chunk = _tail.chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
-                                          N_ROUNDS)
-        tok, s2b, p2b = _tail.sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr,
-                                              sthr, k0, k1, c1, c2, HAS_MEMORY, HAS_MASK, N_ROUNDS)
-    else:
+    elif not LEAN:
         bs, best_chunk = _chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
                                      N_ROUNDS)
         tok = _sample_in_chunk(pol_row, mem_row, best_chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1,

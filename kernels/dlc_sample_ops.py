@@ -80,28 +80,51 @@ def _row_rng_key(row, seed_ptr, seed_lo, seed_hi, off_ptr, off_lo, off_hi, SEED_
 
 
 @triton.jit
-def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
-    """Raw policy logit, policy score and calibrated score (log2 units); out of bounds gives -inf scores."""
-    zp = tl.load(pol_row + offs, mask=inb, other=float("-inf")).to(tl.float32)
+def _load_logits(pol_row, mem_row, offs, inb, HAS_MEMORY: tl.constexpr):
+    """The raw logits of some ids (policy -inf, memory 0 out of bounds; without memory the policy twice)."""
+    zp = tl.load(pol_row + offs, mask=inb, other=float("-inf"))
+    if HAS_MEMORY:
+        zm = tl.load(mem_row + offs, mask=inb, other=0.0)
+    else:
+        zm = zp
+    return zp, zm
+
+
+@triton.jit
+def _scores_of(zp_raw, zm_raw, a, b, HAS_MEMORY: tl.constexpr):
+    """Raw policy logit, policy score and calibrated score (log2 units) of loaded logits."""
+    zp = zp_raw.to(tl.float32)
     p2 = zp * a
     if HAS_MEMORY:
-        zm = tl.load(mem_row + offs, mask=inb, other=0.0).to(tl.float32)
         # An explicit fma pins the rounding: the threshold kernel's top-k/top-p cut, the pass and the winner's
         # recomputed score then see bit-identical s2 (free contraction could fuse either product).
-        s2 = tl.fma(zm, -b, p2)
+        s2 = tl.fma(zm_raw.to(tl.float32), -b, p2)
     else:
         s2 = p2
     return zp, p2, s2
 
 
 @triton.jit
-def _quarter(pol_row, mem_row, local, inb, a, b, pthr, sthr, HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Policy and calibrated scores of one quarter tile; masked ids get s2 = -inf (NaN is kept: the row is flagged)."""
-    zp, p2, s2 = _scores(pol_row, mem_row, local, inb, a, b, HAS_MEMORY)
+def _scores(pol_row, mem_row, offs, inb, a, b, HAS_MEMORY: tl.constexpr):
+    """Raw policy logit, policy score and calibrated score (log2 units); out of bounds gives -inf scores."""
+    zp_raw, zm_raw = _load_logits(pol_row, mem_row, offs, inb, HAS_MEMORY)
+    return _scores_of(zp_raw, zm_raw, a, b, HAS_MEMORY)
+
+
+@triton.jit
+def _masked(zp, s2, pthr, sthr, HAS_MASK: tl.constexpr):
+    """Calibrated scores with masked ids at -inf (NaN is kept: the row is flagged)."""
     if HAS_MASK:
         keep = (zp >= pthr) & (s2 >= sthr)
         s2 = tl.where(keep | (s2 != s2), s2, float("-inf"))
-    return p2, s2
+    return s2
+
+
+@triton.jit
+def _quarter(pol_row, mem_row, local, inb, a, b, pthr, sthr, HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Policy and calibrated scores of one quarter tile; masked ids get s2 = -inf (NaN is kept: the row is flagged)."""
+    zp, p2, s2 = _scores(pol_row, mem_row, local, inb, a, b, HAS_MEMORY)
+    return p2, _masked(zp, s2, pthr, sthr, HAS_MASK)
 
 
 @triton.jit

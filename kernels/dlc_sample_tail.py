@@ -14,7 +14,10 @@ This version needs fewer of them, with the same results:
 * the chunk race: one (key, chunk) reduction, ties to the smallest chunk, instead of a max then a min;
 * the race inside the winning chunk: the four quarters are first merged element-wise, then one
   (score, position, calibrated score, policy score) reduction finds the first maximum. It also hands back the
-  winner's two scores, so the winner's logits are not loaded again.
+  winner's two scores, so the winner's logits are not loaded again;
+* order: the winning chunk's loads are issued before the program's statistics are reduced (``load_chunk``, then
+  ``program_statistics``, then ``race_in_chunk``), so that reduction runs while the loads are in flight instead
+  of before them.
 
 Every choice (which chunk, which id, ties to the smallest id) is the one the plain tail makes: tests compare the
 tokens of both with each other and with the PyTorch reference's draws.
@@ -23,7 +26,7 @@ tokens of both with each other and with the PyTorch reference's draws.
 import triton
 import triton.language as tl
 
-from .dlc_sample_ops import _philox4x32, _quarter, _race_weight
+from .dlc_sample_ops import _load_logits, _masked, _philox4x32, _race_weight, _scores_of
 
 
 @triton.jit
@@ -128,26 +131,44 @@ def _pick(g, i, s, p, g_new, i_new, s_new, p_new):
 
 
 @triton.jit
-def sample_in_chunk(pol_row, mem_row, chunk, V, vocab_offset, a, b, greedy, pthr, sthr, k0, k1, c1, c2,
-                    HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr, N_ROUNDS: tl.constexpr):
-    """Second level (as ``dlc_sample_kernel._sample_in_chunk``): (token or -1, its calibrated and policy score)."""
+def load_chunk(pol_row, mem_row, chunk, V, vocab_offset, HAS_MEMORY: tl.constexpr):
+    """Second level, part 1: issue the loads of the winning chunk's logits (four quarters of 256 ids each).
+
+    Nothing here waits for them: the caller reduces its statistics while they are in flight.
+    """
     jj = tl.arange(0, 256)
-    cs = tl.maximum(chunk, 0)
-    x0, x1, x2, x3 = _philox4x32((cs * 256 + jj).to(tl.uint32), c1, c2, c1 * 0, k0, k1, N_ROUNDS)
     # A row with no chunk (everything masked) reads ids past the shard end: all masked off.
-    base = tl.where(chunk >= 0, cs * 1024 - vocab_offset, V) + jj
-    l0 = base
+    base = tl.where(chunk >= 0, tl.maximum(chunk, 0) * 1024 - vocab_offset, V) + jj
     l1 = base + 256
     l2 = base + 512
     l3 = base + 768
-    p0, s0 = _quarter(pol_row, mem_row, l0, (l0 >= 0) & (l0 < V), a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
-    p1, s1 = _quarter(pol_row, mem_row, l1, (l1 >= 0) & (l1 < V), a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
-    p2, s2 = _quarter(pol_row, mem_row, l2, (l2 >= 0) & (l2 < V), a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
-    p3, s3 = _quarter(pol_row, mem_row, l3, (l3 >= 0) & (l3 < V), a, b, pthr, sthr, HAS_MEMORY, HAS_MASK)
-    g0 = tl.where(greedy, s0, s0 - tl.log2(_race_weight(x0)))
-    g1 = tl.where(greedy, s1, s1 - tl.log2(_race_weight(x1)))
-    g2 = tl.where(greedy, s2, s2 - tl.log2(_race_weight(x2)))
-    g3 = tl.where(greedy, s3, s3 - tl.log2(_race_weight(x3)))
+    zp0, zm0 = _load_logits(pol_row, mem_row, base, (base >= 0) & (base < V), HAS_MEMORY)
+    zp1, zm1 = _load_logits(pol_row, mem_row, l1, (l1 >= 0) & (l1 < V), HAS_MEMORY)
+    zp2, zm2 = _load_logits(pol_row, mem_row, l2, (l2 >= 0) & (l2 < V), HAS_MEMORY)
+    zp3, zm3 = _load_logits(pol_row, mem_row, l3, (l3 >= 0) & (l3 < V), HAS_MEMORY)
+    return zp0, zm0, zp1, zm1, zp2, zm2, zp3, zm3
+
+
+@triton.jit
+def _race_scores(zp_raw, zm_raw, x, a, b, greedy, pthr, sthr, HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr):
+    """(race score, calibrated score, policy score) of one quarter: Gumbel-max on the id noise word x."""
+    zp, p, s = _scores_of(zp_raw, zm_raw, a, b, HAS_MEMORY)
+    s = _masked(zp, s, pthr, sthr, HAS_MASK)
+    return tl.where(greedy, s, s - tl.log2(_race_weight(x))), s, p
+
+
+@triton.jit
+def race_in_chunk(zp0, zm0, zp1, zm1, zp2, zm2, zp3, zm3, chunk, a, b, greedy, pthr, sthr, k0, k1, c1, c2,
+                  HAS_MEMORY: tl.constexpr, HAS_MASK: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """Second level, part 2 (as ``dlc_sample_kernel._sample_in_chunk``): Gumbel-max over the chunk's 1024 ids with
+    element noise (c3 = 0) on the loads of ``load_chunk``; (token or -1, its calibrated and policy score)."""
+    jj = tl.arange(0, 256)
+    cs = tl.maximum(chunk, 0)
+    x0, x1, x2, x3 = _philox4x32((cs * 256 + jj).to(tl.uint32), c1, c2, c1 * 0, k0, k1, N_ROUNDS)
+    g0, s0, p0 = _race_scores(zp0, zm0, x0, a, b, greedy, pthr, sthr, HAS_MEMORY, HAS_MASK)
+    g1, s1, p1 = _race_scores(zp1, zm1, x1, a, b, greedy, pthr, sthr, HAS_MEMORY, HAS_MASK)
+    g2, s2, p2 = _race_scores(zp2, zm2, x2, a, b, greedy, pthr, sthr, HAS_MEMORY, HAS_MASK)
+    g3, s3, p3 = _race_scores(zp3, zm3, x3, a, b, greedy, pthr, sthr, HAS_MEMORY, HAS_MASK)
     # Per position j the first quarter holding its maximum, then the first maximum over j: together the smallest
     # id among equal scores, as in the plain tail (each quarter's position there is k * 256 + j).
     g, i, s, p = _pick(g0, jj, s0, p0, g1, jj + 256, s1, p1)
