@@ -130,7 +130,7 @@ def dlc_stage1_kernel(
     HAS_MEMORY: tl.constexpr, LAM_T: tl.constexpr, TEMP_T: tl.constexpr, SEED_T: tl.constexpr,
     OFF_T: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, RETURN_ENTROPY: tl.constexpr,
     FINALIZE: tl.constexpr, COUNTER: tl.constexpr, BLOCK_S: tl.constexpr, C: tl.constexpr,
-    N_ROUNDS: tl.constexpr, LEAN: tl.constexpr = False,
+    N_ROUNDS: tl.constexpr, LEAN: tl.constexpr = False, RACE_BLOCK: tl.constexpr = 0,
 ):
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -268,8 +268,8 @@ def dlc_stage1_kernel(
     if LEAN and not HAS_NOISE:
         # The chunk race, the winning chunk's loads, then the statistics (one cross-warp reduction) while those
         # loads are in flight, then the race inside the chunk; the winner's scores come with it (dlc_sample_tail.py).
-        bs, best_chunk = _tail.chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2, C * 32,
-                                          N_ROUNDS)
+        bs, best_chunk = _tail.chunk_race(chunk_row, c_begin, c_end, vocab_offset, greedy, k0, k1, c1, c2,
+                                          RACE_BLOCK, N_ROUNDS)
         zp0, zm0, zp1, zm1, zp2, zm2, zp3, zm3 = _tail.load_chunk(pol_row, mem_row, best_chunk, V, vocab_offset,
                                                                   HAS_MEMORY)
         M, L, T, MP, LP = _tail.program_statistics(m_c, l_c, t_c, m_p, l_p, SEPARATE_POLICY, RETURN_ENTROPY)

@@ -80,6 +80,13 @@ def _lean() -> bool:
     return VARIANT == "lean"
 
 
+def _race_block(plan: LaunchPlan) -> int:
+    """Chunks per step of the first-level race after the loop. Lean: all of a split's chunks in one step (the plain
+    tail steps through them a tile's thread-rows at a time: 3 dependent Philox rounds of steps at B >= 512)."""
+    block = 32 * plan.tile
+    return max(block, _next_pow2(plan.per_split)) if _lean() else block
+
+
 def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) -> LaunchPlan:
     """The launch shape (chunk_lo, chunk_hi, splits, chunks_per_split, tile_chunks, num_warps) of a call."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
@@ -192,7 +199,7 @@ def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: t
     constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
                       HAS_MASK=has_mask, HAS_NOISE=has_noise, RETURN_ENTROPY=return_entropy, FINALIZE=finalize,
                       COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS,
-                      LEAN=_lean())
+                      LEAN=_lean(), RACE_BLOCK=_race_block(plan))
     byte_offsets = tuple(4 * offsets[i] if offsets[i] >= 0 else 0 for i in (3, 4, 5, 6, 7, 2))
     stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, at, tuple(offsets), byte_offsets, _dummies(device),
                      (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),

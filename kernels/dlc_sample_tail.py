@@ -11,7 +11,9 @@ This version needs fewer of them, with the same results:
 * the program's statistics: one tuple reduction that merges (max, mass[, entropy term]) pairs of the calibrated
   and the policy scores online, instead of a max then sums for each (5-6 cross-warp reductions). The sums run in
   another order, so log-probabilities and entropy may differ in the last bits; tokens do not depend on them;
-* the chunk race: one (key, chunk) reduction, ties to the smallest chunk, instead of a max then a min;
+* the chunk race: one (key, chunk) reduction, ties to the smallest chunk, instead of a max then a min, over all
+  of the split's chunks at once (``RACE_BLOCK``, a power of two >= chunks per split) instead of a tile's thread-rows
+  at a time (at B >= 512 one program has 149 chunks: 3 steps of 64, each a dependent Philox and reduction);
 * the race inside the winning chunk: the four quarters are first merged element-wise, then one
   (score, position, calibrated score, policy score) reduction finds the first maximum. It also hands back the
   winner's two scores, so the winner's logits are not loaded again;

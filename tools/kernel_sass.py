@@ -112,7 +112,9 @@ def main(argv=None) -> int:
             constexprs = dict(HAS_MEMORY=True, LAM_T=False, TEMP_T=False, SEED_T=True, OFF_T=False, HAS_MASK=False,
                               HAS_NOISE=False, RETURN_ENTROPY=not args.no_entropy, FINALIZE=finalize, COUNTER=not finalize,
                               BLOCK_S=launcher._next_pow2(plan.splits), C=plan.tile, N_ROUNDS=k.PHILOX_ROUNDS,
-                              LEAN=variant == "lean")
+                              LEAN=variant == "lean",
+                              RACE_BLOCK=max(32 * plan.tile, launcher._next_pow2(plan.per_split))
+                              if variant == "lean" else 32 * plan.tile)
             regs, sass = compile_sass(constexprs, plan.num_warps, divisible)
             # Hopper: 64K registers and 64 warps per SM, registers allocated per warp in multiples of 8 per thread.
             fit = min(65536 // (-(-regs // 8) * 8 * 32 * plan.num_warps), 64 // plan.num_warps)

@@ -109,3 +109,22 @@ def test_an_unknown_variant_is_an_error_naming_the_choices(monkeypatch):
     launcher.clear_launch_caches()
     with pytest.raises(ValueError, match="lean"):
         dlc_sample(*_logits(1, 50))
+
+
+def test_lean_race_over_more_chunks_than_a_tile_has_thread_rows_equals_the_plain_steps(monkeypatch):
+    # 88 chunks in one program, one chunk per tile: the plain race steps through them 32 at a time (3 steps), the
+    # lean one takes all 88 in one block of 128.
+    monkeypatch.setattr(launcher, "INTERPRETER_ONE_TILE", False)
+    monkeypatch.setattr(launcher, "MAX_TILE_CHUNKS", 1)
+    monkeypatch.setattr(launcher, "PROGRAMS_PER_SM", 1)
+    zp, zm = _logits(1, 90000, seed=10)
+    zp[:, 80 * 1024:81 * 1024] += 8.0  # nearly all mass in chunk 80: a race that missed chunks past 64 draws elsewhere
+    plan = launcher._split_plan(1, 90000, 0, zp.device)
+    assert (plan.splits, plan.per_split, plan.tile) == (1, 88, 1)
+    monkeypatch.setattr(launcher, "VARIANT", "lean")
+    assert launcher._race_block(plan) == 128
+    kwargs = dict(lam=0.3, seed=torch.tensor([9]), offset=4, return_entropy=True)
+    lean, plain = _both(monkeypatch, zp, zm, **kwargs)
+    _assert_close(lean, plain, True)
+    _assert_close(lean, dlc_sample_reference(zp, zm, **kwargs), True)
+    assert 80 * 1024 <= int(lean.tokens[0]) < 81 * 1024
