@@ -81,8 +81,9 @@ def _lean() -> bool:
 
 
 def _race_block(plan: LaunchPlan) -> int:
-    """Chunks per step of the first-level race after the loop. Lean: all of a split's chunks in one step (the plain
-    tail steps through them a tile's thread-rows at a time: 3 dependent Philox rounds of steps at B >= 512)."""
+    """Chunks per step of the first-level race after the loop. Lean: all of a split's chunks in one step; the plain
+    tail steps through them a tile's thread-rows at a time (at B >= 512: 3 dependent steps, each a Philox and a
+    cross-warp reduction)."""
     block = 32 * plan.tile
     return max(block, _next_pow2(plan.per_split)) if _lean() else block
 
