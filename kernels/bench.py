@@ -237,6 +237,33 @@ def print_variant_table(rows: list[dict], variants: Sequence[str]) -> None:
         cells = [f"{r[f'fused_{v}_ms']:>12.4f} ({r[f'pct_of_copy_{v}']:>5.1f}%)" for v in variants]
         ratios = [f"{r[f'fused_{v}_ms'] / r[f'fused_{first}_ms']:>10.3f}" for v in variants[1:]]
         print(f"{r['batch']:>5} " + " ".join(f"{c:>22}" for c in cells) + " " + " ".join(ratios))
+    for v in variants:
+        fit = fixed_cost_fit(rows, f"fused_{v}_ms")
+        if fit is not None:
+            copy = rows[0]["copy_tb_s"] * 1e12
+            print(f"{v}: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s ({100 * fit[1] / copy:.1f}% of "
+                  f"copy), least squares over B >= 64")
+
+
+def fixed_cost_fit(rows: list[dict], key: str = "fused_ms", min_batch: int = 64) -> Optional[tuple[float, float]]:
+    """(seconds per call independent of the batch, bytes/s of the rest): a least-squares line of time vs bytes read
+    over the batches >= min_batch. A one-pass kernel costs about bytes / rate plus a fixed part (launch, the first
+    loads' latency, the serial tail after the loop); the fixed part is what limits the small batches."""
+    pts = [(2 * r["batch"] * r["vocab"] * _bytes_per(r["dtype"]), r[key] * 1e-3) for r in rows
+           if r["batch"] >= min_batch and r.get(key) is not None]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    return my - slope * mx, (1.0 / slope if slope > 0 else math.inf)
+
+
+def _bytes_per(dtype: str) -> int:
+    return {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
 
 
 def _print_table(rows: list[dict]) -> list[str]:
@@ -368,6 +395,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if flashinfer is not None and flashinfer.fn is None:
         print(f"FlashInfer baseline skipped: {flashinfer.reason}")
     losses = _print_table(rows)
+    fit = fixed_cost_fit(rows)
+    if fit is not None:
+        print(f"fused: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s ({100 * fit[1] / bw:.1f}% of copy), "
+              "least squares over B >= 64 (the fixed part is what keeps small batches below copy bandwidth)")
     if variants:
         print_variant_table(rows, variants)
     print("fused faster than every baseline at every batch: " + ("yes" if not losses else "NO: " + "; ".join(losses)))

@@ -36,13 +36,23 @@ def test_bench_table_shows_each_baseline_ratio_and_flags_a_baseline_that_wins(ca
 
 
 def test_variant_table_shows_each_variant_and_its_time_relative_to_the_first(capsys):
-    rows = [dict(batch=b, fused_lean_ms=0.05 * b, pct_of_copy_lean=80.0, fused_plain_ms=0.06 * b,
-                 pct_of_copy_plain=66.7) for b in (64, 256)]
+    rows = [dict(batch=b, vocab=151936, dtype="bfloat16", copy_tb_s=4.0, fused_lean_ms=0.05 * b, pct_of_copy_lean=80.0,
+                 fused_plain_ms=0.06 * b, pct_of_copy_plain=66.7) for b in (64, 256)]
     bench.print_variant_table(rows, ["lean", "plain"])
     lines = capsys.readouterr().out.splitlines()
     assert "lean ms (% copy)" in lines[2] and "x plain" in lines[2]
     assert lines[3].split()[0] == "64" and lines[3].split()[-1] == "1.200" and "( 80.0%)" in lines[3]
-    assert [line.split()[0] for line in lines[3:]] == ["64", "256"]
+    assert [line.split()[0] for line in lines[3:5]] == ["64", "256"]
+    assert lines[5].startswith("lean: time = ") and lines[6].startswith("plain: time = ")
+
+
+def test_fixed_cost_fit_recovers_the_intercept_and_rate_of_a_one_pass_kernel():
+    # 12 us per call plus the bytes at 3.8 TB/s, at the benchmark's shapes.
+    rows = [dict(batch=b, vocab=151936, dtype="bfloat16",
+                 fused_ms=(12e-6 + 2 * b * 151936 * 2 / 3.8e12) * 1e3) for b in (1, 64, 256, 1024)]
+    fixed, rate = bench.fixed_cost_fit(rows)
+    assert abs(fixed - 12e-6) < 1e-9 and abs(rate / 3.8e12 - 1) < 1e-6
+    assert bench.fixed_cost_fit(rows[:2]) is None  # one batch >= 64: no line
 
 
 def test_an_unknown_variant_is_refused_before_any_timing():
