@@ -7,7 +7,8 @@
 # DEVICE, back to back (carry what each line names; OUT is the call's output folder):
 #   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
 #   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
-#   3  bash tools/gpu_session.sh sweep           carry [".whl/sglang-gpu/p2"]   the sampler's launch sweep
+#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs
+#      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room)
 #   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait S s
 #   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait S s (default 480), print and return the logs
 # Each step prints the tails of every log so far; the logs also come back under $OUT. A step never fails the call
@@ -31,11 +32,15 @@ tier)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
   # The sampler and packing files run in their own steps (below): together the tier ran past one call's limit.
-  step gpu_tier 560 "${PYTEST[@]}" -v --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
-    --ignore=tests/gpu/test_fast_launch_gpu.py --ignore=tests/gpu/test_packing_gpu.py
+  step gpu_tier 560 "${PYTEST[@]}" --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
+    --ignore=tests/gpu/test_fast_launch_gpu.py --ignore=tests/gpu/test_packing_gpu.py \
+    --ignore=tests/gpu/test_tracking_gpu.py
+  collect 40 ;;
+tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
+  step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
   collect 40 ;;
 kernels)  # the sampler's GPU tests, then the packed-update tests and benchmark (tools/gpu_packing.sh)
-  step kernel_tests 180 "${PYTEST[@]}" -v --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
+  step kernel_tests 180 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
     tests/gpu/test_fast_launch_gpu.py
   OUT=$LOGS step packing 380 bash tools/gpu_packing.sh
   collect 40 ;;
