@@ -87,8 +87,8 @@ def test_recipe_names_accept_hyphens():
     assert get_recipe("qwen3-8b-iac-dlc") == get_recipe("qwen3_8b_iac_dlc")
 
 
-def test_math_recipe_without_a_dataset_fails_validation_naming_task_path():
-    with pytest.raises(ConfigError, match=r"task\.path=None: the math task needs a dataset file"):
+def test_math_recipe_without_a_dataset_fails_validation_naming_task_math_path():
+    with pytest.raises(ConfigError, match=r"task\.math\.path=None: the math task needs a dataset file"):
         load_config(None, [], base=get_recipe("qwen3_8b_iac_dlc"))
 
 
