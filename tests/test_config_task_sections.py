@@ -74,7 +74,8 @@ def test_an_old_flat_task_key_on_the_command_line_is_one_error_naming_its_new_ke
 
 def test_a_yaml_with_old_task_keys_is_one_error_naming_every_new_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"task": {"name": "math", "path": "/data/train.jsonl", "format": "deepscaler"}}, sort_keys=False))
+    old = {"task": {"name": "math", "path": "/data/train.jsonl", "format": "deepscaler"}}
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     msg = str(err.value)

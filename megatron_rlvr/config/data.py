@@ -1,9 +1,8 @@
-"""Config sections of the data and its checks: task (prompts, verifier), warm start, evaluation, in-loop
-invariants; each with its checks beside it."""
+"""Config sections of the data and its checks: task (prompts, verifier; each task's settings in its own section),
+warm start, evaluation, in-loop invariants; each with its checks beside it."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -102,11 +101,19 @@ class TaskConfig:
         return getattr(self, registry.TASKS.entry(self.name).section)
 
 
+# The flat task section before each task got its own, by the section each field moved to. Frozen on purpose: a new
+# task's section adds no "moved" key (and a field name it shares with math, e.g. `path`, still means task.math's).
+_FLAT_TASK_FIELDS = {
+    "synthetic": ("num_queries", "answers_per_query"),
+    "math": ("path", "format", "skip_malformed", "prompt_key", "answer_key", "tokenizer", "chat_template",
+             "system_prompt", "enable_thinking", "reward_fn", "verify_workers", "verify_timeout_s"),
+}
+
+
 def moved_task_keys() -> dict[str, str]:
-    """Keys of the flat task section before each task got its own (`task.path`) -> where they live now
-    (`task.math.path`); part of `config.tree.MOVED_KEYS`."""
-    return {f"task.{f.name}": f"task.{section}.{f.name}"
-            for section, (cls, _) in TASK_SECTIONS.items() for f in dataclasses.fields(cls)}
+    """Keys of the flat task section (`task.path`) -> where they live now (`task.math.path`); part of
+    `config.tree.MOVED_KEYS`."""
+    return {f"task.{name}": f"task.{section}.{name}" for section, names in _FLAT_TASK_FIELDS.items() for name in names}
 
 
 def validate_task(t: TaskConfig) -> None:
