@@ -77,7 +77,7 @@ def validate_math_task(m: MathTaskConfig, active: bool) -> None:
 
 
 # section name -> (dataclass, validator) of each task section; a registered task names its section
-# (megatron_rlvr.registry.TASKS, `Entry.section`), tests/test_config.py checks that every one is declared here
+# (megatron_rlvr.registry.TASKS, `Entry.section`); tests/test_config_task_sections.py checks each is declared here
 TASK_SECTIONS: dict[str, tuple[type, Callable[[Any, bool], None]]] = {
     "synthetic": (SyntheticTaskConfig, validate_synthetic_task),
     "math": (MathTaskConfig, validate_math_task),
