@@ -26,6 +26,7 @@ from megatron_rlvr.config import (
     ParallelConfig,
     RolloutConfig,
     RunConfig,
+    MathTaskConfig,
     TaskConfig,
     WarmStartConfig,
 )
@@ -89,11 +90,12 @@ def _paper_recipe(policy_preset: str, policy_tp: int, run_name: str) -> RunConfi
             memory=OptimConfig(optimizer="adam", lr=PAPER_LR, weight_decay=0.01, clip_grad=1.0),
         ),
         # DeepScaleR (~40.3k problem-answer pairs) is the paper's training set, read as published (a .json array of
-        # {problem, answer, solution}); pass task.path and task.tokenizer. Prompts go through Qwen3's chat
-        # template; the system prompt is Qwen's usual math instruction (not in the paper), so the last \boxed{}
-        # holds the answer the verifier reads.
-        task=TaskConfig(name="math", path=None, format="deepscaler", chat_template="auto",
-                        system_prompt=MATH_SYSTEM_PROMPT, verify_workers=8, verify_timeout_s=10.0),
+        # {problem, answer, solution}); pass task.math.path and task.math.tokenizer. Prompts go through Qwen3's
+        # chat template; the system prompt is Qwen's usual math instruction (not in the paper), so the last
+        # \boxed{} holds the answer the verifier reads.
+        task=TaskConfig(name="math", math=MathTaskConfig(path=None, format="deepscaler", chat_template="auto",
+                                                         system_prompt=MATH_SYSTEM_PROMPT, verify_workers=8,
+                                                         verify_timeout_s=10.0)),
         # The warm start exists to give a tiny random model several modes; a pretrained Qwen3 already has them.
         warm_start=WarmStartConfig(enabled=False),
         # The paper evaluates checkpoints every 50 steps with 8 responses per query (AVG@8 / PASS@8) on six
@@ -124,8 +126,8 @@ def qwen3_1p7b_bench() -> RunConfig:
     """A short single-GPU benchmark run with real Qwen3 shapes: Qwen3-1.7B policy + Qwen3-0.6B memory.
 
     It measures the cost of a step (rollout with DLC, policy and memory updates, weight push), not learning. The
-    task is `math` with a Qwen3 tokenizer (pass task.path and task.tokenizer): the built-in synthetic task's
-    128-character vocabulary cannot decode Qwen3's 151936 token ids. Without init_from the weights are random, so
+    task is `math` with a Qwen3 tokenizer (pass task.math.path and task.math.tokenizer): the built-in synthetic
+    task's 128-character vocabulary cannot decode Qwen3's 151936 token ids. Without init_from the weights are random, so
     responses run to max_new_tokens, which keeps the token count of every step the same.
     """
     return RunConfig(
@@ -137,7 +139,7 @@ def qwen3_1p7b_bench() -> RunConfig:
         algorithm=AlgorithmConfig(estimator="grpo", iac_alpha=1.0, micro_batch_size=8),
         dlc=DLCConfig(enabled=True, lam=0.5),
         optimizer=OptimizerConfig(policy=OptimConfig(lr=PAPER_LR), memory=OptimConfig(lr=PAPER_LR)),
-        task=TaskConfig(name="math", path=None),
+        task=TaskConfig(name="math", math=MathTaskConfig(path=None)),
         warm_start=WarmStartConfig(enabled=False),
         eval=EvalConfig(interval=0),  # step cost only
         checkpoint=CheckpointConfig(save_interval=0, keep_last=1, export_hf=False),

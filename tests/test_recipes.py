@@ -24,7 +24,7 @@ def dataset(tmp_path) -> Path:
 
 def _resolved(name: str, dataset: Path) -> RunConfig:
     """The recipe through the same path as `train --recipe` (validated), with a dataset where the task needs one."""
-    overrides = [f"task.path={dataset}"] if get_recipe(name).task.name == "math" else []
+    overrides = [f"task.math.path={dataset}"] if get_recipe(name).task.name == "math" else []
     return load_config(None, overrides, base=get_recipe(name))
 
 
@@ -87,13 +87,13 @@ def test_recipe_names_accept_hyphens():
     assert get_recipe("qwen3-8b-iac-dlc") == get_recipe("qwen3_8b_iac_dlc")
 
 
-def test_math_recipe_without_a_dataset_fails_validation_naming_task_path():
-    with pytest.raises(ConfigError, match=r"task\.path=None: the math task needs a dataset file"):
+def test_math_recipe_without_a_dataset_fails_validation_naming_task_math_path():
+    with pytest.raises(ConfigError, match=r"task\.math\.path=None: the math task needs a dataset file"):
         load_config(None, [], base=get_recipe("qwen3_8b_iac_dlc"))
 
 
 def test_train_cli_resolves_a_recipe_with_overrides(dataset, capsys):
-    rc = cli_main(["train", "--recipe", "qwen3_14b_iac_dlc", f"task.path={dataset}", "dlc.lam=0.3",
+    rc = cli_main(["train", "--recipe", "qwen3_14b_iac_dlc", f"task.math.path={dataset}", "dlc.lam=0.3",
                    "--print-config"])
     out = capsys.readouterr().out
     assert rc == 0
