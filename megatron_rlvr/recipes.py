@@ -79,6 +79,11 @@ def _paper_recipe(policy_preset: str, policy_tp: int, run_name: str) -> RunConfi
             clip_eps_low=0.2,
             clip_eps_high=0.2,
             micro_batch_size=4,  # not in the paper: sequences per micro-batch per data-parallel rank
+            # Reasoning responses are ragged: packing a micro-batch's 4 sequences into one THD sequence skips the
+            # padding's compute and never needs more memory than the padded (4, L) micro-batch. On an H200 at
+            # lognormal lengths (median 1k, max 4k) the packed update ran 2.1x the padded one (BENCHMARKS.md,
+            # session 9); packed == padded to float32 rounding (tests/test_packing_update.py).
+            pack_sequences=True,
             mini_batches=1,  # one on-policy optimizer step per RL step over the 64 x 8 rollouts
         ),
         # lambda is not recoverable from the paper's text; 0.5 is this project's default balance factor.

@@ -55,6 +55,15 @@ def test_paper_recipes_carry_the_papers_setting(name, preset, dataset):
     assert cfg.rollout.engine == "sglang" and cfg.task.name == "math" and not cfg.warm_start.enabled
 
 
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_paper_recipes_pack_their_ragged_reasoning_responses_without_a_larger_micro_batch(name, dataset):
+    """Packing the same 4 sequences per micro-batch only drops the padding's compute: memory stays within the padded
+    micro-batch's, so no token budget has to be guessed for a GPU the recipe has not seen."""
+    cfg = _resolved(name, dataset)
+    assert cfg.algorithm.pack_sequences and cfg.algorithm.micro_batch_size == 4
+    assert cfg.algorithm.max_tokens_per_micro_batch == 0
+
+
 @pytest.mark.parametrize("name, nodes", [("qwen3_4b_iac_dlc", 4), ("qwen3_8b_iac_dlc", 4), ("qwen3_14b_iac_dlc", 4),
                                          ("qwen3_8b_iac_dlc", 1), ("qwen3_14b_iac_dlc", 1)])
 def test_paper_recipe_layouts_fit_whole_8_gpu_nodes(name, nodes, dataset):
