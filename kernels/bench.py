@@ -34,9 +34,16 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _commit() -> str:
+    """Short HEAD, with "+modified" when tracked files differ from it: the lent GPU machines get a copied working
+    tree whose .git may be another checkout's (session 9's kernel rows said the main commit of an unmerged tree)."""
+    where = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=where,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        if not head:
+            return "unknown"
+        return f"{head}+modified" if git("status", "--porcelain", "--untracked-files=no") else head
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

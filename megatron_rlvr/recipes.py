@@ -26,6 +26,7 @@ from megatron_rlvr.config import (
     ParallelConfig,
     RolloutConfig,
     RunConfig,
+    MathTaskConfig,
     TaskConfig,
     WarmStartConfig,
 )
@@ -78,6 +79,11 @@ def _paper_recipe(policy_preset: str, policy_tp: int, run_name: str) -> RunConfi
             clip_eps_low=0.2,
             clip_eps_high=0.2,
             micro_batch_size=4,  # not in the paper: sequences per micro-batch per data-parallel rank
+            # Reasoning responses are ragged: packing a micro-batch's 4 sequences into one THD sequence skips the
+            # padding's compute and never needs more memory than the padded (4, L) micro-batch. On an H200 at
+            # lognormal lengths (median 1k, max 4k) the packed update ran 2.1x the padded one (BENCHMARKS.md,
+            # session 9); packed == padded to float32 rounding (tests/test_packing_update.py).
+            pack_sequences=True,
             mini_batches=1,  # one on-policy optimizer step per RL step over the 64 x 8 rollouts
         ),
         # lambda is not recoverable from the paper's text; 0.5 is this project's default balance factor.
@@ -89,11 +95,12 @@ def _paper_recipe(policy_preset: str, policy_tp: int, run_name: str) -> RunConfi
             memory=OptimConfig(optimizer="adam", lr=PAPER_LR, weight_decay=0.01, clip_grad=1.0),
         ),
         # DeepScaleR (~40.3k problem-answer pairs) is the paper's training set, read as published (a .json array of
-        # {problem, answer, solution}); pass task.path and task.tokenizer. Prompts go through Qwen3's chat
-        # template; the system prompt is Qwen's usual math instruction (not in the paper), so the last \boxed{}
-        # holds the answer the verifier reads.
-        task=TaskConfig(name="math", path=None, format="deepscaler", chat_template="auto",
-                        system_prompt=MATH_SYSTEM_PROMPT, verify_workers=8, verify_timeout_s=10.0),
+        # {problem, answer, solution}); pass task.math.path and task.math.tokenizer. Prompts go through Qwen3's
+        # chat template; the system prompt is Qwen's usual math instruction (not in the paper), so the last
+        # \boxed{} holds the answer the verifier reads.
+        task=TaskConfig(name="math", math=MathTaskConfig(path=None, format="deepscaler", chat_template="auto",
+                                                         system_prompt=MATH_SYSTEM_PROMPT, verify_workers=8,
+                                                         verify_timeout_s=10.0)),
         # The warm start exists to give a tiny random model several modes; a pretrained Qwen3 already has them.
         warm_start=WarmStartConfig(enabled=False),
         # The paper evaluates checkpoints every 50 steps with 8 responses per query (AVG@8 / PASS@8) on six
@@ -124,8 +131,8 @@ def qwen3_1p7b_bench() -> RunConfig:
     """A short single-GPU benchmark run with real Qwen3 shapes: Qwen3-1.7B policy + Qwen3-0.6B memory.
 
     It measures the cost of a step (rollout with DLC, policy and memory updates, weight push), not learning. The
-    task is `math` with a Qwen3 tokenizer (pass task.path and task.tokenizer): the built-in synthetic task's
-    128-character vocabulary cannot decode Qwen3's 151936 token ids. Without init_from the weights are random, so
+    task is `math` with a Qwen3 tokenizer (pass task.math.path and task.math.tokenizer): the built-in synthetic
+    task's 128-character vocabulary cannot decode Qwen3's 151936 token ids. Without init_from the weights are random, so
     responses run to max_new_tokens, which keeps the token count of every step the same.
     """
     return RunConfig(
@@ -137,7 +144,7 @@ def qwen3_1p7b_bench() -> RunConfig:
         algorithm=AlgorithmConfig(estimator="grpo", iac_alpha=1.0, micro_batch_size=8),
         dlc=DLCConfig(enabled=True, lam=0.5),
         optimizer=OptimizerConfig(policy=OptimConfig(lr=PAPER_LR), memory=OptimConfig(lr=PAPER_LR)),
-        task=TaskConfig(name="math", path=None),
+        task=TaskConfig(name="math", math=MathTaskConfig(path=None)),
         warm_start=WarmStartConfig(enabled=False),
         eval=EvalConfig(interval=0),  # step cost only
         checkpoint=CheckpointConfig(save_interval=0, keep_last=1, export_hf=False),

@@ -7,7 +7,8 @@ time a stage asks for it (`Registry.load`), so a registry costs nothing until a 
 
 Adding an estimator, an aggregation, a KL estimator, a task or an engine: write its factory (a new module, or a
 function beside its siblings) and add one `Entry` line here; validation, the error messages and the stage's
-dispatch follow from the table.
+dispatch follow from the table. A task also names its config section, `task.<section>` (a dataclass and its
+validator in megatron_rlvr.config.data, registered in TASK_SECTIONS), which is what its factory receives.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any, Callable, Iterator
 @dataclass(frozen=True)
 class Entry:
     """One registered name: `target` is "package.module:attribute" of its factory; `traits` are flags the config
-    checks read (e.g. an estimator's "group": its baseline needs >= 2 responses per prompt)."""
+    checks read (e.g. an estimator's "group": its baseline needs >= 2 responses per prompt); `section` is the config
+    section a task reads, `task.<section>` (megatron_rlvr.config.data.TASK_SECTIONS; tasks only)."""
 
     name: str
     target: str
     summary: str
     traits: frozenset[str] = frozenset()
+    section: str = ""
 
 
 class Registry:
@@ -94,12 +97,15 @@ KL_ESTIMATORS = Registry("KL estimator", [
     Entry("k3", f"{_LOSS}:kl_k3", "r - 1 - log r (unbiased, >= 0)"),
 ])
 
-# fn(task_cfg, max_prompt_tokens=, length_reason=, path=, keys=, limit=, tokenizer=) -> Task
+# fn(section, *, seed, max_prompt_tokens, length_reason, path, keys, limit, tokenizer) -> Task, where `section` is
+# the task's own config section task.<section> and `seed` is task.seed
 TASKS = Registry("task", [
-    Entry("synthetic", "megatron_rlvr.tasks.synthetic:build_shift_cipher", "the built-in shift-cipher task"),
+    Entry("synthetic", "megatron_rlvr.tasks.synthetic:build_shift_cipher", "the built-in shift-cipher task",
+          section="synthetic"),
     Entry("synthetic_coupled", "megatron_rlvr.tasks.synthetic:build_coupled_shift_cipher",
-          "the shift cipher built for the over-sharpening study"),
-    Entry("math", "megatron_rlvr.tasks.math_task:build_math_task", "math datasets scored by math-verify"),
+          "the shift cipher built for the over-sharpening study", section="synthetic"),
+    Entry("math", "megatron_rlvr.tasks.math_task:build_math_task", "math datasets scored by math-verify",
+          section="math"),
 ])
 
 # fn(cfg, *, engine_index, device, dtype, tokenizer, run_dir) -> RolloutEngine

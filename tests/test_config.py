@@ -55,7 +55,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["dlc.lamda=1"], "dlc.lamda", "did you mean dlc.lam"),
         (["steps=ten"], "steps", "expected an integer"),
         (["rollout.engine=vllm"], "rollout.engine", "unknown rollout engine"),
-        (["task.name=math"], "task.path", "needs a dataset file"),
+        (["task.name=math"], "task.math.path", "needs a dataset file"),
     ],
 )
 def test_each_bad_value_gets_one_error_naming_field_value_and_fix(overrides, field, words):

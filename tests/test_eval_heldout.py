@@ -38,8 +38,8 @@ def data(tmp_path_factory) -> dict:
 
 
 def math_overrides(data: dict) -> list[str]:
-    return ["task.name=math", f"task.path={data['train']}", "task.format=deepscaler", f"task.tokenizer={data['tok']}",
-            "task.verify_workers=1"]
+    return ["task.name=math", f"task.math.path={data['train']}", "task.math.format=deepscaler",
+            f"task.math.tokenizer={data['tok']}", "task.math.verify_workers=1"]
 
 
 def eval_sets(data: dict) -> str:
@@ -139,13 +139,13 @@ def test_data_inspect_reports_skipped_rows_and_a_bad_file_in_one_line(data, tmp_
     raw = b'{"problem": "1+1", "answer": "2"}\n{"problem": "caf\xe9", "answer": "1"}\n{"problem": "x"}\n'
     bad.write_bytes(raw)
     offset = raw.index(0xE9)  # byte offset in the file, not in the line
-    args = ["data", "inspect", "task.name=math", f"task.path={bad}", "task.format=deepscaler",
-            f"task.tokenizer={data['tok']}", "task.verify_workers=0"]
+    args = ["data", "inspect", "task.name=math", f"task.math.path={bad}", "task.math.format=deepscaler",
+            f"task.math.tokenizer={data['tok']}", "task.math.verify_workers=0"]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith(f"dataset error: {bad}:2: invalid UTF-8 at byte offset {offset} ")
-    assert cli_main(args + ["task.skip_malformed=true"]) == 0
+    assert cli_main(args + ["task.math.skip_malformed=true"]) == 0
     out = capsys.readouterr().out
     assert "rows loaded: 1   skipped: 2" in out and "bad.jsonl:3: field 'answer': missing" in out
 
@@ -153,7 +153,8 @@ def test_data_inspect_reports_skipped_rows_and_a_bad_file_in_one_line(data, tmp_
 def test_train_stops_on_a_bad_file_with_the_same_one_line_error_as_inspect(data, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"problem": "1+1=?", "answer": "2"}, {"problem": "2+2=?"}]))
-    args = ["task.name=math", f"task.path={bad}", "task.format=deepscaler", f"task.tokenizer={data['tok']}"]
+    args = ["task.name=math", f"task.math.path={bad}", "task.math.format=deepscaler",
+            f"task.math.tokenizer={data['tok']}"]
     assert cli_main(["data", "inspect", *args]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"dataset error: {bad}:2: field 'answer': missing (the answer field)")
@@ -163,12 +164,13 @@ def test_train_stops_on_a_bad_file_with_the_same_one_line_error_as_inspect(data,
 
 
 def test_an_eval_set_without_format_inherits_the_training_keys_and_its_own_format_wins(data, tmp_path):
-    from megatron_rlvr.config import EvalSetConfig, TaskConfig
+    from megatron_rlvr.config import EvalSetConfig, MathTaskConfig, TaskConfig
     from megatron_rlvr.eval.heldout import build_eval_task
     from megatron_rlvr.tasks import HFTokenizer
 
     (tmp_path / "q.jsonl").write_text(json.dumps({"q": "3+3=?", "gold": {"v": "6"}}) + "\n")
-    task_cfg = TaskConfig(name="math", path=data["train"], prompt_key="q", answer_key="gold.v", verify_workers=0)
+    task_cfg = TaskConfig(name="math", math=MathTaskConfig(path=data["train"], prompt_key="q", answer_key="gold.v",
+                                                           verify_workers=0))
     tok = HFTokenizer(data["tok"])
     inherited = build_eval_task(task_cfg, EvalSetConfig(name="a", path=str(tmp_path / "q.jsonl")), tok)
     assert inherited.keys == ("q", "gold.v") and inherited.prompts[0].metadata["answer"] == "6"

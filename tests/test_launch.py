@@ -46,7 +46,7 @@ def _slurm_args(shared: Path, *extra: str) -> list[str]:
         "--executor", "slurm", "--account", "rl_team", "--partition", "batch", "--time", "12:00:00",
         "--container-image", "nvcr.io/acme/megatron-rlvr:0.1", "--container-mounts", f"{shared}:/shared",
         "--env", "NCCL_DEBUG=WARN", *extra,
-        f"run_dir={shared}/runs/q8", f"task.path={shared}/data/train.jsonl",
+        f"run_dir={shared}/runs/q8", f"task.math.path={shared}/data/train.jsonl",
     ]
 
 
@@ -139,8 +139,8 @@ BAD_INPUTS = [
     ("relative mount", ["--container-mounts", "data:/data"], "launch error: --container-mounts='data:/data'"),
     ("run dir outside the mounts", ["run_dir=/elsewhere/run"],
      "launch error: run_dir='/elsewhere/run': this path is not under any --container-mounts source"),
-    ("dataset outside the mounts", ["task.path=/etc/hostname"],
-     "launch error: task.path='/etc/hostname': this path is not under any --container-mounts source"),
+    ("dataset outside the mounts", ["task.math.path=/etc/hostname"],
+     "launch error: task.math.path='/etc/hostname': this path is not under any --container-mounts source"),
     ("bad config value", ["rollout.group_size=1"], "config error: rollout.group_size=1"),
     ("unknown recipe", ["--recipe", "qwen3_9b"], "config error: --recipe='qwen3_9b': unknown recipe"),
 ]
@@ -183,12 +183,12 @@ def test_container_path_maps_through_the_longest_matching_mount():
 def test_job_view_makes_paths_absolute_locally_and_maps_them_through_mounts_on_slurm(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = get_recipe("tiny_cpu")
-    cfg.run_dir, cfg.task.tokenizer = "runs/a", str(tmp_path / "tok")
+    cfg.run_dir, cfg.task.math.tokenizer = "runs/a", str(tmp_path / "tok")
     local = job_view(cfg, LaunchSpec(executor="local"))
-    assert local.run_dir == str(tmp_path / "runs" / "a") and local.task.tokenizer == str(tmp_path / "tok")
+    assert local.run_dir == str(tmp_path / "runs" / "a") and local.task.math.tokenizer == str(tmp_path / "tok")
     assert local.checkpoint.load == "auto" and local.policy.init_from is None  # keywords and unset paths stay
     slurm = job_view(cfg, LaunchSpec(executor="slurm", container_mounts=[f"{tmp_path}:/work"]))
-    assert (slurm.run_dir, slurm.task.tokenizer) == ("/work/runs/a", "/work/tok")
+    assert (slurm.run_dir, slurm.task.math.tokenizer) == ("/work/runs/a", "/work/tok")
     assert cfg.run_dir == "runs/a"  # the input config is not modified
 
 

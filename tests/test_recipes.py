@@ -24,7 +24,7 @@ def dataset(tmp_path) -> Path:
 
 def _resolved(name: str, dataset: Path) -> RunConfig:
     """The recipe through the same path as `train --recipe` (validated), with a dataset where the task needs one."""
-    overrides = [f"task.path={dataset}"] if get_recipe(name).task.name == "math" else []
+    overrides = [f"task.math.path={dataset}"] if get_recipe(name).task.name == "math" else []
     return load_config(None, overrides, base=get_recipe(name))
 
 
@@ -53,6 +53,15 @@ def test_paper_recipes_carry_the_papers_setting(name, preset, dataset):
         assert opt.optimizer == "adam" and opt.lr == PAPER_LR == 1e-6
     assert cfg.steps == 2000 and cfg.checkpoint.save_interval == 50 and cfg.eval.interval == 50
     assert cfg.rollout.engine == "sglang" and cfg.task.name == "math" and not cfg.warm_start.enabled
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_paper_recipes_pack_their_ragged_reasoning_responses_without_a_larger_micro_batch(name, dataset):
+    """Packing the same 4 sequences per micro-batch only drops the padding's compute: memory stays within the padded
+    micro-batch's, so no token budget has to be guessed for a GPU the recipe has not seen."""
+    cfg = _resolved(name, dataset)
+    assert cfg.algorithm.pack_sequences and cfg.algorithm.micro_batch_size == 4
+    assert cfg.algorithm.max_tokens_per_micro_batch == 0
 
 
 @pytest.mark.parametrize("name, nodes", [("qwen3_4b_iac_dlc", 4), ("qwen3_8b_iac_dlc", 4), ("qwen3_14b_iac_dlc", 4),
@@ -87,13 +96,13 @@ def test_recipe_names_accept_hyphens():
     assert get_recipe("qwen3-8b-iac-dlc") == get_recipe("qwen3_8b_iac_dlc")
 
 
-def test_math_recipe_without_a_dataset_fails_validation_naming_task_path():
-    with pytest.raises(ConfigError, match=r"task\.path=None: the math task needs a dataset file"):
+def test_math_recipe_without_a_dataset_fails_validation_naming_task_math_path():
+    with pytest.raises(ConfigError, match=r"task\.math\.path=None: the math task needs a dataset file"):
         load_config(None, [], base=get_recipe("qwen3_8b_iac_dlc"))
 
 
 def test_train_cli_resolves_a_recipe_with_overrides(dataset, capsys):
-    rc = cli_main(["train", "--recipe", "qwen3_14b_iac_dlc", f"task.path={dataset}", "dlc.lam=0.3",
+    rc = cli_main(["train", "--recipe", "qwen3_14b_iac_dlc", f"task.math.path={dataset}", "dlc.lam=0.3",
                    "--print-config"])
     out = capsys.readouterr().out
     assert rc == 0

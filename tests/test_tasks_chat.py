@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from megatron_rlvr.config import TaskConfig
+from megatron_rlvr.config import MathTaskConfig, TaskConfig
 from megatron_rlvr.tasks import CharTokenizer, ChatSettings, HFTokenizer, PromptRenderer, build_task
 
 # Qwen3's chat format in miniature: <|im_start|>role\ncontent<|im_end|>\n, and with enable_thinking=false an empty
@@ -54,8 +54,8 @@ def data_path(tmp_path_factory):
 
 
 def task_of(data_path, bpe_dir, **kw):
-    return build_task(TaskConfig(name="math", path=data_path, format="deepscaler", tokenizer=bpe_dir,
-                                 verify_workers=0, **kw))
+    return build_task(TaskConfig(name="math", math=MathTaskConfig(path=data_path, format="deepscaler",
+                                                                  tokenizer=bpe_dir, verify_workers=0, **kw)))
 
 
 def test_prompts_go_through_the_tokenizers_chat_template_by_default(data_path, bpe_dir):
@@ -97,7 +97,8 @@ def test_a_template_file_replaces_the_tokenizers(data_path, bpe_dir, tmp_path):
 def test_a_tokenizer_without_template_falls_back_to_raw_or_refuses_when_required(data_path, tmp_path):
     plain = make_bpe_tokenizer(tmp_path / "plain", chat_template=None)
     assert task_of(data_path, plain).renderer.mode == "raw (the tokenizer has no chat template)"
-    with pytest.raises(ValueError, match=r"task.chat_template='tokenizer': the tokenizer in task.tokenizer has no "
+    with pytest.raises(ValueError, match=r"task.math.chat_template='tokenizer': the tokenizer in task.math.tokenizer "
+                                         r"has no "
                                          r"chat_template; fix:"):
         task_of(data_path, plain, chat_template="tokenizer")
 

@@ -115,7 +115,7 @@ def test_invalid_utf8_line_is_a_dataset_error_with_line_and_byte_offset(tmp_path
     offset = len(first) + bad.index(b"\xe9")
     with pytest.raises(DatasetError, match=rf"d.jsonl:2: invalid UTF-8 at byte offset {offset} \(byte 0xe9") as info:
         load(str(path), "deepscaler")
-    assert info.value.line == 2 and "task.skip_malformed=true" in str(info.value)
+    assert info.value.line == 2 and "task.math.skip_malformed=true" in str(info.value)
     data = load(str(path), "deepscaler", skip_malformed=True)
     assert [r.answer for r in data.rows] == ["72", "3"] and "invalid UTF-8" in data.skipped[0]
 
@@ -146,14 +146,14 @@ def test_malformed_json_files_are_refused_with_the_reason(tmp_path, text, messag
 
 def test_parquet_without_the_nested_column_is_a_file_error(tmp_path):
     path = write(tmp_path / "d.parquet", [{"prompt": "x", "answer": "1"}])
-    with pytest.raises(DatasetError, match=r"field 'reward_model.ground_truth': no such column.*task.format"):
+    with pytest.raises(DatasetError, match=r"field 'reward_model.ground_truth': no such column.*task.math.format"):
         load(path, "verl", skip_malformed=True)
 
 
 def test_deepscaler_with_the_default_keys_names_the_fix(tmp_path):
     path = write(tmp_path / "deepscaler.json", DEEPSCALER)
-    with pytest.raises(DatasetError, match=r"deepscaler.json:1: field 'prompt': missing.*set task.prompt_key "
-                                           r"\(or task.format\)"):
+    with pytest.raises(DatasetError, match=r"deepscaler.json:1: field 'prompt': missing.*set task.math.prompt_key "
+                                           r"\(or task.math.format\)"):
         load(path)
 
 
@@ -161,17 +161,17 @@ def test_explicit_keys_override_the_preset():
     assert resolve_keys("gsm8k", None, None) == ("question", "answer")
     assert resolve_keys("gsm8k", "q", None) == ("q", "answer")
     assert resolve_keys(None, None, None) == ("prompt", "answer")
-    with pytest.raises(ValueError, match=r"task.format='alpaca': unknown dataset format"):
+    with pytest.raises(ValueError, match=r"task.math.format='alpaca': unknown dataset format"):
         resolve_keys("alpaca", None, None)
 
 
 def test_config_refuses_an_unknown_format_and_a_malformed_reward_fn(tmp_path):
     path = write(tmp_path / "d.jsonl", DEEPSCALER)
-    with pytest.raises(ConfigError, match=r"task.format='alpaca': unknown dataset format"):
-        load_config(overrides=["task.name=math", f"task.path={path}", "task.format=alpaca"])
-    with pytest.raises(ConfigError, match=r"task.reward_fn='nocolon': not of the form module:function"):
-        load_config(overrides=["task.name=math", f"task.path={path}", "task.reward_fn=nocolon"])
-    assert TaskConfig().format is None
+    with pytest.raises(ConfigError, match=r"task.math.format='alpaca': unknown dataset format"):
+        load_config(overrides=["task.name=math", f"task.math.path={path}", "task.math.format=alpaca"])
+    with pytest.raises(ConfigError, match=r"task.math.reward_fn='nocolon': not of the form module:function"):
+        load_config(overrides=["task.name=math", f"task.math.path={path}", "task.math.reward_fn=nocolon"])
+    assert TaskConfig().math.format is None
 
 
 @pytest.mark.parametrize("response", ["so \\fbox{72}", "\\boxed{70} no wait \\fbox{72}", "$\\fbox{72}$"])
@@ -188,8 +188,8 @@ def test_the_qwen3_recipes_load_deepscaler_as_published(tmp_path, recipe):
 
     path = write(tmp_path / "deepscaler.json", DEEPSCALER)
     tok = make_bpe_tokenizer(tmp_path / "tok")
-    cfg = load_config(overrides=[f"task.path={path}", f"task.tokenizer={tok}", "task.verify_workers=0"],
-                      base=get_recipe(recipe))
+    cfg = load_config(overrides=[f"task.math.path={path}", f"task.math.tokenizer={tok}",
+                                 "task.math.verify_workers=0"], base=get_recipe(recipe))
     task = build_task(cfg.task)
     assert [ex.metadata["answer"] for ex in task.prompts] == ["72", "3"]
     assert task.prompts[0].prompt == ("<|im_start|>system\nPlease reason step by step, and put your final answer "

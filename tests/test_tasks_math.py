@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from megatron_rlvr.config import TaskConfig
+from megatron_rlvr.config import MathTaskConfig, TaskConfig
 from megatron_rlvr.tasks import CharTokenizer, DatasetError, MathTask, build_task, load_math_rows, math_equal
 from megatron_rlvr.tasks.math_task import last_boxed
 
@@ -54,8 +54,8 @@ def test_parquet_rows_load_with_custom_keys(tmp_path):
     "bad_line, message",
     [
         ('{"prompt": "x", "answer": ', r"d.jsonl:3: not valid JSON"),
-        (json.dumps({"prompt": "x"}), r"d.jsonl:3: field 'answer': missing \(the answer field\).*task.answer_key"),
-        (json.dumps({"answer": "1"}), r"d.jsonl:3: field 'prompt': missing.*set task.prompt_key"),
+        (json.dumps({"prompt": "x"}), r"d.jsonl:3: field 'answer': missing \(the answer field\).*task.math.answer_key"),
+        (json.dumps({"answer": "1"}), r"d.jsonl:3: field 'prompt': missing.*set task.math.prompt_key"),
         (json.dumps({"prompt": "   ", "answer": "1"}), r"d.jsonl:3: field 'prompt': empty prompt"),
         (json.dumps({"prompt": 7, "answer": "1"}), r"d.jsonl:3: field 'prompt': expected a string or a list of chat"),
         (json.dumps({"prompt": "x", "answer": None}), r"d.jsonl:3: field 'answer': expected a string or number"),
@@ -84,7 +84,7 @@ def test_malformed_parquet_row_names_row_and_field(tmp_path):
 def test_parquet_without_the_answer_column_is_a_file_error(tmp_path):
     path = write_parquet(tmp_path / "d.parquet", [{"prompt": "a", "solution": "1"}])
     with pytest.raises(DatasetError, match=r"field 'answer': no such column; columns are \['prompt', 'solution'\]; "
-                                           r"fix: set task.answer_key"):
+                                           r"fix: set task.math.answer_key"):
         load_math_rows(path, skip_malformed=True)
 
 
@@ -131,7 +131,7 @@ def test_math_verify_scores_the_last_boxed_or_final_answer(gold, response, corre
 
 def test_math_task_scores_token_ids_and_warm_start_mixes_right_and_wrong(tmp_path, tokenizer_dir):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS)
-    task = build_task(TaskConfig(name="math", path=path, tokenizer=tokenizer_dir))
+    task = build_task(TaskConfig(name="math", math=MathTaskConfig(path=path, tokenizer=tokenizer_dir)))
     assert isinstance(task, MathTask) and len(task.prompts) == 5
     ex = task.prompts[0]
     assert ex.prompt_ids[0] == task.tokenizer.bos_id and ex.metadata["line"] == 1
@@ -145,7 +145,7 @@ def test_math_task_scores_token_ids_and_warm_start_mixes_right_and_wrong(tmp_pat
 
 def test_math_task_config_errors_name_the_field(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS)
-    with pytest.raises(ValueError, match=r"task.tokenizer=None.*fix: set task.tokenizer"):
-        build_task(TaskConfig(name="math", path=path))
-    with pytest.raises(ValueError, match=r"task.path=None"):
-        build_task(TaskConfig(name="math", tokenizer="x"))
+    with pytest.raises(ValueError, match=r"task.math.tokenizer=None.*fix: set task.math.tokenizer"):
+        build_task(TaskConfig(name="math", math=MathTaskConfig(path=path)))
+    with pytest.raises(ValueError, match=r"task.math.path=None"):
+        build_task(TaskConfig(name="math", math=MathTaskConfig(tokenizer="x")))

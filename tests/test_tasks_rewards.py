@@ -1,4 +1,5 @@
-"""Reward stage: the task.reward_fn contract, and verifier calls in worker processes whose per-call timeout works
+"""Reward stage: the task.math.reward_fn contract, and verifier calls in worker processes whose per-call timeout
+works
 off the main thread (a hanging call scores 0, counts in verify/timeouts, and never stalls the others)."""
 
 import json
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from megatron_rlvr.config import TaskConfig
+from megatron_rlvr.config import MathTaskConfig, TaskConfig
 from megatron_rlvr.tasks import CharTokenizer, build_task
 from megatron_rlvr.tasks.reward_fn import check_reward_fn, normalize_reward
 from megatron_rlvr.tasks.verify_pool import VerifierPool
@@ -62,8 +63,9 @@ def files(tmp_path_factory):
 
 def make_task(files, reward_fn=None, workers=1, timeout=2.0):
     path, tok = files
-    return build_task(TaskConfig(name="math", path=path, format="verl", tokenizer=tok, reward_fn=reward_fn,
-                                 verify_workers=workers, verify_timeout_s=timeout))
+    return build_task(TaskConfig(name="math", math=MathTaskConfig(path=path, format="verl", tokenizer=tok,
+                                                                  reward_fn=reward_fn, verify_workers=workers,
+                                                                  verify_timeout_s=timeout)))
 
 
 def test_reward_fn_receives_the_row_and_its_extra_metrics_are_averaged(files, user_module):
@@ -85,12 +87,12 @@ def test_a_plain_float_reward_is_accepted_and_below_half_is_incorrect(files, use
     ("missing", r"cannot load it \(AttributeError"),
 ])
 def test_a_reward_fn_with_the_wrong_signature_is_refused_at_load(files, user_module, name, message):
-    with pytest.raises(ValueError, match=rf"config error: task.reward_fn='{user_module}:{name}': {message}"):
+    with pytest.raises(ValueError, match=rf"config error: task.math.reward_fn='{user_module}:{name}': {message}"):
         make_task(files, f"{user_module}:{name}")
 
 
 def test_an_unimportable_module_is_refused_at_load():
-    with pytest.raises(ValueError, match=r"task.reward_fn='no_such_module_x:f': cannot load it \(ModuleNotFound"):
+    with pytest.raises(ValueError, match=r"task.math.reward_fn='no_such_module_x:f': cannot load it \(ModuleNotFound"):
         check_reward_fn("no_such_module_x:f")
 
 
@@ -110,7 +112,7 @@ def test_normalize_reward_contract():
     assert normalize_reward(1, "m:f") == (1.0, {})
     assert normalize_reward((0.5, {"a": 2}), "m:f") == (0.5, {"a": 2.0})
     for bad in (True, float("nan"), (1.0, 2.0, 3.0), (1.0, {"a": "x"})):
-        with pytest.raises(TypeError, match=r"task.reward_fn='m:f' returned"):
+        with pytest.raises(TypeError, match=r"task.math.reward_fn='m:f' returned"):
             normalize_reward(bad, "m:f")
 
 
@@ -157,5 +159,5 @@ def test_a_closed_pool_starts_again_on_the_next_call_and_an_empty_batch_starts_n
     assert pool.map(target, [(0.5, "m:f")])[0].value == (0.5, {})
     pool.close()
     ok, bad = pool.map(target, [(1, "m:f"), ("x", "m:f")])
-    assert ok.value == (1.0, {}) and bad.error.startswith("TypeError: task.reward_fn='m:f' returned reward 'x'")
+    assert ok.value == (1.0, {}) and bad.error.startswith("TypeError: task.math.reward_fn='m:f' returned reward 'x'")
     pool.close()

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from megatron_rlvr.config import TaskConfig
+from megatron_rlvr.config import SyntheticTaskConfig, TaskConfig
 from megatron_rlvr.tasks import ShiftCipherTask, build_task
 from megatron_rlvr.tasks.synthetic import shift_text
 
@@ -112,16 +112,17 @@ def test_warm_start_incorrect_answers_include_wrong_strategies_and_slips(task):
 
 
 def test_bad_task_sizes_raise_with_the_field_and_fix():
-    with pytest.raises(ValueError, match=r"task.answers_per_query=9.*fix: use 1..6"):
+    with pytest.raises(ValueError, match=r"task.synthetic.answers_per_query=9.*fix: use 1..6"):
         ShiftCipherTask(8, 9)
-    with pytest.raises(ValueError, match=r"task.num_queries=600.*\[1, 512\]"):
+    with pytest.raises(ValueError, match=r"task.synthetic.num_queries=600.*\[1, 512\]"):
         ShiftCipherTask(600, 4)
     with pytest.raises(ValueError, match=r"incorrect_fraction=1.0"):
         ShiftCipherTask(8, 2).warm_start_examples(4, 1.0, random.Random(0))
 
 
-def test_build_task_reads_the_task_config():
-    t = build_task(TaskConfig(name="synthetic", num_queries=16, answers_per_query=3, seed=2))
+def test_build_task_reads_the_synthetic_section_and_the_task_seed():
+    t = build_task(TaskConfig(name="synthetic", seed=2, synthetic=SyntheticTaskConfig(num_queries=16,
+                                                                                      answers_per_query=3)))
     assert isinstance(t, ShiftCipherTask) and len(t.prompts) == 16
     assert all(t.num_modes(e) == 3 for e in t.prompts)
     with pytest.raises(ValueError, match="task.name='nope'"):

@@ -49,7 +49,8 @@ def test_hf_adapter_wraps_a_local_folder(tmp_path):
 
 
 def test_hf_adapter_names_a_missing_or_unusable_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"tokenizer folder .*nope.* does not exist; fix: set task.tokenizer"):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer folder .*nope.* does not exist; fix: set "
+                                                r"task.math.tokenizer"):
         HFTokenizer(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises((ValueError, OSError), match=r"empty"):

@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
+# the wheels stay in /tmp/site between calls of one machine: a call that does not carry .whl/base reuses them
+[ -d .whl/base ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
 [ -e megatron_rlvr/kernels ] || ln -s ../kernels megatron_rlvr/kernels
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"

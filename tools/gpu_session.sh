@@ -5,9 +5,10 @@
 #
 # HERE, once:  bash tools/gpu_tier.sh fetch && PYTHON=.venv-sglang/bin/python bash tools/gpu_sglang.sh fetch
 # DEVICE, back to back (carry what each line names; OUT is the call's output folder):
-#   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier, ~9 min
-#   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler tests + launch sweep
-#   3  bash tools/gpu_session.sh packing         carry [".whl/sglang-gpu/p2"]   packed-update tests + bench
+#   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
+#   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
+#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs
+#      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room)
 #   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait S s
 #   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait S s (default 480), print and return the logs
 # Each step prints the tails of every log so far; the logs also come back under $OUT. A step never fails the call
@@ -30,25 +31,36 @@ case "${1:-}" in
 tier)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
-  step gpu_tier 560 "${PYTEST[@]}" -m gpu tests/gpu
+  # The sampler and packing files run in their own steps (below): together the tier ran past one call's limit.
+  step gpu_tier 560 "${PYTEST[@]}" --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
+    --ignore=tests/gpu/test_fast_launch_gpu.py --ignore=tests/gpu/test_packing_gpu.py \
+    --ignore=tests/gpu/test_tracking_gpu.py
   collect 40 ;;
-kernels)
-  step kernel_tests 200 "${PYTEST[@]}" -m gpu tests/gpu/test_kernels_gpu.py
+tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
+  step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
+  collect 40 ;;
+kernels)  # the sampler's GPU tests, then the packed-update tests and benchmark (tools/gpu_packing.sh)
+  step kernel_tests 180 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
+    tests/gpu/test_fast_launch_gpu.py
+  OUT=$LOGS step packing 380 bash tools/gpu_packing.sh
+  collect 40 ;;
+sweep)
   step kernel_sweep 340 python3 tools/bench_kernels.py --sweep --batches 64,128,256,512,1024 --out-dir "$OUT"
   collect 40 ;;
-packing)
-  OUT=$LOGS step packing 560 bash tools/gpu_packing.sh
-  collect 30 ;;
 sglang)
   mkdir -p .whl/sglang-gpu && cp -r /tmp/parts/p* .whl/sglang-gpu/
   step sglang_install 240 bash tools/gpu_sglang.sh install
   setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
   sleep "${2:-420}"; collect 30 ;;
-chain)  # background, started by `sglang`: the SGLang GPU tests, the 20-step colocated run, the RL-step benchmark
-  step sglang_gpu_tests 600 bash tools/gpu_sglang.sh test
-  step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
+chain)  # background, started by `sglang`: the RL-step benchmark, the 20-step colocated run, the sampler benchmark
+        # with its FlashInfer baseline, then (SGLANG_TESTS=1) the SGLang GPU tests
   step bench_train 900 python3 -m megatron_rlvr.cli bench train --engine sglang --steps 1 --embedded-steps 1 \
     --out /tmp/bench_train ${BENCH_ARGS:-}
+  step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
+  # FlashInfer (a baseline of the sampler benchmark) comes with the SGLang wheels
+  step bench_kernels 300 python3 tools/bench_kernels.py --batches 1,32,256,512,1024 --compile-budget-s 45 \
+    --out-dir "$LOGS"
+  [ -n "${SGLANG_TESTS:-}" ] && step sglang_gpu_tests 600 bash tools/gpu_sglang.sh test
   echo "chain done" ;;
 poll)
   sleep "${2:-480}"; collect 30 ;;

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from megatron_rlvr.config.tree import ConfigError, RunConfig
+from megatron_rlvr.config.tree import MOVED_KEYS, ConfigError, RunConfig
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -72,6 +72,7 @@ def _build(cls, data: dict, prefix: str = ""):
         raise ConfigError(prefix.rstrip(".") or "<root>", data, "expected a mapping", "give a YAML mapping")
     types = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    _refuse_moved_keys(data, prefix)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
@@ -85,6 +86,23 @@ def _build(cls, data: dict, prefix: str = ""):
         else:
             kwargs[key] = _coerce(path, value, tp)
     return cls(**kwargs)
+
+
+def _refuse_moved_keys(data: dict, prefix: str) -> None:
+    """Keys an earlier layout of the tree had at this level (`MOVED_KEYS`) are one ConfigError naming each one's new
+    key, before any "unknown key" error: a config.yaml saved before the task sections holds all of them at once."""
+    moved = {f"{prefix}{k}": (MOVED_KEYS[f"{prefix}{k}"], v) for k, v in data.items() if f"{prefix}{k}" in MOVED_KEYS}
+    if not moved:
+        return
+    problem = "; ".join(f"{old} moved to {new}" for old, (new, _) in moved.items())
+    old, (new, value) = next(iter(moved.items()))
+    nested = new.split(".")
+    yaml_form = "".join(f"{p}: {{" for p in nested[:-1]) + f"{nested[-1]}: ..." + "}" * (len(nested) - 1)
+    fix = (f"use the new key{'s' if len(moved) > 1 else ''} (e.g. {new}=... as an override, or {yaml_form} in a "
+           "YAML file or an older run's config.yaml)")
+    if len(moved) == 1:
+        raise ConfigError(old, value, problem, fix)
+    raise ConfigError(prefix.rstrip("."), sorted(k.rpartition(".")[2] for k in moved), problem, fix)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

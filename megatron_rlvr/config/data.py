@@ -1,38 +1,46 @@
-"""Config sections of the data and its checks: task (prompts, verifier), warm start, evaluation, in-loop
-invariants; each with its checks beside it."""
+"""Config sections of the data and its checks: task (prompts, verifier; each task's settings in its own section),
+warm start, evaluation, in-loop invariants; each with its checks beside it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from megatron_rlvr import registry
 from megatron_rlvr.config.fields import DATASET_FORMATS, LR_DECAY_STYLES, opt, require as _require
 
 
 @dataclass
-class TaskConfig:
-    """Prompts and verifier."""
+class SyntheticTaskConfig:
+    """The built-in shift-cipher tasks (synthetic, synthetic_coupled)."""
 
-    name: str = opt("synthetic", help="task: synthetic (built-in multi-answer task) | synthetic_coupled (its "
-                                      "over-sharpening-study variant: per-query answer sets, family habits, "
-                                      "exceptions) | math (dataset files; math-verify or task.reward_fn)")
-    path: Optional[str] = opt(None, help="dataset file(s) for `math`: .jsonl, .json "
-                                         "or .parquet (comma-separated for several)")
+    num_queries: int = opt(64, help="number of distinct queries")
+    answers_per_query: int = opt(4, help="correct answers (modes) per query")
+
+
+def validate_synthetic_task(s: SyntheticTaskConfig, active: bool) -> None:
+    """The task.synthetic section (`active`: a synthetic task is the one that runs; its bounds hold either way)."""
+    _require(s.num_queries >= 1, "task.synthetic.num_queries", s.num_queries, "must be >= 1", "use 1 or more")
+    _require(s.answers_per_query >= 1, "task.synthetic.answers_per_query", s.answers_per_query, "must be >= 1",
+             "use 1+")
+
+
+@dataclass
+class MathTaskConfig:
+    """The math task: dataset files, tokenizer and prompt rendering, verifier."""
+
+    path: Optional[str] = opt(None, help="dataset file(s): .jsonl, .json or .parquet (comma-separated for several)")
     format: Optional[str] = opt(None, help="dataset layout preset: gsm8k | math | deepscaler | dapo "
                                            "| verl (sets prompt_key / answer_key); unset = keys")
     skip_malformed: bool = opt(False, help="skip malformed dataset rows (counted and "
                                            "reported) instead of failing with file/line/field")
-    num_queries: int = opt(64, help="synthetic task: number of distinct queries")
-    answers_per_query: int = opt(4, help="synthetic task: correct answers (modes) per query")
-    seed: int = opt(0, help="seed of the synthetic task and of prompt order")
-    prompt_key: Optional[str] = opt(None, help="prompt field of `math` rows, dotted for nested "
+    prompt_key: Optional[str] = opt(None, help="prompt field of the rows, dotted for nested "
                                                "fields (unset: the format's, else \"prompt\")")
-    answer_key: Optional[str] = opt(None, help="gold-answer field of `math` rows, e.g. reward_model.ground_truth "
+    answer_key: Optional[str] = opt(None, help="gold-answer field of the rows, e.g. reward_model.ground_truth "
                                                "(unset: the format's, else \"answer\")")
-    tokenizer: Optional[str] = opt(None, help="HF tokenizer folder for `math` (the synthetic "
-                                              "task ships its own character tokenizer)")
+    tokenizer: Optional[str] = opt(None, help="HF tokenizer folder (the synthetic tasks "
+                                              "ship their own character tokenizer)")
     chat_template: str = opt("auto", help="prompt rendering: auto (tokenizer's chat template if any) "
                                           "| tokenizer (required) | raw | path to a .jinja file")
     system_prompt: Optional[str] = opt(None, help="system message put before every prompt (chat "
@@ -46,31 +54,74 @@ class TaskConfig:
     verify_timeout_s: float = opt(10.0, help="seconds one verifier call may take before "
                                              "it scores 0 and counts in verify/timeouts")
 
-def validate_task(t: TaskConfig) -> None:
-    """The task section on its own."""
-    _require(t.name in registry.TASKS, "task.name", t.name, "unknown task", f"use {registry.TASKS.spoken()}")
-    if t.name == "math":
-        _require(t.path is not None, "task.path", t.path, "the math task needs a dataset file",
-                 "pass task.path=/path/to/train.jsonl (or .json / .parquet)")
-        for p in str(t.path).split(","):
-            _require(Path(p.strip()).expanduser().exists(), "task.path", t.path,
+
+def validate_math_task(m: MathTaskConfig, active: bool) -> None:
+    """The task.math section: the dataset must exist when the math task runs (`active`); the other fields are
+    checked either way, so a recipe's math settings are sound before anyone switches to it."""
+    if active:
+        _require(m.path is not None, "task.math.path", m.path, "the math task needs a dataset file",
+                 "pass task.math.path=/path/to/train.jsonl (or .json / .parquet)")
+        for p in str(m.path).split(","):
+            _require(Path(p.strip()).expanduser().exists(), "task.math.path", m.path,
                      f"dataset file {p.strip()!r} does not exist", "check the path")
-    _validate_task_fields(t)
-    _require(t.num_queries >= 1, "task.num_queries", t.num_queries, "must be >= 1", "use 1 or more")
-    _require(t.answers_per_query >= 1, "task.answers_per_query", t.answers_per_query, "must be >= 1", "use 1+")
-
-
-def _validate_task_fields(t: TaskConfig) -> None:
-    _require(t.format is None or t.format in DATASET_FORMATS, "task.format", t.format, "unknown dataset format",
-             f"use one of {', '.join(DATASET_FORMATS)}, or leave it unset and give task.prompt_key / answer_key")
-    _require(t.chat_template in ("auto", "tokenizer", "raw") or Path(t.chat_template).expanduser().is_file(),
-             "task.chat_template", t.chat_template, "neither auto, tokenizer, raw nor an existing template file",
+    _require(m.format is None or m.format in DATASET_FORMATS, "task.math.format", m.format, "unknown dataset format",
+             f"use one of {', '.join(DATASET_FORMATS)}, or leave it unset and give task.math.prompt_key / answer_key")
+    _require(m.chat_template in ("auto", "tokenizer", "raw") or Path(m.chat_template).expanduser().is_file(),
+             "task.math.chat_template", m.chat_template, "neither auto, tokenizer, raw nor an existing template file",
              "use one of those or the path of a Jinja chat-template file")
-    _require(t.reward_fn is None or (":" in t.reward_fn and all(t.reward_fn.split(":", 1))), "task.reward_fn",
-             t.reward_fn, "not of the form module:function", "write e.g. task.reward_fn=my_rewards:score")
-    _require(t.verify_workers >= 0, "task.verify_workers", t.verify_workers, "must be >= 0",
+    _require(m.reward_fn is None or (":" in m.reward_fn and all(m.reward_fn.split(":", 1))), "task.math.reward_fn",
+             m.reward_fn, "not of the form module:function", "write e.g. task.math.reward_fn=my_rewards:score")
+    _require(m.verify_workers >= 0, "task.math.verify_workers", m.verify_workers, "must be >= 0",
              "use 0 (in-process) or a few worker processes")
-    _require(t.verify_timeout_s > 0, "task.verify_timeout_s", t.verify_timeout_s, "must be > 0", "use e.g. 10")
+    _require(m.verify_timeout_s > 0, "task.math.verify_timeout_s", m.verify_timeout_s, "must be > 0", "use e.g. 10")
+
+
+# section name -> (dataclass, validator) of each task section; a registered task names its section
+# (megatron_rlvr.registry.TASKS, `Entry.section`); tests/test_config_task_sections.py checks each is declared here
+TASK_SECTIONS: dict[str, tuple[type, Callable[[Any, bool], None]]] = {
+    "synthetic": (SyntheticTaskConfig, validate_synthetic_task),
+    "math": (MathTaskConfig, validate_math_task),
+}
+
+
+@dataclass
+class TaskConfig:
+    """Prompts and verifier: the task's name and seed; each task's own settings in its section."""
+
+    name: str = opt("synthetic", help="task: synthetic (built-in multi-answer task) | synthetic_coupled (its "
+                                      "over-sharpening-study variant: per-query answer sets, family habits, "
+                                      "exceptions) | math (dataset files; math-verify or task.math.reward_fn)")
+    seed: int = opt(0, help="seed of the synthetic task and of prompt order")
+    synthetic: SyntheticTaskConfig = opt(factory=SyntheticTaskConfig, help="the synthetic and synthetic_coupled "
+                                                                           "tasks' settings")
+    math: MathTaskConfig = opt(factory=MathTaskConfig, help="the math task's settings")
+
+    def section(self) -> Any:
+        """The settings section of the task that runs (`task.<its section>`)."""
+        return getattr(self, registry.TASKS.entry(self.name).section)
+
+
+# The flat task section before each task got its own, by the section each field moved to. Frozen on purpose: a new
+# task's section adds no "moved" key (and a field name it shares with math, e.g. `path`, still means task.math's).
+_FLAT_TASK_FIELDS = {
+    "synthetic": ("num_queries", "answers_per_query"),
+    "math": ("path", "format", "skip_malformed", "prompt_key", "answer_key", "tokenizer", "chat_template",
+             "system_prompt", "enable_thinking", "reward_fn", "verify_workers", "verify_timeout_s"),
+}
+
+
+def moved_task_keys() -> dict[str, str]:
+    """Keys of the flat task section (`task.path`) -> where they live now (`task.math.path`); part of
+    `config.tree.MOVED_KEYS`."""
+    return {f"task.{name}": f"task.{section}.{name}" for section, names in _FLAT_TASK_FIELDS.items() for name in names}
+
+
+def validate_task(t: TaskConfig) -> None:
+    """The task section: a registered name, then every task section (the active one with its requirements)."""
+    _require(t.name in registry.TASKS, "task.name", t.name, "unknown task", f"use {registry.TASKS.spoken()}")
+    active = registry.TASKS.entry(t.name).section
+    for section, (_, validate) in TASK_SECTIONS.items():
+        validate(getattr(t, section), section == active)
 
 
 @dataclass
@@ -144,9 +195,11 @@ class EvalSetConfig:
     samples: int = opt(8, help="responses per prompt: AVG@k over them, PASS@k for k = 1, 2, 4, ... up to this")
     max_new_tokens: Optional[int] = opt(None, help="response budget of this set (unset: rollout.max_new_tokens)")
     limit: Optional[int] = opt(None, help="evaluate only the first N rows (unset: all)")
-    format: Optional[str] = opt(None, help="dataset layout preset (unset: task.format)")
-    prompt_key: Optional[str] = opt(None, help="prompt field (unset: the set's format's, else task.prompt_key)")
-    answer_key: Optional[str] = opt(None, help="answer field (unset: the set's format's, else task.answer_key)")
+    format: Optional[str] = opt(None, help="dataset layout preset (unset: task.math.format)")
+    prompt_key: Optional[str] = opt(None, help="prompt field (unset: the set's format's, else "
+                                               "task.math.prompt_key)")
+    answer_key: Optional[str] = opt(None, help="answer field (unset: the set's format's, else "
+                                               "task.math.answer_key)")
 
 @dataclass
 class ChecksConfig:

@@ -10,7 +10,8 @@ from typing import Optional
 import yaml
 
 from megatron_rlvr.config.algorithm import AlgorithmConfig, DLCConfig
-from megatron_rlvr.config.data import ChecksConfig, EvalConfig, EvalSetConfig, TaskConfig, WarmStartConfig
+from megatron_rlvr.config.data import (ChecksConfig, EvalConfig, EvalSetConfig, MathTaskConfig, SyntheticTaskConfig,
+                                       TaskConfig, WarmStartConfig, moved_task_keys)
 from megatron_rlvr.config.fields import (DATASET_FORMATS, ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS,  # noqa: F401
                                          LOSS_AGG_MODES, LR_DECAY_STYLES, OFFPOLICY_CORRECTIONS, ConfigError, opt)
 from megatron_rlvr.config.models import ModelConfig, OptimConfig, OptimizerConfig, ParallelConfig  # noqa: F401
@@ -19,8 +20,14 @@ from megatron_rlvr.config.rollout import RolloutConfig
 
 __all__ = ["AlgorithmConfig", "ChecksConfig", "CheckpointConfig", "ConfigError", "DATASET_FORMATS", "DLCConfig",
            "ESTIMATORS", "EvalConfig", "EvalSetConfig", "GROUP_ESTIMATORS", "KL_ESTIMATORS", "LOSS_AGG_MODES",
-           "LR_DECAY_STYLES", "LoggingConfig", "ModelConfig", "OFFPOLICY_CORRECTIONS", "OptimConfig",
-           "OptimizerConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "TaskConfig", "WarmStartConfig", "opt"]
+           "LR_DECAY_STYLES", "LoggingConfig", "MOVED_KEYS", "MathTaskConfig", "ModelConfig", "OFFPOLICY_CORRECTIONS",
+           "OptimConfig", "OptimizerConfig", "ParallelConfig", "RolloutConfig", "RunConfig", "SyntheticTaskConfig",
+           "TaskConfig", "WarmStartConfig", "opt"]
+
+# Dotted keys of earlier layouts of the tree -> where they live now. Building a tree that still uses one (a YAML
+# file, an override, an older run's config.yaml) is one ConfigError naming the new key (config.building); resuming
+# compares a checkpoint's old keys under their new names (run.guard).
+MOVED_KEYS: dict[str, str] = moved_task_keys()
 
 
 @dataclass
@@ -41,7 +48,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = opt(factory=AlgorithmConfig, help="advantage estimation and the policy loss")
     dlc: DLCConfig = opt(factory=DLCConfig, help="distribution-level calibration: the memory model and lambda")
     optimizer: OptimizerConfig = opt(factory=OptimizerConfig, help="optimizers of the policy and the memory model")
-    task: TaskConfig = opt(factory=TaskConfig, help="prompts and verifier")
+    task: TaskConfig = opt(factory=TaskConfig, help="prompts and verifier (each task's settings in its own section)")
     warm_start: WarmStartConfig = opt(factory=WarmStartConfig, help="short supervised phase before RL")
     eval: EvalConfig = opt(factory=EvalConfig, help="periodic evaluation of the policy alone")
     checks: ChecksConfig = opt(factory=ChecksConfig, help="in-loop invariants that stop a bad run")

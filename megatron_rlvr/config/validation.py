@@ -18,7 +18,7 @@ from megatron_rlvr.config.fields import OFFPOLICY_CORRECTIONS, require as _requi
 from megatron_rlvr.config.models import validate_model, validate_optim
 from megatron_rlvr.config.outputs import validate_checkpoint
 from megatron_rlvr.config.rollout import validate_rollout
-from megatron_rlvr.config.tree import RunConfig
+from megatron_rlvr.config.tree import MOVED_KEYS, RunConfig
 
 
 def _require_finite(node: Any, prefix: str = "") -> None:
@@ -75,6 +75,8 @@ def validate_config(cfg: RunConfig) -> None:
     validate_checkpoint(c)
     keys = {k for k, _, _ in describe_tree()} if c.allow_config_change else set()
     for name in c.allow_config_change:
+        _require(str(name) not in MOVED_KEYS, "checkpoint.allow_config_change", name,
+                 f"{name} moved to {MOVED_KEYS.get(str(name))}", f"name it {MOVED_KEYS.get(str(name))}")
         _require(str(name) in keys, "checkpoint.allow_config_change", name, "not a config field",
                  "name fields by their dotted key, e.g. [rollout.group_size, seed]")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from megatron_rlvr.config import RunConfig, eval_set_configs
+from megatron_rlvr.config import EvalSetConfig, RunConfig, TaskConfig, eval_set_configs
 from megatron_rlvr.eval.diversity import diversity_metrics
 from megatron_rlvr.eval.passk import accuracy_at_k
 from megatron_rlvr.eval.report import TABLE_K, paper_table, write_pass_at_k_plot
@@ -34,15 +34,16 @@ class EvalSet:
     max_new_tokens: int
 
 
-def build_eval_task(task_cfg, set_cfg, tokenizer):
+def build_eval_task(task_cfg: TaskConfig, set_cfg: EvalSetConfig, tokenizer):
     """The task of one eval set: the training task's settings with the set's file, layout and limit. A set's own
-    format/keys win; without a format it inherits the training task's format and explicit keys."""
+    format/keys win; without a format it inherits task.math's format and explicit keys (held-out sets are dataset
+    files, so the task is math: `eval_set_configs` checks it)."""
     from megatron_rlvr.tasks import build_task, resolve_keys
 
-    t, s = task_cfg, set_cfg
-    keys = resolve_keys(s.format or t.format, s.prompt_key or (None if s.format else t.prompt_key),
-                        s.answer_key or (None if s.format else t.answer_key))
-    return build_task(t, path=s.path, keys=keys, limit=s.limit, tokenizer=tokenizer)
+    m, s = task_cfg.math, set_cfg
+    keys = resolve_keys(s.format or m.format, s.prompt_key or (None if s.format else m.prompt_key),
+                        s.answer_key or (None if s.format else m.answer_key))
+    return build_task(task_cfg, path=s.path, keys=keys, limit=s.limit, tokenizer=tokenizer)
 
 
 class Evaluator:

@@ -3,7 +3,7 @@
     megatron-rlvr launch --executor local --gpus-per-node 2 --recipe tiny_cpu steps=5
     megatron-rlvr launch --executor slurm --recipe qwen3_8b_iac_dlc --nodes 4 --gpus-per-node 8 \\
         --account ACCT --partition batch --container-image IMG --container-mounts /lustre:/lustre \\
-        run_dir=/lustre/runs/q8b task.path=/lustre/data/deepscaler.jsonl --dryrun
+        run_dir=/lustre/runs/q8b task.math.path=/lustre/data/deepscaler.jsonl --dryrun
 
 The config is resolved and validated here (recipe <- YAML <- overrides), checked against the node/GPU layout,
 written once to `<run_dir>/launch_config.yaml`, and every rank runs `python -m megatron_rlvr.cli train` on it.

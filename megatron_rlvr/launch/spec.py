@@ -227,8 +227,8 @@ def validate_launch(cfg: RunConfig, spec: LaunchSpec) -> None:
 
 
 # Config fields holding paths the job reads or writes (dotted, as in overrides).
-PATH_FIELDS = ("run_dir", "replay_dir", "policy.init_from", "memory.init_from", "task.path", "task.tokenizer",
-               "checkpoint.load")
+PATH_FIELDS = ("run_dir", "replay_dir", "policy.init_from", "memory.init_from", "task.math.path",
+               "task.math.tokenizer", "checkpoint.load")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

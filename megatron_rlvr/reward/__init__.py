@@ -3,7 +3,8 @@
 - `collect`: `collect_rollouts`, the step's scored batch (rounds of rollouts until it is full);
 - `dapo`: the DAPO reward-side features as pure tensor functions (`overlong_penalty`, `dynamic_sampling_keep`).
 
-The verifiers themselves belong to the tasks (`megatron_rlvr.tasks`: `Task.score_many`, math-verify, `task.reward_fn`).
+The verifiers themselves belong to the tasks (`megatron_rlvr.tasks`: `Task.score_many`, math-verify,
+`task.math.reward_fn`).
 """
 
 from megatron_rlvr.reward.collect import collect_rollouts

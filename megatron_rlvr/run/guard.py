@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from megatron_rlvr.config import MOVED_KEYS
 from megatron_rlvr.errors import PREEMPTED_EXIT_CODE, RunError
 
 LOCK_NAME = ".lock"
@@ -140,6 +141,7 @@ def check_config_change(cfg, ckpt: Path, step: int, run_dir: Path) -> list[dict]
     except yaml.YAMLError as err:
         raise RunError(f"{saved} is damaged ({err.__class__.__name__}); fix: resume from an earlier checkpoint") \
             from None
+    old = {MOVED_KEYS.get(k, k): v for k, v in old.items()}  # written before a key moved: compare it where it is now
     new = _flatten(yaml.safe_load(cfg.to_yaml()))
     allowed = list(cfg.checkpoint.allow_config_change)
     changes, refused = [], []

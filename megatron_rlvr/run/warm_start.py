@@ -32,7 +32,7 @@ from megatron_rlvr.config import OptimConfig, RunConfig
 from megatron_rlvr.rollout.types import Generation, pack_generations
 from megatron_rlvr.update import cross_entropy_step
 
-CACHE_VERSION = 2  # 2: lr schedule, held-out loss and quality gate
+CACHE_VERSION = 3  # 2: lr schedule, held-out loss and quality gate; 3: the task's own section only
 EVAL_SEED_OFFSET = 7_777_777  # held-out examples come from their own stream, never the training one
 
 
@@ -43,8 +43,12 @@ class WarmStartError(RuntimeError):
 def cache_key(cfg: RunConfig) -> str:
     w = asdict(cfg.warm_start)
     w.pop("cache_dir")
+    t = cfg.task
     parts = {
-        "v": CACHE_VERSION, "warm_start": w, "task": asdict(cfg.task), "seed": cfg.seed,
+        # the task that runs and its own section: another task's settings (or a new task's section) do not change
+        # the warm start
+        "v": CACHE_VERSION, "warm_start": w, "task": {"name": t.name, "seed": t.seed, "section": asdict(t.section())},
+        "seed": cfg.seed,
         "policy": [cfg.policy.preset, cfg.policy.init_seed, cfg.policy.dtype, cfg.policy.init_device],
         # The memory model is always warm-started (cheap beside the policy), so runs with and without DLC share
         # one cached start and differ only in what RL does.

@@ -1,6 +1,6 @@
 """Data stage: verifiable tasks (prompts, tokenizer, verifier, warm-start data) and the resumable prompt sampler.
 
-`build_task(cfg.task)` returns a `Task`:
+`build_task(cfg.task)` returns a `Task`, built from the task's own config section (`task.synthetic`, `task.math`):
 
 - ``synthetic`` (default): the built-in shift-cipher task (`ShiftCipherTask`), made for a tiny Qwen3 on a CPU.
   A query is three letters from ``abcdefgh`` followed by a colon, e.g. ``"bed:"``. A response names a shift k
@@ -22,9 +22,9 @@
 - ``math``: prompts and answers from dataset files in the layouts other frameworks publish (`tasks.layouts`:
   .jsonl / .json / .parquet, dotted keys, chat-message prompts, presets gsm8k|math|deepscaler|dapo|verl), rendered
   through the tokenizer's chat template (`tasks.chat`), scored with math-verify on the response's last \\boxed{} (or
-  its final answer) or by a user's `task.reward_fn`, in verifier worker processes with a per-call timeout
+  its final answer) or by a user's `task.math.reward_fn`, in verifier worker processes with a per-call timeout
   (`tasks.verify_pool`). Malformed rows raise `DatasetError` naming file, line and field, or are skipped and
-  counted with `task.skip_malformed=true`.
+  counted with `task.math.skip_malformed=true`.
 
 `CharTokenizer` is the character-level tokenizer of the synthetic task: ids < 128 (the tiny presets' vocabulary),
 pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tokenizer for Hugging Face exports.
@@ -32,7 +32,7 @@ pad/bos/eos/unk = 0/1/2/3, and `save(folder)` writes a transformers-loadable tok
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from megatron_rlvr.registry import TASKS
 from megatron_rlvr.tasks.base import Example, PromptSampler, Task, zipf_weights
@@ -42,18 +42,23 @@ from megatron_rlvr.tasks.math_task import MathTask, math_equal
 from megatron_rlvr.tasks.synthetic import CoupledShiftCipherTask, ShiftCipherTask
 from megatron_rlvr.tasks.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
+if TYPE_CHECKING:
+    from megatron_rlvr.config import TaskConfig
 
-def build_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason: str = "",
+
+def build_task(task_cfg: "TaskConfig", max_prompt_tokens: Optional[int] = None, length_reason: str = "",
                path: Optional[str] = None, keys: Optional[tuple[str, str]] = None,
                limit: Optional[int] = None, tokenizer: Optional[Tokenizer] = None) -> Task:
-    """The task described by a `TaskConfig` (megatron_rlvr.config). Math prompts longer than `max_prompt_tokens`
-    are refused at load (or skipped with task.skip_malformed), `length_reason` saying where the limit comes from.
-    A held-out evaluation set reuses the training task's settings (tokenizer, chat template, verifier) with its own
-    `path`, (prompt, answer) `keys` and `limit`. The factory of each name is in `megatron_rlvr.registry.TASKS`."""
+    """The task described by a `TaskConfig` (megatron_rlvr.config): the factory registered under task.name
+    (`megatron_rlvr.registry.TASKS`) gets that task's own section, `task.<section>`, and the shared task.seed. Math
+    prompts longer than `max_prompt_tokens` are refused at load (or skipped with task.math.skip_malformed),
+    `length_reason` saying where the limit comes from. A held-out evaluation set reuses the training task's settings
+    (tokenizer, chat template, verifier) with its own `path`, (prompt, answer) `keys` and `limit`."""
     if task_cfg.name not in TASKS:
         raise ValueError(f"config error: task.name={task_cfg.name!r}: unknown task; fix: use {TASKS.spoken()}")
-    return TASKS.load(task_cfg.name)(task_cfg, max_prompt_tokens=max_prompt_tokens, length_reason=length_reason,
-                                     path=path, keys=keys, limit=limit, tokenizer=tokenizer)
+    return TASKS.load(task_cfg.name)(task_cfg.section(), seed=task_cfg.seed, max_prompt_tokens=max_prompt_tokens,
+                                     length_reason=length_reason, path=path, keys=keys, limit=limit,
+                                     tokenizer=tokenizer)
 
 
 __all__ = [

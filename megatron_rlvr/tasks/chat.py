@@ -2,15 +2,15 @@
 
 Instruct and thinking models (Qwen3) were trained on their chat format, so with a Hugging Face tokenizer a prompt
 goes through the tokenizer's `apply_chat_template` by default, with a generation prompt appended (the model writes
-the assistant turn). `task.chat_template`:
+the assistant turn). `task.math.chat_template`:
 
 - ``auto`` (default): the tokenizer's chat template when it has one, raw text otherwise;
 - ``tokenizer``: the tokenizer's chat template, an error when it has none;
 - ``raw``: the prompt text as it is (chat messages: their contents joined by blank lines);
 - a path to a Jinja template file: that template instead of the tokenizer's.
 
-`task.system_prompt` is put in front as a system message (unless the row's messages have their own), and
-`task.enable_thinking` is passed to the template as Qwen3's ``enable_thinking`` switch (unset: the template's
+`task.math.system_prompt` is put in front as a system message (unless the row's messages have their own), and
+`task.math.enable_thinking` is passed to the template as Qwen3's ``enable_thinking`` switch (unset: the template's
 default). The synthetic task keeps its character tokenizer and never goes through here.
 """
 
@@ -27,7 +27,7 @@ CHAT_MODES = ("auto", "tokenizer", "raw")
 
 @dataclass(frozen=True)
 class ChatSettings:
-    """How prompts are rendered (the task.chat_template / system_prompt / enable_thinking fields)."""
+    """How prompts are rendered (the task.math.chat_template / system_prompt / enable_thinking fields)."""
 
     chat_template: str = "auto"
     system_prompt: Optional[str] = None
@@ -39,8 +39,8 @@ def _template_file(mode: str) -> Optional[str]:
         return None
     path = os.path.expanduser(mode)
     if not os.path.isfile(path):
-        raise ValueError(f"config error: task.chat_template={mode!r}: neither auto, tokenizer, raw nor an existing "
-                         "Jinja template file; fix: use one of those or the path of a .jinja file")
+        raise ValueError(f"config error: task.math.chat_template={mode!r}: neither auto, tokenizer, raw nor an "
+                         "existing Jinja template file; fix: use one of those or the path of a .jinja file")
     with open(path, encoding="utf-8") as f:
         return f.read()
 
@@ -57,15 +57,16 @@ class PromptRenderer:
             self.mode = "raw"
         elif self.template is not None:
             if hf is None:
-                raise ValueError("config error: task.chat_template: a chat template needs a Hugging Face tokenizer "
-                                 "(task.tokenizer); fix: set task.chat_template=raw")
+                raise ValueError("config error: task.math.chat_template: a chat template needs a Hugging Face "
+                                 "tokenizer (task.math.tokenizer); fix: set task.math.chat_template=raw")
             self.mode = f"template file {settings.chat_template}"
         elif has_own:
             self.mode = "tokenizer chat template"
         elif settings.chat_template == "tokenizer":
-            raise ValueError("config error: task.chat_template='tokenizer': the tokenizer in task.tokenizer has no "
-                             "chat_template; fix: use a tokenizer folder whose tokenizer_config.json (or "
-                             "chat_template.jinja) holds one, pass a template file, or set task.chat_template=raw")
+            raise ValueError("config error: task.math.chat_template='tokenizer': the tokenizer in "
+                             "task.math.tokenizer has no chat_template; fix: use a tokenizer folder whose "
+                             "tokenizer_config.json (or chat_template.jinja) holds one, pass a template file, or "
+                             "set task.math.chat_template=raw")
         else:
             self.mode = "raw (the tokenizer has no chat template)"
 

@@ -7,7 +7,7 @@ object holding one array of rows) and ``.parquet``. Field names may be dotted pa
 ``"reasoning #### 72"`` keeps the part after the last ``####`` and a MATH-style solution keeps the content of its
 last ``\\boxed{}``.
 
-Named presets (``task.format``) fix which fields are read:
+Named presets (``task.math.format``) fix which fields are read:
 
 | format      | prompt field   | answer field                | as published by |
 |-------------|----------------|-----------------------------|-----------------|
@@ -85,8 +85,9 @@ class LoadedDataset:
 def resolve_keys(fmt: Optional[str], prompt_key: Optional[str], answer_key: Optional[str]) -> tuple[str, str]:
     """The (prompt, answer) field names: explicit keys win over the format's, which win over prompt/answer."""
     if fmt is not None and fmt not in FORMATS:
-        raise ValueError(f"config error: task.format={fmt!r}: unknown dataset format; fix: use one of "
-                         f"{', '.join(FORMATS)} (or leave it unset and give task.prompt_key / task.answer_key)")
+        raise ValueError(f"config error: task.math.format={fmt!r}: unknown dataset format; fix: use one of "
+                         f"{', '.join(FORMATS)} (or leave it unset and give task.math.prompt_key / "
+                         "task.math.answer_key)")
     layout = FORMATS.get(fmt) if fmt else None
     return (prompt_key or (layout.prompt_key if layout else "prompt"),
             answer_key or (layout.answer_key if layout else "answer"))
@@ -177,11 +178,12 @@ def check_row(row: Any, path: str, line: int, prompt_key: str, answer_key: str, 
         raise DatasetError(path, line, None, f"{unit} is a {type(row).__name__}, not an object",
                            f"write one JSON object per {unit} with fields {prompt_key!r} and {answer_key!r}")
     values = {}
-    for key, role, setting in ((prompt_key, "prompt", "task.prompt_key"), (answer_key, "answer", "task.answer_key")):
+    for key, role, setting in ((prompt_key, "prompt", "task.math.prompt_key"),
+                               (answer_key, "answer", "task.math.answer_key")):
         values[role] = get_field(row, key)
         if values[role] is _MISSING:
             raise DatasetError(path, line, key, _missing_field_problem(row, key, role, unit),
-                               f"add it, or set {setting} (or task.format) to the field that holds the {role}")
+                               f"add it, or set {setting} (or task.math.format) to the field that holds the {role}")
     prompt, answer_raw = values["prompt"], values["answer"]
     if isinstance(prompt, list):
         prompt = _check_messages(prompt, path, line, prompt_key)
@@ -262,10 +264,10 @@ def _parquet_records(path: str, keys: Sequence[str]) -> Records:
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for unreadable files
         raise DatasetError(path, None, None, f"not a readable parquet file ({e})",
                            "check the file, or convert it to JSONL") from e
-    for key, setting in zip(keys, ("task.prompt_key", "task.answer_key")):
+    for key, setting in zip(keys, ("task.math.prompt_key", "task.math.answer_key")):
         if key not in names and key.split(".")[0] not in names:  # a missing column is a file-level problem
             raise DatasetError(path, None, key, f"no such column; columns are {names}",
-                               f"set {setting} (or task.format) to one of the columns")
+                               f"set {setting} (or task.math.format) to one of the columns")
     return [(i, rec, None) for i, rec in enumerate(table.to_pylist(), start=1)]
 
 
@@ -280,7 +282,7 @@ def load_math_rows(
     for path in paths:
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
-            raise DatasetError(path, None, None, "file not found", "set task.path to an existing "
+            raise DatasetError(path, None, None, "file not found", "set task.math.path to an existing "
                                ".jsonl/.json/.parquet file")
         if path.endswith(".jsonl"):
             records, unit = _jsonl_records(path), "line"
@@ -294,7 +296,7 @@ def load_math_rows(
             try:
                 if error is not None:
                     raise DatasetError(path, lineno, None, error, f"fix the {unit} or remove it "
-                                       "(or set task.skip_malformed=true)")
+                                       "(or set task.math.skip_malformed=true)")
                 rows.append(check_row(rec, path, lineno, prompt_key, answer_key, unit))
             except DatasetError as e:
                 if not skip_malformed:
@@ -302,5 +304,5 @@ def load_math_rows(
                 skipped.append(str(e))
     if not rows:
         raise DatasetError(",".join(paths), None, None, f"no usable rows ({len(skipped)} malformed skipped)",
-                           "check the files and task.format / task.prompt_key / task.answer_key")
+                           "check the files and task.math.format / task.math.prompt_key / task.math.answer_key")
     return LoadedDataset(rows=rows, skipped=skipped)

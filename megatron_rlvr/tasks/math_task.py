@@ -4,7 +4,7 @@ reward function in worker processes (megatron_rlvr.tasks.verify_pool).
 Responses are scored on their last \\boxed{...} (or \\fbox{...}) when they have one, otherwise on the final answer
 math-verify extracts. Prompts are rendered through the tokenizer's chat template by default
 (megatron_rlvr.tasks.chat). Every verifier call runs in a worker process with a per-call timeout
-(`task.verify_timeout_s`), so one pathological response never stalls a step; timeouts and verifier errors are
+(`task.math.verify_timeout_s`), so one pathological response never stalls a step; timeouts and verifier errors are
 counted (`pop_stats`) and score 0.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 import threading
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from megatron_rlvr.tasks.base import Example, Task, zipf_weights
 from megatron_rlvr.tasks.chat import ChatSettings, PromptRenderer
@@ -28,6 +28,9 @@ from megatron_rlvr.tasks.layouts import (  # noqa: F401  (re-exported: the loadi
 )
 from megatron_rlvr.tasks.tokenizer import HFTokenizer, Tokenizer
 from megatron_rlvr.tasks.verify_pool import VerifierPool
+
+if TYPE_CHECKING:
+    from megatron_rlvr.config import MathTaskConfig
 
 VERIFY_MATH = "megatron_rlvr.tasks.math_task:verify_math"
 CALL_REWARD = "megatron_rlvr.tasks.reward_fn:call_reward"
@@ -119,7 +122,7 @@ class MathTask(Task):
                                    f"the prompt is {len(ids)} tokens, more than the {max_prompt_tokens} that fit"
                                    + (f" ({length_reason})" if length_reason else ""),
                                    "shorten or remove the row, lower rollout.max_new_tokens, or set "
-                                   "task.skip_malformed=true to skip such rows")
+                                   "task.math.skip_malformed=true to skip such rows")
                 if not skip_malformed:
                     raise err
                 self.skipped.append(str(err))
@@ -170,7 +173,7 @@ class MathTask(Task):
                 out.append((0.0, -1))
                 continue
             if o.error is not None:
-                if o.error.startswith("TypeError: task.reward_fn"):  # a broken contract stops the run
+                if o.error.startswith("TypeError: task.math.reward_fn"):  # a broken contract stops the run
                     raise TypeError(o.error.split(": ", 1)[1])
                 self._count("verify/errors")
                 self.last_error = o.error
@@ -216,20 +219,21 @@ class MathTask(Task):
         return out
 
 
-def build_math_task(task_cfg, max_prompt_tokens: Optional[int] = None, length_reason: str = "",
-                    path: Optional[str] = None, keys: Optional[tuple[str, str]] = None, limit: Optional[int] = None,
-                    tokenizer: Optional[Tokenizer] = None) -> MathTask:
-    """The math task of a `TaskConfig` (registered as "math" in megatron_rlvr.registry.TASKS); see `build_task`."""
-    path = path or task_cfg.path
+def build_math_task(cfg: "MathTaskConfig", *, seed: int = 0, max_prompt_tokens: Optional[int] = None,
+                    length_reason: str = "", path: Optional[str] = None, keys: Optional[tuple[str, str]] = None,
+                    limit: Optional[int] = None, tokenizer: Optional[Tokenizer] = None) -> MathTask:
+    """The math task of the task.math section (registered as "math" in megatron_rlvr.registry.TASKS); see
+    `build_task`. `seed` (task.seed) is unused: the rows are the files', their order the prompt sampler's."""
+    path = path or cfg.path
     if path is None:
-        raise ValueError("config error: task.path=None: the math task needs a dataset file; fix: pass "
-                         "task.path=/path/to/train.jsonl (or .json / .parquet)")
-    if tokenizer is None and task_cfg.tokenizer is None:
-        raise ValueError("config error: task.tokenizer=None: the math task needs a Hugging Face tokenizer "
-                         "folder; fix: set task.tokenizer to the policy checkpoint's folder (tokenizer.json)")
-    pk, ak = keys or resolve_keys(task_cfg.format, task_cfg.prompt_key, task_cfg.answer_key)
-    chat = ChatSettings(task_cfg.chat_template, task_cfg.system_prompt, task_cfg.enable_thinking)
-    tok = tokenizer or HFTokenizer(task_cfg.tokenizer)
-    return MathTask(path, tok, pk, ak, task_cfg.skip_malformed, chat=chat, reward_fn=task_cfg.reward_fn,
-                    verify_workers=task_cfg.verify_workers, verify_timeout_s=task_cfg.verify_timeout_s,
+        raise ValueError("config error: task.math.path=None: the math task needs a dataset file; fix: pass "
+                         "task.math.path=/path/to/train.jsonl (or .json / .parquet)")
+    if tokenizer is None and cfg.tokenizer is None:
+        raise ValueError("config error: task.math.tokenizer=None: the math task needs a Hugging Face tokenizer "
+                         "folder; fix: set task.math.tokenizer to the policy checkpoint's folder (tokenizer.json)")
+    pk, ak = keys or resolve_keys(cfg.format, cfg.prompt_key, cfg.answer_key)
+    chat = ChatSettings(cfg.chat_template, cfg.system_prompt, cfg.enable_thinking)
+    tok = tokenizer or HFTokenizer(cfg.tokenizer)
+    return MathTask(path, tok, pk, ak, cfg.skip_malformed, chat=chat, reward_fn=cfg.reward_fn,
+                    verify_workers=cfg.verify_workers, verify_timeout_s=cfg.verify_timeout_s,
                     limit=limit, max_prompt_tokens=max_prompt_tokens, length_reason=length_reason)

@@ -1,4 +1,4 @@
-"""Reward stage: a user's own reward function, `task.reward_fn=module:function`.
+"""Reward stage: a user's own reward function, `task.math.reward_fn=module:function`.
 
 The contract (checked when the task is built, and on every returned value):
 
@@ -8,7 +8,7 @@ The contract (checked when the task is built, and on every returned value):
 response text (up to EOS, special tokens removed). Return the reward, or the reward and extra per-response metrics;
 the trainer logs each extra metric's mean over a step as ``reward_fn/<name>``. A reward above 0.5 counts as a
 correct response (AVG@k, PASS@k). The function runs in the verifier's worker processes (it must be importable there:
-a module on PYTHONPATH, not a notebook cell), under the per-call timeout `task.verify_timeout_s`.
+a module on PYTHONPATH, not a notebook cell), under the per-call timeout `task.math.verify_timeout_s`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def check_reward_fn(target: str) -> Callable:
     try:
         fn = load_function(target)
     except (ImportError, AttributeError, ValueError, TypeError) as e:
-        raise ValueError(f"config error: task.reward_fn={target!r}: cannot load it ({type(e).__name__}: {e}); fix: "
-                         "name an importable function as module:function, with the module on PYTHONPATH") from e
+        raise ValueError(f"config error: task.math.reward_fn={target!r}: cannot load it ({type(e).__name__}: {e}); "
+                         "fix: name an importable function as module:function, with the module on PYTHONPATH") from e
     try:
         inspect.signature(fn).bind({}, "")
     except TypeError as e:
-        raise ValueError(f"config error: task.reward_fn={target!r}: its signature {inspect.signature(fn)} cannot "
+        raise ValueError(f"config error: task.math.reward_fn={target!r}: its signature {inspect.signature(fn)} cannot "
                          f"take (row, response) ({e}); fix: define it as fn{SIGNATURE}") from e
     except ValueError:  # builtins without a signature: trust them
         pass
@@ -44,15 +44,15 @@ def normalize_reward(value: Any, target: str) -> tuple[float, dict[str, float]]:
     extras: Any = {}
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise TypeError(f"task.reward_fn={target!r} returned a tuple of {len(value)} items; it must return "
+            raise TypeError(f"task.math.reward_fn={target!r} returned a tuple of {len(value)} items; it must return "
                             f"float or (float, dict): fn{SIGNATURE}")
         value, extras = value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise TypeError(f"task.reward_fn={target!r} returned reward {value!r:.60} ({type(value).__name__}); it must "
-                        f"be a finite float: fn{SIGNATURE}")
+        raise TypeError(f"task.math.reward_fn={target!r} returned reward {value!r:.60} ({type(value).__name__}); it "
+                        f"must be a finite float: fn{SIGNATURE}")
     if not isinstance(extras, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in extras.items()):
-        raise TypeError(f"task.reward_fn={target!r} returned extra metrics {extras!r:.80}; they must be a "
+        raise TypeError(f"task.math.reward_fn={target!r} returned extra metrics {extras!r:.80}; they must be a "
                         f"dict[str, float]: fn{SIGNATURE}")
     return float(value), {k: float(v) for k, v in extras.items()}
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import random
 import re
 
+from typing import TYPE_CHECKING
+
 from megatron_rlvr.tasks.base import Example, Task, zipf_weights
 from megatron_rlvr.tasks.tokenizer import CharTokenizer
+
+if TYPE_CHECKING:
+    from megatron_rlvr.config import SyntheticTaskConfig
 
 ALPHABET = "abcdefgh"  # small, so adding a shift to a letter is an 8 x 8 table a tiny model learns fast
 QUERY_LEN = 3
@@ -52,13 +57,13 @@ class ShiftCipherTask(Task):
     def __init__(self, num_queries: int = 64, answers_per_query: int = 4, seed: int = 0):
         if not 1 <= answers_per_query <= MAX_SHIFT - 1:
             raise ValueError(
-                f"task.answers_per_query={answers_per_query}: the synthetic task allows shifts 1..k and keeps at "
-                f"least one non-zero wrong shift; fix: use 1..{MAX_SHIFT - 1} (default 4)"
+                f"task.synthetic.answers_per_query={answers_per_query}: the synthetic task allows shifts 1..k and "
+                f"keeps at least one non-zero wrong shift; fix: use 1..{MAX_SHIFT - 1} (default 4)"
             )
         n_possible = len(ALPHABET) ** QUERY_LEN
         if not 1 <= num_queries <= n_possible:
-            raise ValueError(f"task.num_queries={num_queries}: must be in [1, {n_possible}] (distinct three-letter "
-                             "queries); fix: use e.g. 64")
+            raise ValueError(f"task.synthetic.num_queries={num_queries}: must be in [1, {n_possible}] (distinct "
+                             "three-letter queries); fix: use e.g. 64")
         self.tokenizer = CharTokenizer()
         self.answers_per_query = answers_per_query
         self.shifts = list(range(1, answers_per_query + 1))
@@ -157,8 +162,9 @@ class CoupledShiftCipherTask(ShiftCipherTask):
     def __init__(self, num_queries: int = 64, answers_per_query: int = 4, seed: int = 0):
         if not 1 <= answers_per_query <= MAX_SHIFT - 2:
             raise ValueError(
-                f"task.answers_per_query={answers_per_query}: the coupled task draws each query's shifts from 1..7 "
-                f"without the family habit and keeps a wrong non-zero shift; fix: use 1..{MAX_SHIFT - 2} (e.g. 4)")
+                f"task.synthetic.answers_per_query={answers_per_query}: the coupled task draws each query's shifts "
+                f"from 1..7 without the family habit and keeps a wrong non-zero shift; fix: use 1..{MAX_SHIFT - 2} "
+                "(e.g. 4)")
         super().__init__(num_queries, 1, seed)  # the queries themselves; answers are re-drawn below
         self.answers_per_query = answers_per_query
         rng = random.Random(f"shift-cipher-coupled:{seed}")
@@ -233,10 +239,11 @@ class CoupledShiftCipherTask(ShiftCipherTask):
         return out
 
 
-# Registered task factories (megatron_rlvr.registry.TASKS); the synthetic tasks read only their own fields.
-def build_shift_cipher(task_cfg, **_) -> ShiftCipherTask:
-    return ShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+# Registered task factories (megatron_rlvr.registry.TASKS): both read the task.synthetic section and task.seed; the
+# other arguments of the factory contract (prompt budget, eval-set path/keys/limit, tokenizer) are the math task's.
+def build_shift_cipher(cfg: "SyntheticTaskConfig", *, seed: int, **_) -> ShiftCipherTask:
+    return ShiftCipherTask(cfg.num_queries, cfg.answers_per_query, seed)
 
 
-def build_coupled_shift_cipher(task_cfg, **_) -> CoupledShiftCipherTask:
-    return CoupledShiftCipherTask(task_cfg.num_queries, task_cfg.answers_per_query, task_cfg.seed)
+def build_coupled_shift_cipher(cfg: "SyntheticTaskConfig", *, seed: int, **_) -> CoupledShiftCipherTask:
+    return CoupledShiftCipherTask(cfg.num_queries, cfg.answers_per_query, seed)

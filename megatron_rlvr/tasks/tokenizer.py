@@ -117,14 +117,14 @@ class HFTokenizer:
 
         if not os.path.isdir(path):
             raise FileNotFoundError(
-                f"tokenizer folder {str(path)!r} does not exist; fix: set task.tokenizer to a local folder holding "
-                "tokenizer.json / tokenizer_config.json (e.g. the policy's Hugging Face checkpoint)"
+                f"tokenizer folder {str(path)!r} does not exist; fix: set task.math.tokenizer to a local folder "
+                "holding tokenizer.json / tokenizer_config.json (e.g. the policy's Hugging Face checkpoint)"
             )
         try:
             self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as e:  # transformers raises several types here; the cause is always the folder
             raise ValueError(
-                f"could not load a Hugging Face tokenizer from {str(path)!r}: {e}; fix: point task.tokenizer at a "
+                f"could not load a Hugging Face tokenizer from {str(path)!r}: {e}; fix: point task.math.tokenizer at a "
                 "folder written by `save_pretrained` (tokenizer.json + tokenizer_config.json)"
             ) from e
         if self.hf.eos_token_id is None:
