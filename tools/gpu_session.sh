@@ -7,7 +7,7 @@
 # DEVICE, back to back (carry what each line names; OUT is the call's output folder):
 #   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
 #   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
-#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs
+#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs, sampler A/B
 #      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room)
 #   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait S s
 #   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait S s (default 480), print and return the logs
@@ -37,11 +37,14 @@ tier)
     --ignore=tests/gpu/test_tracking_gpu.py
   collect 40 ;;
 tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
-  step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
+  step tracking 380 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
+  # the sampler's lean tail against the plain one on the same inputs, side by side (and the host-time table)
+  step kernel_ab 200 python3 tools/bench_kernels.py --batches 1,64,128,256,512,1024 --variants lean,plain \
+    --compile-modes '' --no-flashinfer --out-dir "$LOGS"
   collect 40 ;;
 kernels)  # the sampler's GPU tests, then the packed-update tests and benchmark (tools/gpu_packing.sh)
-  step kernel_tests 180 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
-    tests/gpu/test_fast_launch_gpu.py
+  step kernel_tests 240 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
+    tests/gpu/test_fast_launch_gpu.py tests/gpu/test_lean_tail_gpu.py
   OUT=$LOGS step packing 380 bash tools/gpu_packing.sh
   collect 40 ;;
 sweep)
