@@ -231,6 +231,14 @@ class SGLangEngine:
         self._child_pids = list(self._engine.get_all_child_pids())
         self._install_failure_handler()
 
+    def kv_pool_tokens(self) -> Optional[int]:
+        """KV-cache capacity in tokens of the in-process engine (SGLang sizes it from the memory free at its start);
+        None for attached servers, which this process does not restart."""
+        if self._engine is None or self.server_urls:
+            return None
+        tokens = self._engine.get_server_info().get("max_total_num_tokens")
+        return int(tokens) if tokens else None
+
     def _install_failure_handler(self) -> None:
         """Route SGLang's child-failure SIGQUIT to an error on the next call instead of killing this process."""
         if threading.current_thread() is not threading.main_thread():
