@@ -352,8 +352,8 @@ def _rebuild_engine(run: Run) -> None:
     run.engine_restarted = True
     first, now = run.kv_pool_tokens, _kv_pool_tokens(run.engine)
     if first and now is not None and now < 0.9 * first:
-        # Seen on an H200: memory still held at the restart gave the new engine a third of the first one's KV
-        # pool; it retracted requests for the rest of the run and rollouts ran 3.5x slower, with nothing but
+        # Seen on an H200: memory still held at the restart left the new engine 24 GB free instead of 80 GB; its
+        # small KV pool retracted requests for the rest of the run and rollouts ran 3.5x slower, with nothing but
         # SGLang's retraction lines to say why.
         print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: WARNING: the restarted rollout engine's "
               f"KV pool holds {now} tokens, the first engine's {first}: less accelerator memory was free when it "
