@@ -16,10 +16,11 @@ class RecordingEngine:
     def __init__(self, events: list, fail: str = ""):
         self.events, self.fail = events, fail
 
-    def release_memory(self) -> None:
+    def release_memory(self) -> bool:
         self.events.append("release")
         if self.fail == "release":
             raise RolloutEngineError("engine died during release_memory_occupation")
+        return self.fail != "nothing held"
 
     def resume_memory(self) -> None:
         self.events.append("resume")
@@ -45,6 +46,13 @@ def test_the_cache_goes_back_to_the_driver_before_a_colocated_engine_resumes(eve
     with runtime.engine_offloaded(_run(RecordingEngine(events))):
         events.append("update")
     assert events == ["release", "update", "empty_cache", "resume"]
+
+
+def test_an_engine_that_gave_nothing_back_resumes_without_emptying_the_trainers_cache(events):
+    """The embedded engine on a GPU: emptying the cache every step would only make the next update re-allocate."""
+    with runtime.engine_offloaded(_run(RecordingEngine(events, fail="nothing held"))):
+        events.append("update")
+    assert events == ["release", "update", "resume"]
 
 
 def test_a_dedicated_engine_is_neither_released_nor_resumed_and_the_cache_is_left_alone(events):

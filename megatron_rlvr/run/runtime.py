@@ -285,10 +285,11 @@ def engine_offloaded(run: Run, timer=None) -> Iterator[None]:
 
     engine = run.engine if run.cfg.rollout.placement == "colocated" else None
     phase = (lambda: timer("release_resume")) if timer is not None and engine is not None else nullcontext
+    released = False
     try:
         with phase():
             if engine is not None:
-                engine.release_memory()
+                released = bool(engine.release_memory())
     except RolloutEngineError as e:
         print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: rollout engine failed to release its "
               f"memory ({e}); it is restarted at the weight push", flush=True)
@@ -299,7 +300,8 @@ def engine_offloaded(run: Run, timer=None) -> Iterator[None]:
         try:
             with phase():
                 if engine is not None:
-                    release_cached_accelerator_memory()
+                    if released:  # an engine that gave nothing back (embedded) needs nothing freed for it
+                        release_cached_accelerator_memory()
                     engine.resume_memory()
         except RolloutEngineError as e:
             print(f"rollout engine failed to resume its memory ({e}); it is restarted at the weight push", flush=True)

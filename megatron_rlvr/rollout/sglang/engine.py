@@ -391,15 +391,16 @@ class SGLangEngine:
         if not getattr(res, "success", True):
             raise SGLangEngineError(f"SGLang flush_cache failed: {getattr(res, 'message', res)}")
 
-    def release_memory(self) -> None:
-        """Colocated placement: free the engine's GPU memory (weights + KV) for training. No-op otherwise."""
+    def release_memory(self) -> bool:
+        """Colocated placement: free the engine's GPU memory (weights + KV) for training (True). No-op otherwise."""
         if self.placement != "colocated" or self.device != "cuda" or self._released:
-            return
+            return False
         if self.server_urls:
             remote.post_all(self.server_urls, "release_memory_occupation", {})
         else:
             self._call("release_memory_occupation", self._engine.release_memory_occupation)
         self._released = True
+        return True
 
     def resume_memory(self) -> None:
         """Re-occupy the memory freed by `release_memory` (weights must be pushed again if they changed)."""
