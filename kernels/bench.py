@@ -30,6 +30,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .bench_baselines import unfused_dlc, unfused_policy
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -131,18 +133,6 @@ def _time_any(fn: Callable[[int], object], n_sets: int, replays: int) -> tuple[f
     except Exception:  # noqa: BLE001 - capture refused (e.g. a host sync inside): time it eagerly instead
         torch.cuda.synchronize()
         return time_stream(fn, n_sets), "eager"
-
-
-def unfused_dlc(zp: torch.Tensor, zm: torch.Tensor, lam: float, temperature: float):
-    z = (zp.float() - lam * zm.float()) / temperature
-    tok = torch.multinomial(torch.softmax(z, dim=-1), 1)
-    lp_cal = torch.log_softmax(z, dim=-1).gather(1, tok)
-    lp_pol = torch.log_softmax(zp.float() / temperature, dim=-1).gather(1, tok)
-    return tok, lp_cal, lp_pol
-
-
-def unfused_policy(zp: torch.Tensor, temperature: float):
-    return torch.multinomial(torch.softmax(zp.float() / temperature, dim=-1), 1)
 
 
 def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, temperature: float,

@@ -1,6 +1,6 @@
 """Benchmarks stage: what a user would try instead of the fused sampler, and the sampler's eager host time.
 
-* ``compiled_dlc(mode)``: ``torch.compile`` of the unfused PyTorch DLC sampler (``bench.unfused_dlc``), one
+* ``compiled_dlc(mode)``: ``torch.compile`` of the unfused PyTorch DLC sampler (``unfused_dlc``), one
   compile per batch shape (``dynamic=False``), warmed up before timing; a mode whose first compile takes longer
   than the budget is dropped for the remaining batches (the table says so).
 * ``FlashInferPolicy``: FlashInfer's fused sampling from logits on the policy alone (no memory model, no
@@ -21,10 +21,22 @@ from typing import Callable, Optional
 import torch
 
 
-def compiled_dlc(mode: str) -> Callable:
-    """A torch.compile'd unfused DLC sampler (same math as bench.unfused_dlc)."""
-    from .bench import unfused_dlc
+def unfused_dlc(zp: torch.Tensor, zm: torch.Tensor, lam: float, temperature: float):
+    """DLC sampling as a user would write it in PyTorch: float32 logits, softmax, multinomial, two log-softmaxes."""
+    z = (zp.float() - lam * zm.float()) / temperature
+    tok = torch.multinomial(torch.softmax(z, dim=-1), 1)
+    lp_cal = torch.log_softmax(z, dim=-1).gather(1, tok)
+    lp_pol = torch.log_softmax(zp.float() / temperature, dim=-1).gather(1, tok)
+    return tok, lp_cal, lp_pol
 
+
+def unfused_policy(zp: torch.Tensor, temperature: float):
+    """Plain sampling from the policy alone, unfused."""
+    return torch.multinomial(torch.softmax(zp.float() / temperature, dim=-1), 1)
+
+
+def compiled_dlc(mode: str) -> Callable:
+    """A torch.compile'd unfused DLC sampler (same math as `unfused_dlc`)."""
     return torch.compile(unfused_dlc, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
 
 

@@ -16,10 +16,11 @@ class RecordingEngine:
     def __init__(self, events: list, fail: str = ""):
         self.events, self.fail = events, fail
 
-    def release_memory(self) -> None:
+    def release_memory(self) -> bool:
         self.events.append("release")
         if self.fail == "release":
             raise RolloutEngineError("engine died during release_memory_occupation")
+        return self.fail != "nothing held"
 
     def resume_memory(self) -> None:
         self.events.append("resume")
@@ -45,6 +46,13 @@ def test_the_cache_goes_back_to_the_driver_before_a_colocated_engine_resumes(eve
     with runtime.engine_offloaded(_run(RecordingEngine(events))):
         events.append("update")
     assert events == ["release", "update", "empty_cache", "resume"]
+
+
+def test_an_engine_that_gave_nothing_back_resumes_without_emptying_the_trainers_cache(events):
+    """The embedded engine on a GPU: emptying the cache every step would only make the next update re-allocate."""
+    with runtime.engine_offloaded(_run(RecordingEngine(events, fail="nothing held"))):
+        events.append("update")
+    assert events == ["release", "update", "resume"]
 
 
 def test_a_dedicated_engine_is_neither_released_nor_resumed_and_the_cache_is_left_alone(events):
@@ -77,10 +85,44 @@ def test_a_rebuilt_engine_starts_after_the_cache_is_emptied(events, monkeypatch)
         def close(self):
             events.append("close")
 
-    run = SimpleNamespace(engine=Dead(), transport=Transport(), engine_restarted=False)
+    run = SimpleNamespace(engine=Dead(), transport=Transport(), engine_restarted=False, kv_pool_tokens=None)
     monkeypatch.setattr(runtime, "build_engine", lambda r: events.append("build"))
     runtime._rebuild_engine(run)
     assert events == ["close", "shutdown", "empty_cache", "build"] and run.engine_restarted
+
+
+class _Pool:
+    """An engine that reports its KV capacity as SGLang's does (or fails to)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def kv_pool_tokens(self):
+        if isinstance(self.tokens, Exception):
+            raise self.tokens
+        return self.tokens
+
+    def shutdown(self):
+        pass
+
+
+def _restart_into(monkeypatch, first: int, new_engine) -> SimpleNamespace:
+    run = SimpleNamespace(engine=_Pool(first), transport=None, engine_restarted=False, kv_pool_tokens=first)
+    monkeypatch.setattr(runtime, "build_engine", lambda r: setattr(r, "engine", new_engine))
+    runtime._rebuild_engine(run)
+    return run
+
+
+def test_a_restarted_engine_with_a_much_smaller_kv_pool_is_reported_with_the_fix(events, monkeypatch, capsys):
+    _restart_into(monkeypatch, 300_000, _Pool(90_000))
+    out = capsys.readouterr().out
+    assert "KV pool holds 90000 tokens, the first engine's 300000" in out and "restart the run" in out
+
+
+@pytest.mark.parametrize("new", [_Pool(300_000), _Pool(285_000), _Pool(None), _Pool(RuntimeError("dead")), object()])
+def test_a_restart_with_the_first_engines_pool_or_no_report_says_nothing(events, monkeypatch, capsys, new):
+    run = _restart_into(monkeypatch, 300_000, new)
+    assert "WARNING" not in capsys.readouterr().out and run.kv_pool_tokens == 300_000
 
 
 def test_releasing_the_cache_is_a_no_op_without_an_initialised_accelerator(monkeypatch):

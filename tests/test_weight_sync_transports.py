@@ -103,3 +103,36 @@ def test_buckets_respect_the_byte_budget_and_keep_order():
     assert [[n for n, _ in b] for b in out] == [["t0", "t1"], ["t2"], ["t3", "t4"]]
     with pytest.raises(ValueError, match="bucket_bytes"):
         list(buckets(tensors, 0))
+
+
+class _RecordingReceiver:
+    """The receiving end of a colocated SGLang engine, recording the calls a push makes (no tensors move)."""
+
+    def __init__(self):
+        self.calls: list = []
+
+    def pause_generation(self):
+        self.calls.append("pause")
+
+    def continue_generation(self):
+        self.calls.append("continue")
+
+    def flush_cache(self):
+        self.calls.append("flush")
+
+    def receive_tensors(self, bucket):
+        self.calls.append(("bucket", [name for name, _ in bucket]))
+
+
+def test_a_tensor_push_pauses_generation_loads_every_bucket_then_flushes_unless_a_later_push_will():
+    receiver = _RecordingReceiver()
+    transport = TensorBuckets(receiver, {"policy": TINY, "memory": MEM}, bucket_bytes=4 * TINY.hidden_size)
+    norm = [("model.norm.weight", torch.ones(TINY.hidden_size)), ("model.layers.0.input_layernorm.weight",
+                                                                    torch.ones(TINY.hidden_size))]
+    transport.push("policy", norm, flush_cache=False)  # push_weights' first model: the memory's push flushes
+    assert receiver.calls[0] == "pause" and receiver.calls[-1] == "continue" and "flush" not in receiver.calls
+    assert [c for c in receiver.calls if isinstance(c, tuple)] == [
+        ("bucket", ["policy.model.norm.weight"]), ("bucket", ["policy.model.layers.0.input_layernorm.weight"])]
+    receiver.calls.clear()
+    transport.push("memory", [("model.norm.weight", torch.ones(MEM.hidden_size))])
+    assert receiver.calls == ["pause", ("bucket", ["memory.model.norm.weight"]), "flush", "continue"]

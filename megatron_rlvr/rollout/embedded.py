@@ -104,8 +104,9 @@ class EmbeddedEngine:
             for param, tensor in staged:
                 param.copy_(tensor.to(device=param.device, dtype=param.dtype))
 
-    def release_memory(self) -> None:
+    def release_memory(self) -> bool:
         """Nothing to give back: the embedded engine's models are small copies that the trainer does not need."""
+        return False
 
     def resume_memory(self) -> None:
         """See `release_memory`."""

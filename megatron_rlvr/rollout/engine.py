@@ -54,8 +54,10 @@ class RolloutEngine(Protocol):
         the RNG stream (seed of `sampling.seed` and global index `sampling.seed_offset + i`, decode position), so
         the same request gives the same response on whichever engine, in whichever batch, it runs."""
 
-    def release_memory(self) -> None:
-        """Give accelerator memory (weights, KV cache) back while the trainer trains; a no-op where none is held."""
+    def release_memory(self) -> Optional[bool]:
+        """Give accelerator memory (weights, KV cache) back while the trainer trains; a no-op where none is held.
+        Returns True when memory was given back (the trainer then returns its own cached blocks before the
+        engine resumes), False or None for the no-op."""
 
     def resume_memory(self) -> None:
         """Take the memory released by `release_memory` again (weights are pushed afresh after it)."""

@@ -58,6 +58,7 @@ class Run:
     transport: Optional[WeightTransport] = None  # weight sync into this rank's engine (None where it hosts none)
     engine_restarts: int = 0  # restarts of dead engines so far (any rank's), reported as rollout/engine_restarts
     engine_restarted: bool = False  # this rank's engine was rebuilt and still needs both models' weights
+    kv_pool_tokens: Optional[int] = None  # KV capacity of this rank's first engine (SGLang), to judge restarts by
     start_step: int = 0
     source: "RolloutSource" = None  # where each step's rollouts come from (`cfg.mode`, chosen once in `setup`)
     trains: bool = True  # whether the models are updated (False for mode rollout_only)
@@ -270,6 +271,8 @@ def build_engine(run: Run) -> None:
     run.engine = ENGINES.load(cfg.rollout.engine)(cfg, engine_index=index, device=device, dtype=run.engine_dtype,
                                                   tokenizer=run.task.tokenizer, run_dir=run.run_dir)
     run.transport = build_transport(run.engine, cfg)
+    if run.kv_pool_tokens is None:
+        run.kv_pool_tokens = _kv_pool_tokens(run.engine)
 
 
 @contextmanager
@@ -282,10 +285,11 @@ def engine_offloaded(run: Run, timer=None) -> Iterator[None]:
 
     engine = run.engine if run.cfg.rollout.placement == "colocated" else None
     phase = (lambda: timer("release_resume")) if timer is not None and engine is not None else nullcontext
+    released = False
     try:
         with phase():
             if engine is not None:
-                engine.release_memory()
+                released = bool(engine.release_memory())
     except RolloutEngineError as e:
         print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: rollout engine failed to release its "
               f"memory ({e}); it is restarted at the weight push", flush=True)
@@ -296,7 +300,8 @@ def engine_offloaded(run: Run, timer=None) -> Iterator[None]:
         try:
             with phase():
                 if engine is not None:
-                    release_cached_accelerator_memory()
+                    if released:  # an engine that gave nothing back (embedded) needs nothing freed for it
+                        release_cached_accelerator_memory()
                     engine.resume_memory()
         except RolloutEngineError as e:
             print(f"rollout engine failed to resume its memory ({e}); it is restarted at the weight push", flush=True)
@@ -347,6 +352,24 @@ def _rebuild_engine(run: Run) -> None:
     release_cached_accelerator_memory()  # a new engine sizes its KV pool from the memory free at its start
     build_engine(run)
     run.engine_restarted = True
+    first, now = run.kv_pool_tokens, _kv_pool_tokens(run.engine)
+    if first and now is not None and now < 0.9 * first:
+        # Seen on an H200: memory still held at the restart left the new engine 24 GB free instead of 80 GB; its
+        # small KV pool retracted requests for the rest of the run and rollouts ran 3.5x slower, with nothing but
+        # SGLang's retraction lines to say why.
+        print(f"rank {dist.get_rank() if dist.is_initialized() else 0}: WARNING: the restarted rollout engine's "
+              f"KV pool holds {now} tokens, the first engine's {first}: less accelerator memory was free when it "
+              "started (held by this process or another one), so rollouts may retract requests and run slower; "
+              "fix: free that memory and restart the run from its last checkpoint (resume is exact)", flush=True)
+
+
+def _kv_pool_tokens(engine) -> Optional[int]:
+    """The engine's KV-cache capacity in tokens where it reports one (SGLang), else None; never raises."""
+    report = getattr(engine, "kv_pool_tokens", None)
+    try:
+        return report() if report is not None else None
+    except Exception:  # a report that fails must not fail a start or a restart
+        return None
 
 
 def release_cached_accelerator_memory() -> None:

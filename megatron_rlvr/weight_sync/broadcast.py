@@ -85,7 +85,8 @@ class Broadcast(WeightTransport):
             raise WeightSyncError(f"SGLang servers could not join the weight-sync group: {errors}")
         return group
 
-    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+             flush_cache: bool = True) -> int:
         from megatron_rlvr.rollout.sglang.protocol import dlc_param_names
 
         stream = dlc_param_names(model, detached(named_tensors), self.shapes.get(model))
@@ -94,7 +95,8 @@ class Broadcast(WeightTransport):
         try:
             for bucket in buckets(stream, self.bucket_bytes):
                 pushed += self._send(bucket)
-            self.engine.flush_cache()
+            if flush_cache:
+                self.engine.flush_cache()
         finally:
             self.engine.continue_generation()
         return pushed

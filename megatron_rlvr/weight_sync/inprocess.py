@@ -22,7 +22,8 @@ class InProcessCopy(WeightTransport):
                             f"{type(engine).__name__}")
         self.engine = engine
 
-    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+             flush_cache: bool = True) -> int:  # the embedded engine keeps no prefix cache: nothing to flush
         sizes: list[int] = []
 
         def counted():

@@ -49,12 +49,15 @@ def push_weights(transport: Optional[WeightTransport], models: dict) -> int:
     from megatron_rlvr.rollout.engine import EngineDied, RolloutEngineError, any_rank_failed
 
     pushed, failure = 0, None
-    for name, model in models.items():
+    last = len(models) - 1
+    for i, (name, model) in enumerate(models.items()):
         with model.ctx.layout(model.name):  # the gathers run over this model's own TP/PP groups
             stream = export_hf_tensors(model.model_chunks, model.shape)
             if transport is not None and failure is None:
                 try:
-                    pushed += transport.push(name, stream)
+                    # One prefix-cache flush per push of both models, after the last: no rollout runs between
+                    # the two models' pushes, and each flush costs the engine an allocator flush / gc pass.
+                    pushed += transport.push(name, stream, flush_cache=i == last)
                 except RolloutEngineError as e:
                     failure = e
             for _ in stream:  # take part in the collective gathers (the rest of it, after a failure)

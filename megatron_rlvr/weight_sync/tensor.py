@@ -27,7 +27,8 @@ class TensorBuckets(WeightTransport):
             raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
         self.engine, self.shapes, self.bucket_bytes = engine, dict(shapes or {}), int(bucket_bytes)
 
-    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def push(self, model: str, named_tensors: Iterable[tuple[str, torch.Tensor]], *,
+             flush_cache: bool = True) -> int:
         from megatron_rlvr.rollout.sglang.protocol import dlc_param_names
 
         # Validate the model name before pausing: a typo must not leave generation paused.
@@ -40,7 +41,8 @@ class TensorBuckets(WeightTransport):
                 for bucket in buckets(_chain(first, stream), self.bucket_bytes):
                     self.engine.receive_tensors(bucket)
                     pushed += sum(nbytes(t) for _, t in bucket)
-            self.engine.flush_cache()
+            if flush_cache:
+                self.engine.flush_cache()
         finally:
             self.engine.continue_generation()
         return pushed

@@ -46,6 +46,23 @@ def test_tensor_buckets_push_memory_then_policy_and_outputs_change_as_the_refere
     _assert_matches(_greedy(engine), hf_models["policy"], hf_models["memory"])
 
 
+def test_both_models_pushed_with_one_flush_after_the_last_decode_like_the_reference(engine, transport, hf_models,
+                                                                                   shapes):
+    """push_weights' order: the first model's push leaves the prefix cache, the last one flushes it. The prompts'
+    KV cached under the old weights (the greedy run before) must not survive into the new weights' outputs."""
+    policy_shape, memory_shape = shapes
+    _greedy(engine)  # fills the radix cache with these prompts' KV under the current weights
+    new_policy, new_memory = hf_qwen3(policy_shape, 6), hf_qwen3(memory_shape, 7)
+    try:
+        transport.push("policy", list(new_policy.state_dict().items()), flush_cache=False)
+        transport.push("memory", list(new_memory.state_dict().items()))
+        _assert_matches(_greedy(engine), new_policy, new_memory)
+    finally:
+        transport.push("policy", list(hf_models["policy"].state_dict().items()), flush_cache=False)
+        transport.push("memory", list(hf_models["memory"].state_dict().items()))
+    _assert_matches(_greedy(engine), hf_models["policy"], hf_models["memory"])
+
+
 def test_update_with_a_non_qwen3_name_is_rejected_before_reaching_the_engine(engine, transport):
     with pytest.raises(ValueError, match="not a Hugging Face Qwen3 parameter name"):
         transport.push("policy", [("model.layers.0.attn.wq.weight", torch.zeros(1))])

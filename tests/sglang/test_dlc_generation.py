@@ -109,3 +109,9 @@ def test_prefix_cache_hit_reuses_the_memory_stack_kv_correctly(engine, hf_models
     stats = raw["meta_info"]["dlc_token_stats"]  # per token: log pi_cal, log pi_policy, entropy
     assert max(abs(r[0] - b) for r, b in zip(stats, lp_cal)) < LOGPROB_TOL
     assert max(abs(r[1] - b) for r, b in zip(stats, lp_pol)) < LOGPROB_TOL
+
+
+def test_the_engine_reports_the_kv_pool_sglang_sized_at_its_start(engine):
+    """What a restart is judged by (run.runtime warns when a restarted engine got a much smaller pool)."""
+    tokens = engine.kv_pool_tokens()
+    assert isinstance(tokens, int) and tokens >= max(len(p) for p in PROMPTS) + 16

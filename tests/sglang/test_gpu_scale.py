@@ -62,6 +62,8 @@ def test_tiny_default_runs_20_colocated_sglang_steps_and_trainer_agrees_with_the
     print(f"\n20 colocated SGLang steps: reward {rows[0]['reward/mean']:.3f} -> {rows[-1]['reward/mean']:.3f}, "
           f"max |log-prob diff| {worst:.4f}, median s/step "
           f"{sorted(r['time/step'] for r in rows)[10]:.3f}")
+    phases = sorted(k for k in rows[0] if k.startswith("time/") and k != "time/step")
+    print("median s per phase: " + ", ".join(f"{k[5:]} {sorted(r.get(k, 0.0) for r in rows)[10]:.3f}" for k in phases))
 
 
 def _free_port() -> int:

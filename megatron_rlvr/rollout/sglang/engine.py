@@ -231,6 +231,14 @@ class SGLangEngine:
         self._child_pids = list(self._engine.get_all_child_pids())
         self._install_failure_handler()
 
+    def kv_pool_tokens(self) -> Optional[int]:
+        """KV-cache capacity in tokens of the in-process engine (SGLang sizes it from the memory free at its start);
+        None for attached servers, which this process does not restart."""
+        if self._engine is None or self.server_urls:
+            return None
+        tokens = self._engine.get_server_info().get("max_total_num_tokens")
+        return int(tokens) if tokens else None
+
     def _install_failure_handler(self) -> None:
         """Route SGLang's child-failure SIGQUIT to an error on the next call instead of killing this process."""
         if threading.current_thread() is not threading.main_thread():
@@ -383,15 +391,16 @@ class SGLangEngine:
         if not getattr(res, "success", True):
             raise SGLangEngineError(f"SGLang flush_cache failed: {getattr(res, 'message', res)}")
 
-    def release_memory(self) -> None:
-        """Colocated placement: free the engine's GPU memory (weights + KV) for training. No-op otherwise."""
+    def release_memory(self) -> bool:
+        """Colocated placement: free the engine's GPU memory (weights + KV) for training (True). No-op otherwise."""
         if self.placement != "colocated" or self.device != "cuda" or self._released:
-            return
+            return False
         if self.server_urls:
             remote.post_all(self.server_urls, "release_memory_occupation", {})
         else:
             self._call("release_memory_occupation", self._engine.release_memory_occupation)
         self._released = True
+        return True
 
     def resume_memory(self) -> None:
         """Re-occupy the memory freed by `release_memory` (weights must be pushed again if they changed)."""
