@@ -22,7 +22,9 @@ OUT=${OUT:-/tmp/gpu_out}; LOGS=/tmp/gpu_session_logs; mkdir -p "$OUT" "$LOGS" /t
 
 # A carried path is gone from the device's tree at the next call that does not carry it: keep each part in /tmp.
 stash() { for p in .whl/sglang-gpu/p*; do [ -d "$p" ] && cp -r "$p" /tmp/parts/; done; echo "parts kept: $(ls /tmp/parts | tr '\n' ' ')"; }
-collect() { cp "$LOGS"/* "$OUT/" 2>/dev/null; for f in "$LOGS"/*; do echo "=== $f"; grep -v "Capturing batches" "$f" | tail -n "${1:-25}"; done; }
+# The device tool brings back at most 8 files per call: the logs travel as one archive (tar xzf logs.tgz here).
+collect() { tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null; cp "$LOGS/status.log" "$OUT/" 2>/dev/null
+  for f in "$LOGS"/*.log; do echo "=== $f"; grep -v "Capturing batches" "$f" | tail -n "${1:-25}"; done; }
 step() { local name=$1 limit=$2; shift 2; timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1; echo "$name rc=$?" | tee -a "$LOGS/status.log"; }
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts="" -rfE --tb=short)
 
@@ -53,7 +55,8 @@ sweep)
 sglang)
   mkdir -p .whl/sglang-gpu && cp -r /tmp/parts/p* .whl/sglang-gpu/
   step sglang_install 240 bash tools/gpu_sglang.sh install
-  setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
+  # OUT=LOGS: what the chain writes (the 20-step run's metrics) travels in the later calls' archive
+  OUT=$LOGS setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
   sleep "${2:-420}"; collect 30 ;;
 chain)  # background, started by `sglang`: the RL-step benchmark, the 20-step colocated run, the sampler benchmark
         # with its FlashInfer baseline, then (SGLANG_TESTS=1) the SGLang GPU tests

@@ -136,7 +136,9 @@ def push_bench(policy_preset: str, memory_preset: str, bucket_mb: int, repeats: 
         transport = TensorBuckets(engine, shapes, bucket_bytes=bucket_mb << 20)
         times, pushed = [], 0
         for i in range(repeats + 1):
-            pushed, t = time_host(lambda: sum(transport.push(m, tensors[m]) for m in ("policy", "memory")))
+            # as push_weights does: one prefix-cache flush, after the last model
+            pushed, t = time_host(lambda: sum(transport.push(m, tensors[m], flush_cache=m == "memory")
+                                              for m in ("policy", "memory")))
             if i:
                 times.append(t)
         sec = statistics.median(times)
