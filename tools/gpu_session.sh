@@ -29,9 +29,10 @@ step() { local name=$1 limit=$2; shift 2; timeout "$limit" "$@" > "$LOGS/$name.l
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts="" -rfE --tb=short)
 
 date -u; stash
+# Whichever call carries .whl/base installs it; /tmp/site stays for the machine's later calls.
+[ -d .whl/base ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
 case "${1:-}" in
 tier)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/base/*.whl
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
   # The sampler and packing files run in their own steps (below): together the tier ran past one call's limit.
   step gpu_tier 560 "${PYTEST[@]}" --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
