@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"rollout.prompts_per_step={prompts}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={new_tokens}", f"rollout.batch_size={prompts * args.group_size}",
         f"algorithm.micro_batch_size={args.micro_batch_size}",
-        f"algorithm.memory_max_tokens_per_micro_batch={args.memory_max_tokens}", "checkpoint.load=none", "logging.tensorboard=false",
+        f"algorithm.memory_max_tokens_per_micro_batch={args.memory_max_tokens}", "checkpoint.load=none",
+        "logging.tensorboard=false",
         "dlc.enabled=true", "dlc.lam=0.5", "optimizer.policy.lr=1e-6", "optimizer.memory.lr=1e-5",
         "rollout.placement=colocated", "checks.logprob_gap=warn",  # random weights: report the gap, do not stop
         f"rollout.sglang={{mem_fraction_static: {args.mem_fraction}, log_level: warning{sglang_extra}}}",
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"policy {args.policy} + memory {args.memory}, {prompts} prompts x {args.group_size} x {new_tokens} "
             f"new tokens, IAC + DLC (lambda 0.5), batch {tuple(batch_shape)} tokens, device {device}")
     _print_table(f"RL step phases, {head}", results)
-    record = {**provenance(), "engine": args.engine, "policy": args.policy, "memory": args.memory, "tokens": batch_shape}
+    record = {**provenance(), "engine": args.engine, "policy": args.policy, "memory": args.memory,
+              "tokens": batch_shape}
     for name, r in results.items():
         key = name.replace(" ", "_").lower()
         record.update({f"{key}_{k}_s": round(r[k], 4) for k in PHASES + ("step",)})
