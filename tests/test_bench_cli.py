@@ -57,8 +57,22 @@ def test_bench_train_on_cpu_times_each_phase_of_the_trainers_step_and_ends_with_
     for phase in ("rollout", "logprob_recompute", "policy_update", "memory_update", "weight_push", "step"):
         assert record[f"embedded_dlc_on_{phase}_s"] >= 0.0
     assert record["embedded_dlc_on_step_s"] > 0 and record["rl_over_plain"] > 0
+    assert record["embedded_dlc_on_engine_restarts"] == 0 and "engine restarts so far" in res.stdout
+    assert "WARNING: a rollout engine was restarted" not in res.stdout
     rows = list(csv.DictReader(open(tmp_path / "bench_train_embedded.csv")))
     assert len(rows) == 1 and rows[0]["commit"] == record["commit"]
+
+
+def test_the_step_table_says_when_an_engine_restart_makes_its_numbers_no_measurement(capsys):
+    from megatron_rlvr.bench.train import PHASES, _print_table
+
+    row = {**{k: 1.0 for k in PHASES + ("step",)}, "rollout_tokens_per_s": 100.0, "alloc_retries": 0}
+    _print_table("steps", {"sglang DLC on": {**row, "engine_restarts": 0}, "sglang DLC off": dict(row)})
+    assert "WARNING" not in capsys.readouterr().out
+    restarted = {**row, "engine_restarts": 1}
+    _print_table("steps", {"sglang DLC on": restarted, "sglang DLC off": restarted})
+    out = capsys.readouterr().out
+    assert "WARNING: a rollout engine was restarted" in out and "rerun before using these numbers" in out
 
 
 def test_bench_convert_on_cpu_round_trips_bit_identically_and_reports_peak_memory(tmp_path):

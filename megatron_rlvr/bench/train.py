@@ -106,9 +106,14 @@ def time_config(run, cfg, dlc: bool, steps: int, first_step: int, warmup: bool =
         for k, v in t.items():
             rows.setdefault(k, []).append(v)
         tok_s.append(float(batch.response_mask.sum()) / t["rollout"])
+    if view is not run:  # a restart inside the DLC-off view replaced its engine: the run must use the new one
+        run.engine, run.transport, run.engine_restarts = view.engine, view.transport, view.engine_restarts
     med = {k: statistics.median(v) for k, v in rows.items()}
     med["rollout_tokens_per_s"] = statistics.median(tok_s)
     med["batch"] = list(batch.tokens.shape)
+    # An engine restarted at any point so far (warm-up included) may run with less memory from then on: session 9's
+    # restarted SGLang engine started with 24 GB free instead of 80 GB, and its rollouts ran 3.5x slower.
+    med["engine_restarts"] = run.engine_restarts
     return med
 
 
@@ -156,6 +161,10 @@ def _print_table(title: str, results: dict[str, dict]) -> None:
         print(f"{k:<24}" + "".join(f"{results[n].get(k, 0.0):>22.3f}" for n in names))
     print(f"{'rollout tokens/s':<24}" + "".join(f"{results[n]['rollout_tokens_per_s']:>22.0f}" for n in names))
     print(f"{'allocator retries':<24}" + "".join(f"{results[n].get('alloc_retries', 0):>22.0f}" for n in names))
+    print(f"{'engine restarts so far':<24}" + "".join(f"{results[n].get('engine_restarts', 0):>22.0f}" for n in names))
+    if any(results[n].get("engine_restarts", 0) for n in names):
+        print("WARNING: a rollout engine was restarted (see the log above for why): the columns from that point on "
+              "time a rebuilt engine, not the step; fix the cause and rerun before using these numbers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"rollout.prompts_per_step={prompts}", f"rollout.group_size={args.group_size}",
         f"rollout.max_new_tokens={new_tokens}", f"rollout.batch_size={prompts * args.group_size}",
         f"algorithm.micro_batch_size={args.micro_batch_size}",
-        f"algorithm.memory_max_tokens_per_micro_batch={args.memory_max_tokens}", "checkpoint.load=none", "logging.tensorboard=false",
+        f"algorithm.memory_max_tokens_per_micro_batch={args.memory_max_tokens}", "checkpoint.load=none",
+        "logging.tensorboard=false",
         "dlc.enabled=true", "dlc.lam=0.5", "optimizer.policy.lr=1e-6", "optimizer.memory.lr=1e-5",
         "rollout.placement=colocated", "checks.logprob_gap=warn",  # random weights: report the gap, do not stop
         f"rollout.sglang={{mem_fraction_static: {args.mem_fraction}, log_level: warning{sglang_extra}}}",
@@ -236,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"policy {args.policy} + memory {args.memory}, {prompts} prompts x {args.group_size} x {new_tokens} "
             f"new tokens, IAC + DLC (lambda 0.5), batch {tuple(batch_shape)} tokens, device {device}")
     _print_table(f"RL step phases, {head}", results)
-    record = {**provenance(), "engine": args.engine, "policy": args.policy, "memory": args.memory, "tokens": batch_shape}
+    record = {**provenance(), "engine": args.engine, "policy": args.policy, "memory": args.memory,
+              "tokens": batch_shape}
     for name, r in results.items():
         key = name.replace(" ", "_").lower()
         record.update({f"{key}_{k}_s": round(r[k], 4) for k in PHASES + ("step",)})
+        record[f"{key}_engine_restarts"] = r.get("engine_restarts", 0)
         record[f"{key}_rollout_tokens_per_s"] = round(r["rollout_tokens_per_s"])
     if sglang:
         on, off, emb = results["sglang DLC on"], results["sglang DLC off"], results.get("embedded DLC on")
@@ -248,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios["rollout_speedup_vs_embedded"] = emb["rollout"] / on["rollout"]
             print(f"\n{'rollout: embedded / SGLang (DLC on)':<44}{ratios['rollout_speedup_vs_embedded']:>10.2f}x"
                   "   (target >= 10x)")
-        print(f"{'step: DLC on / DLC off (SGLang)':<44}{ratios['dlc_on_over_off_step']:>10.3f}x   (target <= 1.3x)")
+        invalid = "   INVALID: an engine was restarted" if off.get("engine_restarts", 0) else ""
+        print(f"{'step: DLC on / DLC off (SGLang)':<44}{ratios['dlc_on_over_off_step']:>10.3f}x   (target <= 1.3x)"
+              + invalid)
         print("  DLC off = lambda 0, no memory update or push; the DLC engine still decodes its memory stack, so the "
               "rollout's own DLC cost")
         print("  (against SGLang serving the policy alone) is what `megatron-rlvr bench rollout` measures")
