@@ -105,3 +105,26 @@ def test_bench_train_refuses_an_sglang_arg_without_a_value_in_one_line():
     assert res.returncode == 2
     assert "--sglang-arg 'sleep_on_idle': expected KEY=VALUE" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_configurations_take_turns_step_by_step_after_one_warm_up_each():
+    # Drift over a run (allocator growth, clocks, engine caches) must fall on DLC on and off alike, not on whichever
+    # column is timed first.
+    from megatron_rlvr.bench.train import time_interleaved
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self, step, record=True):
+            calls.append((self.name, step, record))
+
+        def result(self):
+            return {"steps": sum(1 for n, _, r in calls if n == self.name and r)}
+
+    out = time_interleaved({"on": Fake("on"), "off": Fake("off")}, steps=2, first_step=5)
+    assert calls == [("on", 5, False), ("off", 6, False), ("on", 7, True), ("off", 8, True), ("on", 9, True),
+                     ("off", 10, True)]
+    assert out == {"next_step": 11, "on": {"steps": 2}, "off": {"steps": 2}}

@@ -61,7 +61,7 @@ sglang)
   sleep "${2:-420}"; collect 30 ;;
 chain)  # background, started by `sglang`: the RL-step benchmark, the 20-step colocated run, the sampler benchmark
         # with its FlashInfer baseline, then (SGLANG_TESTS=1) the SGLang GPU tests
-  step bench_train 900 python3 -m megatron_rlvr.cli bench train --engine sglang --steps 1 --embedded-steps 1 \
+  step bench_train 900 python3 -m megatron_rlvr.cli bench train --engine sglang --steps 2 --embedded-steps 1 \
     --out /tmp/bench_train ${BENCH_ARGS:-}
   step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
   # FlashInfer (a baseline of the sampler benchmark) comes with the SGLang wheels

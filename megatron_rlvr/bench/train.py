@@ -2,7 +2,8 @@
 
 Random weights (Qwen3-1.7B-shaped policy, Qwen3-0.6B-shaped memory by default), bf16, IAC + DLC, the built-in
 task (its prompts and verifier; responses sampled beyond its small vocabulary simply score 0, which does not
-change the work a step does). In one run, each configuration after one warm-up step:
+change the work a step does). In one run, each configuration after one warm-up step (SGLang DLC on and off take
+turns step by step, so that drift over the run does not fall on one of them):
 
     --engine sglang     SGLang DLC on | SGLang DLC off | embedded DLC on     (colocated SGLang, memory released
                                                                               around the updates)
@@ -83,38 +84,80 @@ def _use_engine(run, cfg, kind: str) -> None:
     push_weights(run.transport, run.models)
 
 
-def time_config(run, cfg, dlc: bool, steps: int, first_step: int, warmup: bool = True) -> dict:
-    """Median phase times (and rollout tokens/s) of `steps` steps, after one warm-up step if `warmup`."""
-    from megatron_rlvr.run.metrics import PhaseTimer
-    from megatron_rlvr.step import rl_step
+class ConfigTimer:
+    """Phase times of one configuration's RL steps; `step()` runs and (unless a warm-up) records one step.
 
-    # DLC off: sample from the policy alone (lambda 0), no memory update, only the policy pushed
-    view = run if dlc else dataclasses.replace(run, cfg=_with(cfg, "dlc.enabled", False),
-                                               models={"policy": run.models["policy"]})
-    rows: dict[str, list[float]] = {}
-    tok_s = []
-    for i in range(steps + int(warmup)):
+    Several timers over the same run can take turns step by step (`time_interleaved`), so that drift over the run
+    (allocator growth, clocks, the engine's caches) falls on every configuration alike instead of on whichever was
+    timed first: session 10's DLC-on column, timed first, was slower than DLC off even in phases that do the same
+    work in both."""
+
+    def __init__(self, run, cfg, dlc: bool):
+        self.run = run
+        # DLC off: sample from the policy alone (lambda 0), no memory update, only the policy pushed
+        self.view = run if dlc else dataclasses.replace(run, cfg=_with(cfg, "dlc.enabled", False),
+                                                        models={"policy": run.models["policy"]})
+        self.rows: dict[str, list[float]] = {}
+        self.tok_s: list[float] = []
+        self.batch_shape: list[int] = []
+
+    def step(self, step: int, record: bool = True) -> None:
+        from megatron_rlvr.run.metrics import PhaseTimer
+        from megatron_rlvr.step import rl_step
+
+        view = self.view
+        if view is not self.run:  # the DLC-off view must use the run's engine (a restart may have replaced it)
+            view.engine, view.transport, view.engine_restarts = (self.run.engine, self.run.transport,
+                                                                 self.run.engine_restarts)
         timer = PhaseTimer(sync=sync)
         retries = _alloc_retries()
-        _, batch = rl_step(view, first_step + i, timer)  # the trainer's step, phase by phase
+        _, batch = rl_step(view, step, timer)  # the trainer's step, phase by phase
+        if view is not self.run:  # a restart inside the DLC-off view replaced its engine: the run must use it
+            self.run.engine, self.run.transport, self.run.engine_restarts = (view.engine, view.transport,
+                                                                             view.engine_restarts)
+        self.batch_shape = list(batch.tokens.shape)
+        if not record:
+            return  # warm-up: allocator, autotuning, graph capture, first-touch
         t = {k: timer.times.get(k, 0.0) for k in PHASES}
-        if warmup and i == 0:
-            continue  # warm-up: allocator, autotuning, graph capture, first-touch
         # cudaMalloc retries after freeing the cache: memory pressure next to the engine shows up here
-        rows.setdefault("alloc_retries", []).append(_alloc_retries() - retries)
+        self.rows.setdefault("alloc_retries", []).append(_alloc_retries() - retries)
         t["step"] = sum(t.values())  # the phases only (alloc_retries is kept apart)
         for k, v in t.items():
-            rows.setdefault(k, []).append(v)
-        tok_s.append(float(batch.response_mask.sum()) / t["rollout"])
-    if view is not run:  # a restart inside the DLC-off view replaced its engine: the run must use the new one
-        run.engine, run.transport, run.engine_restarts = view.engine, view.transport, view.engine_restarts
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    med["rollout_tokens_per_s"] = statistics.median(tok_s)
-    med["batch"] = list(batch.tokens.shape)
-    # An engine restarted at any point so far (warm-up included) may run with less memory from then on: session 9's
-    # restarted SGLang engine started with 24 GB free instead of 80 GB, and its rollouts ran 3.5x slower.
-    med["engine_restarts"] = run.engine_restarts
-    return med
+            self.rows.setdefault(k, []).append(v)
+        self.tok_s.append(float(batch.response_mask.sum()) / t["rollout"])
+
+    def result(self) -> dict:
+        """Median phase times, rollout tokens/s, the batch shape and the engine restarts so far."""
+        med = {k: statistics.median(v) for k, v in self.rows.items()}
+        med["rollout_tokens_per_s"] = statistics.median(self.tok_s)
+        med["batch"] = self.batch_shape
+        med["steps"] = len(self.tok_s)
+        # An engine restarted at any point so far (warm-up included) may run with less memory from then on:
+        # session 9's restarted SGLang engine started with 24 GB free instead of 80 GB, and its rollouts ran 3.5x
+        # slower.
+        med["engine_restarts"] = self.run.engine_restarts
+        return med
+
+
+def time_interleaved(timers: dict[str, ConfigTimer], steps: int, first_step: int, warmup: bool = True) -> dict:
+    """Each timer's warm-up step, then `steps` rounds in which every timer runs one step in turn; the medians per
+    timer. Returns the next unused step number under "next_step" beside the per-name results."""
+    step = first_step
+    if warmup:
+        for t in timers.values():
+            t.step(step, record=False)
+            step += 1
+    for _ in range(steps):
+        for t in timers.values():
+            t.step(step)
+            step += 1
+    return {"next_step": step, **{name: t.result() for name, t in timers.items()}}
+
+
+def time_config(run, cfg, dlc: bool, steps: int, first_step: int, warmup: bool = True) -> dict:
+    """Median phase times (and rollout tokens/s) of `steps` steps of one configuration, after one warm-up step if
+    `warmup`."""
+    return time_interleaved({"only": ConfigTimer(run, cfg, dlc)}, steps, first_step, warmup)["only"]
 
 
 def _alloc_retries() -> int:
@@ -161,6 +204,7 @@ def _print_table(title: str, results: dict[str, dict]) -> None:
         print(f"{k:<24}" + "".join(f"{results[n].get(k, 0.0):>22.3f}" for n in names))
     print(f"{'rollout tokens/s':<24}" + "".join(f"{results[n]['rollout_tokens_per_s']:>22.0f}" for n in names))
     print(f"{'allocator retries':<24}" + "".join(f"{results[n].get('alloc_retries', 0):>22.0f}" for n in names))
+    print(f"{'timed steps':<24}" + "".join(f"{results[n].get('steps', 0):>22.0f}" for n in names))
     print(f"{'engine restarts so far':<24}" + "".join(f"{results[n].get('engine_restarts', 0):>22.0f}" for n in names))
     if any(results[n].get("engine_restarts", 0) for n in names):
         print("WARNING: a rollout engine was restarted (see the log above for why): the columns from that point on "
@@ -232,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     if sglang:
         _use_engine(run, cfg, "sglang")
-        results["sglang DLC on"] = time_config(run, cfg, True, args.steps, step)
-        step += args.steps + 1
-        results["sglang DLC off"] = time_config(run, cfg, False, args.steps, step)
-        step += args.steps + 1
+        # DLC on and off take turns step by step on the same engine (one warm-up each first)
+        timed = time_interleaved({"sglang DLC on": ConfigTimer(run, cfg, True),
+                                  "sglang DLC off": ConfigTimer(run, cfg, False)}, args.steps, step)
+        step = timed.pop("next_step")
+        results.update(timed)
     if not (sglang and args.skip_embedded):
         _use_engine(run, cfg, "embedded")
         # Next to SGLang the embedded engine is the slow baseline (tens of seconds per rollout): no warm-up step,
