@@ -42,9 +42,13 @@ def test_a_bad_config_is_one_line_naming_the_field(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "rollout.placement" in err and "elsewhere" in err
 
 
-def test_without_dlc_there_is_no_dlc_model_to_serve(tmp_path, capsys):
-    assert server.main([_config(tmp_path), "dlc.enabled=false", "--dry-run"]) == 2
-    assert "dlc.enabled=false" in capsys.readouterr().err
+def test_without_dlc_the_server_serves_the_policy_alone(tmp_path, capsys):
+    # no memory model is trained or pushed with DLC off: a memory stack would be decoded for nothing
+    assert server.main([_config(tmp_path), "dlc.enabled=false", "--dry-run"]) == 0
+    folder = next((tmp_path / "run" / "rollout_server").iterdir()) / "model"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architectures"] == ["DLCQwen3ForCausalLM"] and cfg["dlc_policy_only"] is True
+    assert "dlc_memory_config" not in cfg
 
 
 @pytest.mark.parametrize("options,flags", [

@@ -5,10 +5,11 @@ task (its prompts and verifier; responses sampled beyond its small vocabulary si
 change the work a step does). In one run, each configuration after one warm-up step (SGLang DLC on and off take
 turns step by step, so that drift over the run does not fall on one of them):
 
-    --engine sglang     SGLang DLC on | SGLang DLC off | embedded DLC on     (colocated SGLang, memory released
-                                                                              around the updates)
-                        (DLC off: lambda 0, no memory update or push; the same DLC engine, which still decodes
-                        its memory stack: `bench rollout` compares that against SGLang serving the policy alone)
+    --engine sglang     SGLang DLC on | SGLang DLC off | SGLang policy only | embedded DLC on   (colocated SGLang,
+                        memory released around the updates)
+                        DLC off: lambda 0, no memory update or push, on the same DLC engine, which still decodes
+                        its memory stack; policy only: what a run with dlc.enabled=false uses, SGLang serving the
+                        policy alone (its own engine, timed after the two that take turns)
     --engine embedded   embedded DLC on, and the policy update next to a plain Megatron LM step of the same model
 
 Phases: rollout, log-prob recompute, policy update, memory update, weight push, memory release/resume. Then
@@ -71,7 +72,8 @@ def _with(cfg, dotted: str, value):
 
 
 def _use_engine(run, cfg, kind: str) -> None:
-    """Swap the run's engine for a fresh one of `kind` (the previous one shut down first: one on the GPU)."""
+    """Swap the run's engine for a fresh one of `kind` (the previous one shut down first: one on the GPU), built for
+    `cfg` (with dlc.enabled=false: the policy-only engine, which receives the policy alone)."""
     from megatron_rlvr.run import runtime
     from megatron_rlvr.weight_sync import push_weights
 
@@ -81,7 +83,7 @@ def _use_engine(run, cfg, kind: str) -> None:
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     run.cfg = _with(cfg, "rollout.engine", kind)
     runtime.build_engine(run)
-    push_weights(run.transport, run.models)
+    push_weights(run.transport, run.models if cfg.dlc.enabled else {"policy": run.models["policy"]})
 
 
 class ConfigTimer:
@@ -95,7 +97,8 @@ class ConfigTimer:
     def __init__(self, run, cfg, dlc: bool):
         self.run = run
         # DLC off: sample from the policy alone (lambda 0), no memory update, only the policy pushed
-        self.view = run if dlc else dataclasses.replace(run, cfg=_with(cfg, "dlc.enabled", False),
+        # (from the run's own config, which names its engine: a restart inside the view rebuilds that kind)
+        self.view = run if dlc else dataclasses.replace(run, cfg=_with(run.cfg, "dlc.enabled", False),
                                                         models={"policy": run.models["policy"]})
         self.rows: dict[str, list[float]] = {}
         self.tok_s: list[float] = []
@@ -115,6 +118,14 @@ class ConfigTimer:
         if view is not self.run:  # a restart inside the DLC-off view replaced its engine: the run must use it
             self.run.engine, self.run.transport, self.run.engine_restarts = (view.engine, view.transport,
                                                                              view.engine_restarts)
+            memory = {k: m for k, m in self.run.models.items() if k != "policy"}
+            if (memory and self.run.engine is not None and self.run.cfg.rollout.placement == "colocated"
+                    and not getattr(self.run.engine, "policy_only", False)):
+                # The view pushed only the policy after its update, but the colocated release dropped the engine's
+                # memory weights too (SGLang keeps no copy): put them back, untimed, for the next DLC-on step.
+                from megatron_rlvr.weight_sync import push_weights
+
+                push_weights(self.run.transport, memory)
         self.batch_shape = list(batch.tokens.shape)
         if not record:
             return  # warm-up: allocator, autotuning, graph capture, first-touch
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="algorithm.memory_max_tokens_per_micro_batch: the memory update's own token budget")
     p.add_argument("--skip-embedded", action="store_true",
                    help="--engine sglang: leave out the embedded-engine column (its rollout is the slow baseline)")
+    p.add_argument("--skip-policy-only", action="store_true",
+                   help="--engine sglang: leave out the column of a DLC-off run's own engine (SGLang serving the "
+                        "policy alone; one more engine start)")
     p.add_argument("--out", default="runs/bench_train")
     from megatron_rlvr.bench import packing as bench_packing
 
@@ -281,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "sglang DLC off": ConfigTimer(run, cfg, False)}, args.steps, step)
         step = timed.pop("next_step")
         results.update(timed)
+        if not args.skip_policy_only:
+            # What a run with dlc.enabled=false uses: SGLang serving the policy alone (no memory stack)
+            off = _with(cfg, "dlc.enabled", False)
+            _use_engine(run, off, "sglang")
+            results["sglang policy only"] = time_config(run, off, False, args.steps, step)
+            step += args.steps + 1
     if not (sglang and args.skip_embedded):
         _use_engine(run, cfg, "embedded")
         # Next to SGLang the embedded engine is the slow baseline (tens of seconds per rollout): no warm-up step,
@@ -308,9 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         invalid = "   INVALID: an engine was restarted" if off.get("engine_restarts", 0) else ""
         print(f"{'step: DLC on / DLC off (SGLang)':<44}{ratios['dlc_on_over_off_step']:>10.3f}x   (target <= 1.3x)"
               + invalid)
-        print("  DLC off = lambda 0, no memory update or push; the DLC engine still decodes its memory stack, so the "
-              "rollout's own DLC cost")
-        print("  (against SGLang serving the policy alone) is what `megatron-rlvr bench rollout` measures")
+        print("  DLC off = lambda 0, no memory update or push, on the same DLC engine, which still decodes its memory "
+              "stack")
+        solo = results.get("sglang policy only")
+        if solo is not None:
+            ratios["dlc_on_over_policy_only_step"] = on["step"] / solo["step"]
+            ratios["dlc_on_over_policy_only_rollout"] = on["rollout"] / solo["rollout"]
+            print(f"{'step: DLC on / policy-only SGLang':<44}{ratios['dlc_on_over_policy_only_step']:>10.3f}x   "
+                  "(what DLC costs a run against dlc.enabled=false)")
+            print(f"{'rollout: DLC on / policy-only SGLang':<44}{ratios['dlc_on_over_policy_only_rollout']:>10.3f}x")
         record.update({k: round(v, 4) for k, v in ratios.items()})
         run.engine.shutdown()
         run.engine = run.transport = None

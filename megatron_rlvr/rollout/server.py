@@ -4,7 +4,7 @@
     python -m megatron_rlvr.rollout.server CONFIG.yaml --dry-run          # print the SGLang command only
 
 What `megatron-rlvr launch --rollout-nodes N` runs on each rollout node. It writes the DLC model folder for the
-config's policy and memory presets under `<run_dir>/rollout_server/<host>-<port>/` (random weights: the trainer
+config's policy and memory presets (the policy alone with dlc.enabled=false) under `<run_dir>/rollout_server/<host>-<port>/` (random weights: the trainer
 pushes both models' real weights right after it attaches, and after every step, over the weight-sync group of
 `megatron_rlvr.weight_sync.Broadcast`), then becomes `python -m sglang.launch_server` for that folder. Options in
 `rollout.sglang` are passed on as SGLang flags (`tp_size: 8` -> `--tp-size 8`, `true` -> a bare flag); without
@@ -49,7 +49,8 @@ def server_argv(cfg, host: str, port: int, device: str, workdir: Optional[Path] 
     from megatron_rlvr.rollout.sglang.remote import server_command
 
     folder = workdir or Path(cfg.run_dir) / "rollout_server" / f"{socket.gethostname()}-{port}"
-    model_dir = build_model_dir(folder / "model", get_preset(cfg.policy.preset), get_preset(cfg.memory.preset),
+    memory = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None  # DLC off: the policy-only model
+    model_dir = build_model_dir(folder / "model", get_preset(cfg.policy.preset), memory,
                                 dtype="bfloat16" if device == "cuda" else "float32")
     options = dict(cfg.rollout.sglang)
     options.setdefault("load_format", "dummy")
@@ -71,10 +72,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"rollout server: {e}", file=sys.stderr)
-        return 2
-    if not cfg.dlc.enabled:
-        print("rollout server: dlc.enabled=false: dedicated servers serve the DLC model (policy + memory); with DLC "
-              "off, start a plain `python -m sglang.launch_server` for the policy instead", file=sys.stderr)
         return 2
     import torch
 

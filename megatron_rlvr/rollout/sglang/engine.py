@@ -30,7 +30,7 @@ from megatron_rlvr.qwen3.shapes import Qwen3Shape
 from megatron_rlvr.rollout.engine import RolloutEngineError
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
-    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, PARAM_LAM, PARAM_SEED, PARAM_TAU,
+    ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, POLICY_ONLY_KEY, PARAM_LAM, PARAM_SEED, PARAM_TAU,
     SAMPLER_BACKEND, STAT_ENTROPY, STAT_LOGPROB_CAL, STAT_LOGPROB_POLICY, check_stack_compat,
 )
 from megatron_rlvr.rollout.types import Generation, SamplingParams
@@ -118,13 +118,16 @@ def to_generation(prompt: Sequence[int], out: dict) -> Generation:
                       finish_reason=reason, entropy_cal=ent)
 
 
-def check_model_dir(model_path: str) -> None:
-    """Fail fast, before SGLang spawns anything, if `model_path` is not a DLC model folder."""
+def check_model_dir(model_path: str) -> bool:
+    """Fail fast, before SGLang spawns anything, if `model_path` is not a DLC model folder; True if it is the
+    policy-only one."""
     cfg_path = os.path.join(model_path, "config.json")
     if not os.path.isfile(cfg_path):
         raise SGLangEngineError(f"{cfg_path} not found: SGLangEngine needs the folder written by build_model_dir")
     with open(cfg_path) as f:
         cfg = json.load(f)
+    if cfg.get("architectures") == [ARCHITECTURE] and cfg.get(POLICY_ONLY_KEY) is True:
+        return True  # the policy-only model (DLC off): no second stack to check against
     if cfg.get("architectures") != [ARCHITECTURE] or not isinstance(cfg.get(MEMORY_CONFIG_KEY), dict):
         raise SGLangEngineError(
             f"{cfg_path} is not a DLC model config (architectures={cfg.get('architectures')}, "
@@ -134,6 +137,7 @@ def check_model_dir(model_path: str) -> None:
         check_stack_compat(cfg, cfg[MEMORY_CONFIG_KEY])
     except ValueError as e:
         raise SGLangEngineError(f"{cfg_path}: {e}") from e
+    return False
 
 
 class SGLangEngine:
@@ -167,6 +171,7 @@ class SGLangEngine:
         self._engine = None
         self._failure: Optional[str] = None
         self._released = False
+        self.policy_only = False  # the in-process folder's `dlc_policy_only` (read at start)
         self.server_urls = [u.rstrip("/") for u in server_urls]
         if self.server_urls:
             remote.check_servers(self.server_urls)
@@ -197,12 +202,13 @@ class SGLangEngine:
                 extra.setdefault("tp_size", r.tp)
             extra.setdefault("port", ENGINE_BASE_PORT + PORTS_PER_ENGINE * engine_index)
         return cls(model_path, server_urls=list(r.server_urls), policy_shape=cfg.policy.shape(),
-                   memory_shape=cfg.memory.shape(), placement=r.placement, sglang=extra)
+                   memory_shape=cfg.memory.shape() if cfg.dlc.enabled else None, placement=r.placement,
+                   sglang=extra)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def _start(self, model_path: str, extra: dict) -> None:
         if extra.get("load_format") != "dummy" or os.path.isdir(model_path):
-            check_model_dir(model_path)
+            self.policy_only = check_model_dir(model_path)
         pkg = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
         if pkg and pkg != MODEL_PACKAGE:
             raise SGLangEngineError(
@@ -325,12 +331,23 @@ class SGLangEngine:
     # and the trainer's side of the broadcast live there; these methods only hand one bucket to SGLang.
     def receive_tensors(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         """Load one bucket of (DLC parameter name, tensor): CUDA-IPC / shared-memory handles, same host only."""
+        self._check_stacks(name for name, _ in bucket)
         if self.server_urls:
             self._call("update_weights_from_tensor", remote.update_weights_from_tensor, self.server_urls, bucket)
             return
         res = self._call("update_weights_from_tensor", self._engine.update_weights_from_tensor, bucket,
                          flush_cache=False)
         _raise_unless_ok("update_weights_from_tensor", res)
+
+    def _check_stacks(self, names) -> None:
+        """A memory weight for the policy-only model is refused here, in one line, before it reaches SGLang (whose
+        loader would fail inside the scheduler)."""
+        if self.policy_only:
+            bad = next((n for n in names if n.startswith("memory.")), None)
+            if bad is not None:
+                raise SGLangEngineError(
+                    f"weight {bad!r} is a memory weight, but this engine serves the policy-only model (the run has "
+                    "dlc.enabled=false, so there is no memory stack); push the policy alone")
 
     def weight_group_ranks(self) -> list[int]:
         """Ranks each attached server brings to a weight-sync group: one per GPU process that holds weights."""
@@ -351,6 +368,7 @@ class SGLangEngine:
     def receive_broadcast(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
                           group_name: str) -> None:
         """Every attached server receives one bucket broadcast from group rank 0 (blocks until received)."""
+        self._check_stacks(names)
         body = dict(names=names, dtypes=dtypes, shapes=shapes, group_name=group_name, flush_cache=False)
         if self.server_urls:
             remote.post_all(self.server_urls, "update_weights_from_distributed", body)

@@ -19,9 +19,10 @@ def build_engine(cfg, *, engine_index: int, device: torch.device, dtype: torch.d
     dtype_name = str(dtype).removeprefix("torch.")
     model_path = None
     if not cfg.rollout.server_urls:
-        # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start.
+        # Dummy-initialised DLC model folder: the trainer pushes both models' real weights right after start. With
+        # DLC off it has no memory stack (no memory model is trained or pushed: decoding one would be wasted work).
+        memory = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
         model_path = str(build_model_dir(Path(run_dir) / f"sglang_model_{engine_index}", get_preset(cfg.policy.preset),
-                                         get_preset(cfg.memory.preset), tokenizer=tokenizer,
-                                         dtype=dtype_name if cuda else "float32"))
+                                         memory, tokenizer=tokenizer, dtype=dtype_name if cuda else "float32"))
     return SGLangEngine.from_config(cfg, model_path, engine_index=engine_index,
                                     base_gpu_id=device.index if cuda else None, dtype=dtype_name)

@@ -13,10 +13,14 @@ ARCHITECTURE = "DLCQwen3ForCausalLM"
 MODEL_PACKAGE = "megatron_rlvr.rollout.sglang.models"
 # config.json key holding the memory model's own Qwen3 config (the top level is the policy's).
 MEMORY_CONFIG_KEY = "dlc_memory_config"
+# config.json flag of a folder with no memory stack (runs with dlc.enabled=false): the same architecture, the same
+# sampler and per-token statistics, and no memory forward, KV layers or weights to pay for.
+POLICY_ONLY_KEY = "dlc_policy_only"
 # Weight-name prefixes of the two stacks: "policy.model.layers.0.mlp.up_proj.weight", ...
 MODEL_PREFIXES = ("policy", "memory")
 
-# Model -> sampler: the memory model's next-token logits ride in LogitsProcessorOutput.customized_info.
+# Model -> sampler: the memory model's next-token logits ride in LogitsProcessorOutput.customized_info (None from
+# a policy-only model: the sampler then samples the policy alone, with the same kernel and statistics).
 MEMORY_LOGITS_KEY = "_dlc_memory_logits"
 # Sampler -> caller: per generated token, (log pi_cal(y), log pi_policy(y), entropy of pi_cal), returned by SGLang
 # in meta_info under this one key as a list of 3-tuples. One key, not three: SGLang's scheduler copies every

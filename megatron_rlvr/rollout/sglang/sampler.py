@@ -10,7 +10,8 @@ Per-request options (lam, tau, seed) travel in SGLang's `custom_params`, which S
 sampler for requests that carry a custom logit processor: `DLCRequestParams` is that carrier, a processor
 that leaves logits unchanged (the engine starts SGLang with enable_custom_logit_processor=True).
 
-Batches without memory logits (any plain model in the same process) go to SGLang's stock sampler unchanged.
+Batches without the memory-logits entry (any plain model in the same process) go to SGLang's stock sampler
+unchanged; the entry None (the policy-only DLC model, for runs with DLC off) samples the policy alone here.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ class DLCSampler(Sampler):
 
         policy = logits_output.next_token_logits  # (B, V), after SGLang's penalties, grammar mask and logit bias
         rows = policy.shape[0]
-        memory = info[MEMORY_LOGITS_KEY][:rows]  # CUDA-graph buffers are padded to the captured batch size
-        if memory.untyped_storage().data_ptr() == policy.untyped_storage().data_ptr():
+        memory = info[MEMORY_LOGITS_KEY]  # None: a policy-only model (DLC off), sampled with the same kernel
+        if memory is not None:
+            memory = memory[:rows]  # CUDA-graph buffers are padded to the captured batch size
+        if memory is not None and memory.untyped_storage().data_ptr() == policy.untyped_storage().data_ptr():
             # Host-side pointer check, no device sync. One storage means one stack's logits overwrote the other's
             # (SGLang's shared decode-graph logits buffer): sampling would silently use the wrong distribution.
             raise RuntimeError(
@@ -175,9 +178,10 @@ class DLCSampler(Sampler):
             # check_nan=False: the check is a device sync. A row with NaN/inf logits or nothing allowed comes back
             # as token -1 with NaN log-probs; it is fed on as token 0 and the NaN log-probs make the engine
             # reject the whole response (engine.to_generation) with an error naming the cause.
-            out = dlc_sample(pick(policy), pick(memory), lam=pick(lam_t), temperature=pick(temperature),
-                             seed=pick(seed_t), offset=pick(offset_t), tau=g_tau, top_k=g_k, top_p=g_p,
-                             return_entropy=True, check_nan=False)
+            mem = None if memory is None else pick(memory)
+            out = dlc_sample(pick(policy), mem, lam=pick(lam_t), temperature=pick(temperature), seed=pick(seed_t),
+                             offset=pick(offset_t), tau=g_tau, top_k=g_k, top_p=g_p, return_entropy=True,
+                             check_nan=False)
             row_stats = torch.stack([out.logprob_cal, out.logprob_policy, out.entropy], dim=1)
             if sel is None:
                 tokens, stats = out.tokens, row_stats
@@ -225,7 +229,7 @@ class DLCSampler(Sampler):
         T = 1 for greedy rows. This materialises (B, V) and is off the rollout path.
         """
         t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).view(-1, 1)
-        z = (policy.float() - lam.view(-1, 1) * memory.float()) / t
+        z = (policy.float() if memory is None else policy.float() - lam.view(-1, 1) * memory.float()) / t
         logprobs = torch.log_softmax(z, dim=-1)
         result = self.output_logprob_processor.compute_logprobs(logprobs, top_logprobs_nums, token_ids_logprobs,
                                                                 tokens)

@@ -36,6 +36,12 @@ Config: config.json is the policy's Qwen3 config (so SGLang sizes everything fro
 `dlc_memory_config`, the memory model's own Qwen3 config (it may differ in hidden size, layers, heads, FFN;
 it must share vocab_size, head_dim and num_key_value_heads). Weight names are the HF Qwen3 names prefixed by
 `policy.` or `memory.` (see megatron_rlvr.rollout.sglang.protocol.dlc_param_names).
+
+Policy only: with `dlc_policy_only: true` instead of `dlc_memory_config` (runs with DLC off) the model has no memory
+stack: no memory forward, KV layers or weights, and the memory-logits entry is None, so the same sampler draws
+from the policy alone and reports the same per-token statistics. A DLC model whose memory weights the trainer
+never pushes would decode a stack of dummy weights for nothing, and after a colocated release (SGLang keeps no
+copy of released weights) of undefined ones.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from sglang.srt.models.qwen3 import Qwen3ForCausalLM
 from sglang.srt.utils import add_prefix
 
 from megatron_rlvr.rollout.sglang.protocol import (
-    MEMORY_CONFIG_KEY, MEMORY_LOGITS_KEY, MODEL_PREFIXES, check_stack_compat,
+    MEMORY_CONFIG_KEY, MEMORY_LOGITS_KEY, MODEL_PREFIXES, POLICY_ONLY_KEY, check_stack_compat,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,30 +79,36 @@ class DLCQwen3ForCausalLM(nn.Module):
     def __init__(self, config, quant_config: Optional[QuantizationConfig] = None, prefix: str = "") -> None:
         super().__init__()
         mem_dict = getattr(config, MEMORY_CONFIG_KEY, None)
-        if not isinstance(mem_dict, dict):
+        policy_only = bool(getattr(config, POLICY_ONLY_KEY, False))
+        if not policy_only and not isinstance(mem_dict, dict):
             raise ValueError(
-                f"{type(self).__name__} needs `{MEMORY_CONFIG_KEY}` (the memory model's Qwen3 config) in config.json; "
-                "build the model folder with megatron_rlvr.rollout.sglang.build_model_dir"
+                f"{type(self).__name__} needs `{MEMORY_CONFIG_KEY}` (the memory model's Qwen3 config) or "
+                f"`{POLICY_ONLY_KEY}: true` in config.json; build the model folder with "
+                "megatron_rlvr.rollout.sglang.build_model_dir"
             )
         if get_pp_group().world_size != 1:
             raise ValueError("DLCQwen3ForCausalLM does not support pipeline parallelism in SGLang; use pp_size=1")
-        memory_config = Qwen3Config(**{k: v for k, v in mem_dict.items() if k not in ("architectures",)})
-        check_stack_compat(_shape_dict(config), _shape_dict(memory_config))
         self.config = config
-        self.memory_config = memory_config
         self.quant_config = quant_config
         self.policy = Qwen3ForCausalLM(config, quant_config=quant_config, prefix=add_prefix("policy", prefix))
-        self.memory = Qwen3ForCausalLM(memory_config, quant_config=quant_config, prefix=add_prefix("memory", prefix))
         self.num_policy_layers = config.num_hidden_layers
+        # The memory stack never returns input log-probs: it is only needed at the sampled positions.
+        self.logits_processor = self.policy.logits_processor
+        self._side_stream: Optional[torch.cuda.Stream] = None  # set: the memory stack decodes concurrently
+        self.memory_config = self.memory = None
+        self.num_memory_layers = 0
+        if policy_only:
+            return
+        memory_config = Qwen3Config(**{k: v for k, v in mem_dict.items() if k not in ("architectures",)})
+        check_stack_compat(_shape_dict(config), _shape_dict(memory_config))
+        self.memory_config = memory_config
+        self.memory = Qwen3ForCausalLM(memory_config, quant_config=quant_config, prefix=add_prefix("memory", prefix))
         self.num_memory_layers = memory_config.num_hidden_layers
         # Shift the memory stack's KV layer ids past the policy's (see the module docstring). Only the
         # RadixAttention id moves: the decoder layers keep their local index for SGLang's per-layer bookkeeping.
         for layer in self.memory.model.layers:
             layer.self_attn.attn.layer_id += self.num_policy_layers
-        # The memory stack never returns input log-probs: it is only needed at the sampled positions.
-        self.logits_processor = self.policy.logits_processor
         overlap = os.environ.get(OVERLAP_ENV, "1") != "0" and get_tensor_model_parallel_world_size() == 1
-        self._side_stream: Optional[torch.cuda.Stream] = None  # set: the memory stack decodes concurrently
         if overlap and torch.cuda.is_available():
             from sglang.srt.runtime_context import get_stream
 
@@ -127,7 +139,7 @@ class DLCQwen3ForCausalLM(nn.Module):
     @property
     def layers(self) -> list:
         """Decoder layers of both stacks in KV-layer-id order (piecewise CUDA graphs index attention by id)."""
-        return list(self.policy.model.layers) + list(self.memory.model.layers)
+        return list(self.policy.model.layers) + (list(self.memory.model.layers) if self.memory is not None else [])
 
     def get_input_embeddings(self) -> nn.Module:
         return self.policy.get_input_embeddings()
@@ -146,7 +158,10 @@ class DLCQwen3ForCausalLM(nn.Module):
         if input_embeds is not None or get_embedding:
             raise ValueError("DLCQwen3ForCausalLM generates from token ids only (no input_embeds / embeddings)")
         side = self._memory_stream(input_ids, forward_batch)
-        if side is None:
+        if self.memory is None:  # policy only: the sampler draws from the policy alone
+            out = self.policy(input_ids, positions, forward_batch)
+            mem_logits = None
+        elif side is None:
             out = self.policy(input_ids, positions, forward_batch)
             with _private_decode_scratch(forward_batch, self.memory_config):
                 mem_logits = self._memory_logits(input_ids, positions, forward_batch)
@@ -165,7 +180,7 @@ class DLCQwen3ForCausalLM(nn.Module):
         # customized_info survives SGLang's CUDA-graph replay (the runner passes it through unsliced); the DLC
         # sampler slices it to the batch, consumes it and replaces the dict with per-token outputs.
         info = dict(out.customized_info or {})
-        info[MEMORY_LOGITS_KEY] = mem_logits  # (B, V)
+        info[MEMORY_LOGITS_KEY] = mem_logits  # (B, V), or None: policy only
         out.customized_info = info
         return out
 
@@ -194,6 +209,9 @@ class DLCQwen3ForCausalLM(nn.Module):
         routed = {p: [] for p in MODEL_PREFIXES}
         for name, tensor in weights:
             head, _, rest = name.partition(".")
+            if head == "memory" and self.memory is None:
+                raise ValueError(f"weight {name!r} is a memory weight, but this model folder is policy-only "
+                                 f"(`{POLICY_ONLY_KEY}`: the run has dlc.enabled=false); push the policy alone")
             if head not in routed or not rest:
                 raise ValueError(
                     f"weight {name!r} has no stack prefix; DLC weight names are 'policy.<HF Qwen3 name>' or "
