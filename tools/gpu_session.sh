@@ -59,15 +59,16 @@ sglang)
   # OUT=LOGS: what the chain writes (the 20-step run's metrics) travels in the later calls' archive
   OUT=$LOGS setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
   sleep "${2:-420}"; collect 30 ;;
-chain)  # background, started by `sglang`: the RL-step benchmark, the 20-step colocated run, the sampler benchmark
-        # with its FlashInfer baseline, then (SGLANG_TESTS=1) the SGLang GPU tests
+chain)  # background, started by `sglang`, most wanted first: the RL-step benchmark, the SGLang GPU tests (DLC and
+        # policy-only engines in bf16 against float32), the sampler benchmark with its FlashInfer and torch.compile
+        # baselines, then the 20-step colocated run
   step bench_train 900 python3 -m megatron_rlvr.cli bench train --engine sglang --steps 2 --embedded-steps 1 \
     --out /tmp/bench_train ${BENCH_ARGS:-}
-  step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
+  step sglang_gpu_tests 400 bash tools/gpu_sglang.sh test
   # FlashInfer (a baseline of the sampler benchmark) comes with the SGLang wheels
   step bench_kernels 300 python3 tools/bench_kernels.py --batches 1,32,256,512,1024 --compile-budget-s 45 \
     --out-dir "$LOGS"
-  [ -n "${SGLANG_TESTS:-}" ] && step sglang_gpu_tests 600 bash tools/gpu_sglang.sh test
+  step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
   echo "chain done" ;;
 poll)
   sleep "${2:-480}"; collect 30 ;;

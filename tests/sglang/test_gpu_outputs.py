@@ -67,3 +67,31 @@ def test_first_token_logprobs_match_a_float32_reference_to_bf16_precision(bf16_e
         assert abs(g.logprob_policy[0] - float(ref_pol[i, y])) < 0.1
     assert any(g.logprob_cal != g.logprob_policy for g in gens)  # lambda reaches the engine's sampler
 
+
+
+@pytest.fixture(scope="module")
+def bf16_policy_only(tmp_path_factory, shapes, hf_models):
+    from megatron_rlvr.rollout.sglang import SGLangEngine, build_model_dir
+
+    path = build_model_dir(tmp_path_factory.mktemp("policy_only_bf16"), shapes[0], None,
+                           hf_models["policy"].state_dict(), dtype="bfloat16")
+    eng = SGLangEngine(str(path), policy_shape=shapes[0], memory_shape=None, device="cuda", placement="dedicated",
+                       sglang=dict(dtype="bfloat16", attention_backend="triton", mem_fraction_static=0.2,
+                                   log_level="warning", cuda_graph_max_bs_decode=16, random_seed=0, port=30700))
+    yield eng
+    eng.shutdown()
+
+
+def test_the_policy_only_engine_samples_the_policy_with_its_float32_logprobs(bf16_policy_only, shapes, hf_models):
+    """dlc.enabled=false: no memory stack; the same sampler, in captured decode graphs, reports the policy's
+    log-probs of the tokens it draws (both returned log-probs are the policy's)."""
+    prompts = _prompts(8, shapes[0].vocab_size)
+    gens = bf16_policy_only.generate(prompts, SamplingParams(max_new_tokens=24, temperature=1.0, lam=0.0, seed=4))
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_models["policy"](ids).logits[:, -1].float(), dim=-1)
+    for i, g in enumerate(gens):
+        assert len(g.response_ids) == 24
+        assert abs(g.logprob_policy[0] - float(ref[i, g.response_ids[0]])) < 0.1
+        assert g.logprob_cal == pytest.approx(g.logprob_policy, abs=1e-5)
+        assert all(math.isfinite(x) and x <= 0.0 for x in g.logprob_policy)

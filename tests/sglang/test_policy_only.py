@@ -16,6 +16,8 @@ from .conftest import hf_qwen3
 from .reference import calibrated_logprobs, greedy_dlc
 
 PROMPTS = [[5, 17, 99, 3], [42], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 11, 12, 13]]
+# float32 exact matches: on a GPU sgl_kernel's rmsnorm has no fp32 kernel; the bf16 twin is in test_gpu_outputs.py
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="float32 SGLang runs on CPU only")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +28,8 @@ def policy_only(tmp_path_factory, shapes, hf_models):
     policy_shape, _ = shapes
     path = build_model_dir(tmp_path_factory.mktemp("policy_only"), policy_shape, None,
                            hf_models["policy"].state_dict(), dtype="float32")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    extra = {"log_level": "warning", "random_seed": 0, "port": 30700}
-    if device == "cuda":
-        extra.update(dtype="float32", attention_backend="triton", mem_fraction_static=0.2)
-    eng = SGLangEngine(str(path), policy_shape=policy_shape, memory_shape=None, device=device, sglang=extra)
+    eng = SGLangEngine(str(path), policy_shape=policy_shape, memory_shape=None, device="cpu",
+                       sglang={"log_level": "warning", "random_seed": 0, "port": 30700})
     yield eng, TensorBuckets(eng, {"policy": policy_shape}, bucket_bytes=1 << 20), path
     eng.shutdown()
 
