@@ -8,9 +8,12 @@
 #   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
 #   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
 #   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs, sampler A/B
-#      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room)
-#   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait S s
-#   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait S s (default 480), print and return the logs
+#      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room; `parts`: keep the
+#      carried part and do nothing else, for a call whose GPU work is not needed this session)
+#   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait for its
+#                                                RL-step benchmark (at most S s)
+#   5  bash tools/gpu_session.sh poll [S]        (no carry)  wait for the chain's end (at most S s, default 480), print
+#                                                and return the logs; call it again until the status says "chain done"
 # Each step prints the tails of every log so far; the logs also come back under $OUT. A step never fails the call
 # (its status is printed as rc=N), so one broken test does not lose the logs of the rest.
 set -uo pipefail
@@ -25,6 +28,10 @@ stash() { for p in .whl/sglang-gpu/p*; do [ -d "$p" ] && cp -r "$p" /tmp/parts/;
 # The device tool brings back at most 8 files per call: the logs travel as one archive (tar xzf logs.tgz here).
 collect() { tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null; cp "$LOGS/status.log" "$OUT/" 2>/dev/null
   for f in "$LOGS"/*.log; do echo "=== $f"; grep -v "Capturing batches" "$f" | tail -n "${1:-25}"; done; }
+# Wait until the chain's status log shows `pattern` or `secs` pass: a call returns as soon as what it waits for is
+# there (each call's logs come back with it; a machine lost between calls loses only what had not come back yet).
+wait_for() { local pattern=$1 secs=$2 t=0
+  while [ "$t" -lt "$secs" ] && ! grep -q "$pattern" "$LOGS/status.log" 2>/dev/null; do sleep 10; t=$((t + 10)); done; }
 step() { local name=$1 limit=$2; shift 2; timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1; echo "$name rc=$?" | tee -a "$LOGS/status.log"; }
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o addopts="" -rfE --tb=short)
 
@@ -58,7 +65,7 @@ sglang)
   step sglang_install 240 bash tools/gpu_sglang.sh install
   # OUT=LOGS: what the chain writes (the 20-step run's metrics) travels in the later calls' archive
   OUT=$LOGS setsid nohup bash tools/gpu_session.sh chain > "$LOGS/chain.log" 2>&1 < /dev/null &
-  sleep "${2:-420}"; collect 30 ;;
+  wait_for "bench_train rc=" "${2:-420}"; collect 30 ;;
 chain)  # background, started by `sglang`, most wanted first: the RL-step benchmark, the SGLang GPU tests (DLC and
         # policy-only engines in bf16 against float32), the sampler benchmark with its FlashInfer and torch.compile
         # baselines, then the 20-step colocated run
@@ -69,9 +76,11 @@ chain)  # background, started by `sglang`, most wanted first: the RL-step benchm
   step bench_kernels 300 python3 tools/bench_kernels.py --batches 1,32,256,512,1024 --compile-budget-s 45 \
     --out-dir "$LOGS"
   step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
-  echo "chain done" ;;
+  echo "chain done" | tee -a "$LOGS/status.log" ;;
+parts)  # only keep the carried wheel part (a short call, when nothing else needs the GPU before the chain)
+  ;;
 poll)
-  sleep "${2:-480}"; collect 30 ;;
+  wait_for "chain done" "${2:-480}"; collect 30 ;;
 *)
   sed -n '2,15p' "$0"; exit 2 ;;
 esac
