@@ -63,3 +63,18 @@ def test_two_ranks_start_two_colocated_engines_whose_step_0_is_the_one_engine_st
     for key in ("reward/mean", "rollout/tokens", "response/length_mean"):
         assert row[key] == one_engine[0][key], key  # same weights and seeds: the same sequences
     assert row["rollout/logprob_abs_diff"] < 1e-4 and row["policy/ppo_kl_before_update"] < 1e-6
+
+
+def test_a_run_without_dlc_trains_on_the_policy_only_engine(warm_cache, tmp_path):
+    # GRPO (dlc.enabled=false): no memory model is trained, so the engine holds no memory stack to decode or push
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", *ARGS, "steps=2",
+           "dlc.enabled=false", "algorithm.iac_alpha=0", f"warm_start.cache_dir={warm_cache}", "eval.interval=0"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    folder_cfg = json.loads((run_dir / "sglang_model_0" / "config.json").read_text())
+    assert folder_cfg["dlc_policy_only"] is True and "dlc_memory_config" not in folder_cfg
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[0]["rollout/logprob_abs_diff"] < 1e-4 and rows[0]["policy/ppo_kl_before_update"] < 1e-6
+    assert "memory/loss" not in rows[0] and rows[1]["sync/bytes"] > 0
