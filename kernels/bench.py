@@ -337,6 +337,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="drop a compile mode for later batches once one of its compiles took longer")
     parser.add_argument("--no-flashinfer", action="store_true", help="skip the FlashInfer policy-only baseline")
     parser.add_argument("--skip-host", action="store_true", help="skip the eager host-time table")
+    parser.add_argument("--host-breakdown", action="store_true",
+                        help="also time the parts of one eager call alone (allocations, launcher, stream query)")
     parser.add_argument("--variants", default="",
                         help="comma-separated stage-1 kernel variants to time side by side, e.g. lean,plain (the first "
                              "is the fused column; default: the launcher's variant only)")
@@ -372,6 +374,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host = [] if args.skip_host else host_overhead_table(args.vocab, dtype)
     if host:
         print_host_table(host)
+    if args.host_breakdown:
+        from .bench_baselines import host_breakdown, print_host_breakdown
+
+        print_host_breakdown(host_breakdown(args.vocab, dtype))
     if args.sweep:
         from .bench_sweep import run_sweep
 

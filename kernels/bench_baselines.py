@@ -174,3 +174,59 @@ def print_host_table(rows: list[dict]) -> None:
         print(f"{r['style']:<16} {r['fast_us']:>8.1f} {r['fast_cpu_us']:>7.1f} {r['fast_drained_us']:>9.1f} "
               f"{r['jit_us']:>8.1f} {r['jit_cpu_us']:>7.1f} {r['jit_drained_us']:>9.1f} {r['speedup']:>6.2f}  "
               f"{r['fast_path_used']}")
+
+
+def host_breakdown(vocab: int, dtype: torch.dtype, batch: int = 1, n: int = 2000) -> list[tuple[str, float]]:
+    """Host microseconds of the parts of one eager embedded-engine call, each timed alone in a loop of `n`: where the
+    GPU's eager call spends what the CPU-only harness (tools/bench_sampler_host.py) cannot see (CUDA allocations,
+    the stream query, Triton's C launcher and cuLaunchKernel)."""
+    from . import dlc_sample_launcher as launcher
+    from .dlc_sample_args import check_inputs
+    from .dlc_sample_launcher import dlc_sample
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    zp = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
+    zm = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
+    seeds = torch.arange(batch, device="cuda")
+    call = lambda i: dlc_sample(zp, zm, lam=0.5, temperature=1.0, seed=seeds, offset=i,  # noqa: E731
+                                return_entropy=True, check_nan=False)
+    captured = {}
+    original = launcher.STAGE1.launch
+
+    def capture(handle, grid, args, device):
+        captured.setdefault("launch", (handle, grid, args, device))
+        return original(handle, grid, args, device)
+
+    launcher.STAGE1.launch = capture
+    try:
+        keep = call(0)  # holds the captured launch's output buffers, which the relaunches below write again
+        call(1)
+    finally:
+        launcher.STAGE1.launch = original
+    dev = torch.device("cuda", torch.cuda.current_device())
+    parts: dict[str, Callable[[int], object]] = {
+        "whole call (fast launch)": call,
+        "check_inputs": lambda i: check_inputs(zp, zm, 0.5, 1.0, seeds, i, None, 0, 1.0, None),
+        "torch.empty tokens (B,) int64": lambda i: torch.empty(batch, dtype=torch.int64, device=dev),
+        "torch.empty stats (3, B) float32": lambda i: torch.empty((3, batch), dtype=torch.float32, device=dev),
+        "torch.cuda.current_device()": lambda i: torch.cuda.current_device(),
+    }
+    if "launch" in captured:
+        handle, grid, args, device = captured["launch"]
+        stream = launcher.STAGE1._stream
+        parts["stream query"] = lambda i: stream(device)
+        # The same kernel with the same arguments again (same outputs rewritten): the C launcher + cuLaunchKernel
+        parts["C launcher + cuLaunchKernel"] = lambda i: original(handle, grid, args, device)
+    rows = []
+    for name, fn in parts.items():
+        wall, _, _ = host_time(fn, n=n)
+        rows.append((name, wall * 1e6))
+    del keep
+    return rows
+
+
+def print_host_breakdown(rows: list[tuple[str, float]]) -> None:
+    print("\nhost time of the parts of one eager embedded-engine call, each alone (us; the parts overlap the whole's "
+          "Python, so they need not add up)")
+    for name, us in rows:
+        print(f"  {name:<36} {us:>8.2f}")

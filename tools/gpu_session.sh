@@ -73,7 +73,7 @@ chain)  # background, started by `sglang`, most wanted first: the RL-step benchm
     --out /tmp/bench_train ${BENCH_ARGS:-}
   step sglang_gpu_tests 400 bash tools/gpu_sglang.sh test
   # FlashInfer (a baseline of the sampler benchmark) comes with the SGLang wheels
-  step bench_kernels 300 python3 tools/bench_kernels.py --batches 1,32,256,512,1024 --compile-budget-s 45 \
+  step bench_kernels 300 python3 tools/bench_kernels.py --batches 1,32,256,512,1024 --compile-budget-s 45 --host-breakdown \
     --out-dir "$LOGS"
   step sglang_scale 400 "${PYTEST[@]}" -s tests/sglang/test_gpu_scale.py
   echo "chain done" | tee -a "$LOGS/status.log" ;;
