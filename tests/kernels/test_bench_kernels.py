@@ -58,3 +58,16 @@ def test_fixed_cost_fit_recovers_the_intercept_and_rate_of_a_one_pass_kernel():
 def test_an_unknown_variant_is_refused_before_any_timing():
     with pytest.raises(SystemExit, match="fast"):
         bench._use_variant(launcher, "fast")
+
+
+def test_roofline_table_puts_the_fused_kernel_next_to_the_read_bound_of_its_launch_shape(capsys):
+    rows = [dict(batch=b, vocab=151936, dtype="bfloat16", fused_ms=0.01 + 0.0002 * b, pct_of_copy=70.0,
+                 read_roofline_ms=0.005 + 0.0002 * b, pct_of_copy_read_roofline=85.0) for b in (64, 256, 1024)]
+    bench.print_roofline_table(rows)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [line.split()[0] for line in lines] == ["64", "256", "1024"]
+    assert lines[1].split()[-1] == f"{(0.01 + 0.0512) / (0.005 + 0.0512):.3f}"
+    assert "roofline: time = 5.0 us" in out  # the fit recovers the roofline's fixed part
+    bench.print_roofline_table([dict(batch=1, fused_ms=1.0)])  # rows from a run without it: nothing printed
+    assert capsys.readouterr().out == ""
