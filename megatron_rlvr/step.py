@@ -3,8 +3,8 @@
 
     rollouts of the step (the run's rollout source: the engines, or a replay of saved rollouts)
       -> advantages (estimator, then IAC)
-      -> log-prob recompute (policy; the frozen reference when algorithm.kl_coef > 0)
-      -> policy update (PPO), memory update (cross-entropy), with colocated engines' memory released
+      -> log-prob recompute (policy; the frozen reference when algorithm.kl_coef > 0), policy update (PPO), memory
+         update (cross-entropy), all three with colocated engines' memory released
       -> weight push of both models to the engines (live sources only)
 
 Each phase runs under `timer(name)`; the returned metrics are the step's statistics (timings are the caller's:
@@ -42,19 +42,23 @@ def rl_step(run: runtime.Run, step: int, timer: PhaseTimer) -> tuple[dict[str, f
         return metrics, batch
     with timer("advantage"):
         metrics.update(assign_advantages(batch, a))
-    with timer("logprob_recompute"):
-        old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True, algo=a)
-        ref_lp = None
-        if run.reference is not None:
-            ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size, algo=a)
-    mask = batch.response_mask
-    metrics["policy/entropy"] = float(entropy[mask].mean())
-    metrics["rollout/logprob_abs_diff"] = logprob_gap(old_lp, batch.logprob_rollout_policy, mask)
-    if step == run.start_step and run.source.live:
-        # The first step of this process: the engine has just received the trainer's weights.
-        check_logprob_gap(metrics["rollout/logprob_abs_diff"], cfg.checks.logprob_gap, policy.dtype,
-                          run.engine_dtype, cfg.checks.logprob_gap_tolerance, runtime.log)
-    with runtime.engine_offloaded(run, timer):  # colocated SGLang frees its GPU memory meanwhile
+    # Colocated engines give their GPU memory back from here to the weight push: the recompute is training-side work
+    # too (verl and slime compute old log-probs with the rollout engine asleep), and gets the memory. Session 10's
+    # H200 run timed it next to a resident SGLang engine at 2.0-2.8 s against 1.65 s next to the embedded one (cause
+    # not established).
+    with runtime.engine_offloaded(run, timer):
+        with timer("logprob_recompute"):
+            old_lp, entropy = recompute_logprobs(policy, batch, T, a.micro_batch_size, with_entropy=True, algo=a)
+            ref_lp = None
+            if run.reference is not None:
+                ref_lp, _ = recompute_logprobs(run.reference, batch, T, a.micro_batch_size, algo=a)
+        mask = batch.response_mask
+        metrics["policy/entropy"] = float(entropy[mask].mean())
+        metrics["rollout/logprob_abs_diff"] = logprob_gap(old_lp, batch.logprob_rollout_policy, mask)
+        if step == run.start_step and run.source.live:
+            # The first step of this process: the engine has just received the trainer's weights.
+            check_logprob_gap(metrics["rollout/logprob_abs_diff"], cfg.checks.logprob_gap, policy.dtype,
+                              run.engine_dtype, cfg.checks.logprob_gap_tolerance, runtime.log)
         with timer("policy_update"):
             metrics.update(update_policy(policy, batch, old_lp, a, temperature=T,
                                          max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=step,

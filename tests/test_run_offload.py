@@ -129,3 +129,32 @@ def test_releasing_the_cache_is_a_no_op_without_an_initialised_accelerator(monke
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: pytest.fail("emptied an uninitialised CUDA cache"))
     runtime.release_cached_accelerator_memory()
+
+
+def test_a_step_releases_a_colocated_engine_for_the_recompute_and_both_updates_and_resumes_before_the_push(
+        events, monkeypatch):
+    # The log-prob recompute is training-side work: it runs with the engine's memory given back, like the updates
+    from megatron_rlvr import step as step_mod
+    from megatron_rlvr.run.metrics import PhaseTimer
+
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    batch = SimpleNamespace(response_mask=mask, logprob_rollout_policy=torch.zeros(2, 3))
+    for name, ret in (("rollout_metrics", {}), ("rollout_diversity", {}), ("assign_advantages", {}),
+                      ("update_policy", {"policy/ppo_kl_before_update": 0.0}), ("update_memory", {}),
+                      ("check_logprob_gap", None), ("push_weights", 0)):
+        monkeypatch.setattr(step_mod, name, lambda *a, _n=name, _r=ret, **k: events.append(_n) or _r)
+    monkeypatch.setattr(step_mod, "recompute_logprobs",
+                        lambda *a, **k: events.append("recompute") or (torch.zeros(2, 3), torch.zeros(2, 3)))
+    cfg = SimpleNamespace(algorithm=SimpleNamespace(micro_batch_size=1), seed=0, logging=SimpleNamespace(
+        save_rollouts=False), rollout=SimpleNamespace(temperature=1.0, placement="colocated", max_new_tokens=3),
+        checks=SimpleNamespace(logprob_gap="warn", logprob_gap_tolerance=1.0))
+    source = type("Source", (), {"__call__": lambda self, run, step: batch, "live": True})()
+    run = SimpleNamespace(cfg=cfg, models={"policy": SimpleNamespace(dtype=torch.float32), "memory": object()},
+                          engine=RecordingEngine(events), source=source, task=SimpleNamespace(pop_stats=dict),
+                          trains=True, reference=None, start_step=0, engine_dtype=torch.float32, transport=None,
+                          engine_restarts=0, layout=None)
+    monkeypatch.setattr(runtime, "with_engine_restarts", lambda run, step, what, fn, **k: fn())
+    step_mod.rl_step(run, 0, PhaseTimer())
+    core = [e for e in events if e in ("release", "recompute", "update_policy", "update_memory", "resume",
+                                       "push_weights")]
+    assert core == ["release", "recompute", "update_policy", "update_memory", "resume", "push_weights"]
