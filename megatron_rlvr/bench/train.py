@@ -295,12 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                                   "sglang DLC off": ConfigTimer(run, cfg, False)}, args.steps, step)
         step = timed.pop("next_step")
         results.update(timed)
+        _print_table("so far (the columns that follow need their own engines)", results)  # kept if a later one dies
         if not args.skip_policy_only:
             # What a run with dlc.enabled=false uses: SGLang serving the policy alone (no memory stack)
             off = _with(cfg, "dlc.enabled", False)
             _use_engine(run, off, "sglang")
             results["sglang policy only"] = time_config(run, off, False, args.steps, step)
             step += args.steps + 1
+            _print_table("so far", results)
     if not (sglang and args.skip_embedded):
         _use_engine(run, cfg, "embedded")
         # Next to SGLang the embedded engine is the slow baseline (tens of seconds per rollout): no warm-up step,
