@@ -94,7 +94,7 @@ class ConfigTimer:
     timed first: session 10's DLC-on column, timed first, was slower than DLC off even in phases that do the same
     work in both."""
 
-    def __init__(self, run, cfg, dlc: bool):
+    def __init__(self, run, dlc: bool):
         self.run = run
         # DLC off: sample from the policy alone (lambda 0), no memory update, only the policy pushed
         # (from the run's own config, which names its engine: a restart inside the view rebuilds that kind)
@@ -165,10 +165,10 @@ def time_interleaved(timers: dict[str, ConfigTimer], steps: int, first_step: int
     return {"next_step": step, **{name: t.result() for name, t in timers.items()}}
 
 
-def time_config(run, cfg, dlc: bool, steps: int, first_step: int, warmup: bool = True) -> dict:
-    """Median phase times (and rollout tokens/s) of `steps` steps of one configuration, after one warm-up step if
-    `warmup`."""
-    return time_interleaved({"only": ConfigTimer(run, cfg, dlc)}, steps, first_step, warmup)["only"]
+def time_config(run, dlc: bool, steps: int, first_step: int, warmup: bool = True) -> dict:
+    """Median phase times (and rollout tokens/s) of `steps` steps of one configuration of `run` (DLC off: a view
+    of its config with dlc.enabled=false), after one warm-up step if `warmup`."""
+    return time_interleaved({"only": ConfigTimer(run, dlc)}, steps, first_step, warmup)["only"]
 
 
 def _alloc_retries() -> int:
@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if sglang:
         _use_engine(run, cfg, "sglang")
         # DLC on and off take turns step by step on the same engine (one warm-up each first)
-        timed = time_interleaved({"sglang DLC on": ConfigTimer(run, cfg, True),
-                                  "sglang DLC off": ConfigTimer(run, cfg, False)}, args.steps, step)
+        timed = time_interleaved({"sglang DLC on": ConfigTimer(run, True),
+                                  "sglang DLC off": ConfigTimer(run, False)}, args.steps, step)
         step = timed.pop("next_step")
         results.update(timed)
         _print_table("so far (the columns that follow need their own engines)", results)  # kept if a later one dies
@@ -300,15 +300,15 @@ def main(argv: list[str] | None = None) -> int:
             # What a run with dlc.enabled=false uses: SGLang serving the policy alone (no memory stack)
             off = _with(cfg, "dlc.enabled", False)
             _use_engine(run, off, "sglang")
-            results["sglang policy only"] = time_config(run, off, False, args.steps, step)
+            results["sglang policy only"] = time_config(run, False, args.steps, step)
             step += args.steps + 1
             _print_table("so far", results)
     if not (sglang and args.skip_embedded):
         _use_engine(run, cfg, "embedded")
         # Next to SGLang the embedded engine is the slow baseline (tens of seconds per rollout): no warm-up step,
         # whose one-off costs are small against that.
-        results["embedded DLC on"] = (time_config(run, cfg, True, args.embedded_steps, step, warmup=False)
-                                      if sglang else time_config(run, cfg, True, args.steps, step))
+        results["embedded DLC on"] = (time_config(run, True, args.embedded_steps, step, warmup=False)
+                                      if sglang else time_config(run, True, args.steps, step))
     batch_shape = next(iter(results.values()))["batch"]
     head = (f"policy {args.policy} + memory {args.memory}, {prompts} prompts x {args.group_size} x {new_tokens} "
             f"new tokens, IAC + DLC (lambda 0.5), batch {tuple(batch_shape)} tokens, device {device}")
