@@ -21,6 +21,7 @@ import torch
 
 from megatron_rlvr.qwen3.hf import build_qwen3
 from megatron_rlvr.qwen3.shapes import Qwen3Shape, get_preset
+from megatron_rlvr.rollout.engine import served_memory_shape
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -222,6 +223,6 @@ def build_engine(cfg, *, engine_index: int, device: torch.device, dtype: torch.d
                  run_dir=None) -> EmbeddedEngine:
     """The embedded engine of `cfg` (registered as "embedded" in `megatron_rlvr.registry.ENGINES`). It computes in
     `dtype` (`rollout.dtype`; auto: the policy's), so its log-probs match the trainer's."""
-    memory_shape = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None
+    memory_shape = served_memory_shape(cfg)
     return EmbeddedEngine(get_preset(cfg.policy.preset), memory_shape, device=device, dtype=dtype,
                           batch_size=cfg.rollout.batch_size)

@@ -20,6 +20,12 @@ import torch
 from megatron_rlvr.rollout.types import Generation, SamplingParams
 
 
+def served_memory_shape(cfg):
+    """The memory model's Qwen3 shape an engine of run config `cfg` decodes beside the policy, or None with DLC off
+    (no memory model is trained or pushed then, so no engine holds one)."""
+    return cfg.memory.shape() if cfg.dlc.enabled else None
+
+
 class RolloutEngineError(RuntimeError):
     """An engine died or failed a request: the trainer may restart it (`rollout.max_engine_restarts`)."""
 

@@ -4,8 +4,9 @@
     python -m megatron_rlvr.rollout.server CONFIG.yaml --dry-run          # print the SGLang command only
 
 What `megatron-rlvr launch --rollout-nodes N` runs on each rollout node. It writes the DLC model folder for the
-config's policy and memory presets (the policy alone with dlc.enabled=false) under `<run_dir>/rollout_server/<host>-<port>/` (random weights: the trainer
-pushes both models' real weights right after it attaches, and after every step, over the weight-sync group of
+config's policy and memory presets (the policy alone with dlc.enabled=false) under
+`<run_dir>/rollout_server/<host>-<port>/` (random weights: the trainer pushes both models' real weights right after
+it attaches, and after every step, over the weight-sync group of
 `megatron_rlvr.weight_sync.Broadcast`), then becomes `python -m sglang.launch_server` for that folder. Options in
 `rollout.sglang` are passed on as SGLang flags (`tp_size: 8` -> `--tp-size 8`, `true` -> a bare flag); without
 `tp_size` the server uses all GPUs of the node.
@@ -45,12 +46,12 @@ def server_argv(cfg, host: str, port: int, device: str, workdir: Optional[Path] 
     import torch
 
     from megatron_rlvr.qwen3.shapes import get_preset
+    from megatron_rlvr.rollout.engine import served_memory_shape
     from megatron_rlvr.rollout.sglang import build_model_dir
     from megatron_rlvr.rollout.sglang.remote import server_command
 
     folder = workdir or Path(cfg.run_dir) / "rollout_server" / f"{socket.gethostname()}-{port}"
-    memory = get_preset(cfg.memory.preset) if cfg.dlc.enabled else None  # DLC off: the policy-only model
-    model_dir = build_model_dir(folder / "model", get_preset(cfg.policy.preset), memory,
+    model_dir = build_model_dir(folder / "model", get_preset(cfg.policy.preset), served_memory_shape(cfg),
                                 dtype="bfloat16" if device == "cuda" else "float32")
     options = dict(cfg.rollout.sglang)
     options.setdefault("load_format", "dummy")

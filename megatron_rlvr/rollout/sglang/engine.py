@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from megatron_rlvr.qwen3.shapes import Qwen3Shape
-from megatron_rlvr.rollout.engine import RolloutEngineError
+from megatron_rlvr.rollout.engine import RolloutEngineError, served_memory_shape
 from megatron_rlvr.rollout.sglang import remote
 from megatron_rlvr.rollout.sglang.protocol import (
     ARCHITECTURE, MEMORY_CONFIG_KEY, MODEL_PACKAGE, OUT_STATS, POLICY_ONLY_KEY, PARAM_LAM, PARAM_SEED, PARAM_TAU,
@@ -202,8 +202,7 @@ class SGLangEngine:
                 extra.setdefault("tp_size", r.tp)
             extra.setdefault("port", ENGINE_BASE_PORT + PORTS_PER_ENGINE * engine_index)
         return cls(model_path, server_urls=list(r.server_urls), policy_shape=cfg.policy.shape(),
-                   memory_shape=cfg.memory.shape() if cfg.dlc.enabled else None, placement=r.placement,
-                   sglang=extra)
+                   memory_shape=served_memory_shape(cfg), placement=r.placement, sglang=extra)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def _start(self, model_path: str, extra: dict) -> None:
