@@ -141,11 +141,9 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
           l2_bytes: int = 256 << 20, variants: Sequence[str] = (), variant_rounds: int = 3) -> tuple[list[dict], float]:
     from . import dlc_sample_launcher as launcher
     from .bench_baselines import compiled_dlc
-    from .bench_roofline import read_both
     from .dlc_sample_launcher import dlc_sample
 
     bw = copy_bandwidth()
-    compiled = {mode: compiled_dlc(mode) for mode in compile_modes}
     dropped: dict = {}
     rows_out = []
     for batch in batches:
@@ -174,8 +172,6 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
         else:
             t_fused = time_graph(fused, n_sets, replays)
         t_fused_eager = time_eager(fused, n_sets)
-        # the same launch shape reading both tensors and nothing else: the bound this geometry sets (bench_roofline)
-        t_read = time_graph(lambda i, s=sets: read_both(s[i][0], s[i][1]), n_sets, replays)
         t_dlc = time_graph(lambda i, s=sets: unfused_dlc(s[i][0], s[i][1], lam, temperature), n_sets, replays)
         t_pol = time_graph(lambda i, s=sets: unfused_policy(s[i][0], temperature), n_sets, replays)
         achieved = set_bytes / t_fused
@@ -184,16 +180,16 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
             unfused_dlc_ms=t_dlc * 1e3, unfused_policy_ms=t_pol * 1e3, fused_ms=t_fused * 1e3,
             fused_eager_ms=t_fused_eager * 1e3, fused_tb_s=achieved / 1e12, copy_tb_s=bw / 1e12,
             pct_of_copy=100 * achieved / bw, speedup_vs_dlc=t_dlc / t_fused, speedup_vs_policy=t_pol / t_fused,
-            read_roofline_ms=t_read * 1e3, pct_of_copy_read_roofline=100 * set_bytes / t_read / bw,
         )
         for v, t in per_variant.items():
             row[f"fused_{v}_ms"], row[f"pct_of_copy_{v}"] = t * 1e3, 100 * set_bytes / t / bw
-        for mode, fn in compiled.items():
+        for mode in compile_modes:
             key = f"compile_{mode.replace('-', '_')}"
             row[f"{key}_ms"] = None
             if mode in dropped:
                 continue
             start = time.perf_counter()
+            fn = compiled_dlc(mode)
             fn(*sets[0], lam, temperature)  # compiles this shape
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - start
@@ -218,21 +214,6 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
 _BASELINES = (("unfused_dlc_ms", "unfused DLC"), ("compile_default_ms", "compile"),
               ("compile_max_autotune_no_cudagraphs_ms", "compile max-at"), ("flashinfer_policy_ms", "FlashInfer pol"),
               ("unfused_policy_ms", "unfused policy"))
-
-
-def print_roofline_table(rows: list[dict]) -> None:
-    """The fused kernel next to the read roofline of its own launch shape (rows without one are left out)."""
-    rows = [r for r in rows if r.get("read_roofline_ms")]
-    if not rows:
-        return
-    print("\nread roofline: the sampler's grid, tile and warps reading both logit tensors and nothing else")
-    print(f"{'B':>5} {'roofline ms (% copy)':>22} {'fused ms (% copy)':>20} {'fused / roofline':>17}")
-    for r in rows:
-        print(f"{r['batch']:>5} {r['read_roofline_ms']:>12.4f} ({r['pct_of_copy_read_roofline']:>5.1f}%) "
-              f"{r['fused_ms']:>10.4f} ({r['pct_of_copy']:>5.1f}%) {r['fused_ms'] / r['read_roofline_ms']:>17.3f}")
-    fit = fixed_cost_fit(rows, key="read_roofline_ms")
-    if fit is not None:
-        print(f"roofline: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s, least squares over B >= 64")
 
 
 def _use_variant(launcher, variant: str) -> None:
@@ -389,7 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"(programs/SM, min chunks/split, max tile, large-batch tile, warps/chunk) = {launcher._settings()}   "
           f"kernel variant: {launcher.VARIANT}",
           flush=True)
-    flashinfer = None if (args.no_flashinfer or args.sweep) else FlashInferPolicy()
+    # Host time first, before FlashInfer's JIT build starts in its child process: the build's compilers share the
+    # CPU, and on an H200 host the same eager call read 51.7 us during it and 37.4 us after it.
     host = [] if args.skip_host else host_overhead_table(args.vocab, dtype)
     if host:
         print_host_table(host)
@@ -397,6 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .bench_baselines import host_breakdown, print_host_breakdown
 
         print_host_breakdown(host_breakdown(args.vocab, dtype))
+    flashinfer = None if (args.no_flashinfer or args.sweep) else FlashInferPolicy()
     if args.sweep:
         from .bench_sweep import run_sweep
 
@@ -421,7 +404,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if fit is not None:
         print(f"fused: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s ({100 * fit[1] / bw:.1f}% of copy), "
               "least squares over B >= 64 (the fixed part is what keeps small batches below copy bandwidth)")
-    print_roofline_table(rows)
     if variants:
         print_variant_table(rows, variants)
     print("fused faster than every baseline at every batch: " + ("yes" if not losses else "NO: " + "; ".join(losses)))

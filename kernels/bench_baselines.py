@@ -35,9 +35,16 @@ def unfused_policy(zp: torch.Tensor, temperature: float):
     return torch.multinomial(torch.softmax(zp.float() / temperature, dim=-1), 1)
 
 
-def compiled_dlc(mode: str) -> Callable:
-    """A torch.compile'd unfused DLC sampler (same math as `unfused_dlc`)."""
-    return torch.compile(unfused_dlc, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
+def compiled_dlc(mode: str, backend: str = "inductor") -> Callable:
+    """A freshly torch.compile'd unfused DLC sampler (same math as `unfused_dlc`), for one batch shape.
+
+    Dynamo keys its cache on the code object, which every mode and batch shares: after 8 shapes it stops
+    compiling and runs eager (`recompile_limit`), which once passed eager times off as compiled ones at B = 1024.
+    So the caches are reset first and every (mode, shape) gets its own compile, as a user compiling for one
+    shape would."""
+    torch._dynamo.reset()
+    kwargs = {} if backend != "inductor" else {"mode": None if mode == "default" else mode}
+    return torch.compile(unfused_dlc, backend=backend, dynamic=False, fullgraph=False, **kwargs)
 
 
 # Run in a child process: the first call JIT-builds FlashInfer's sampling extension (or loads it from FlashInfer's
@@ -159,7 +166,7 @@ def host_overhead_table(vocab: int, dtype: torch.dtype, batch: int = 1) -> list[
             jit = host_time(call, n=500)
         finally:
             os.environ.pop("MEGATRON_RLVR_FAST_LAUNCH", None)
-        rows.append(dict(style=name, batch=batch, fast_us=fast[0] * 1e6, fast_cpu_us=fast[1] * 1e6,
+        rows.append(dict(style=name, batch=batch, load_avg_1min=os.getloadavg()[0], fast_us=fast[0] * 1e6, fast_cpu_us=fast[1] * 1e6,
                          fast_drained_us=fast[2] * 1e6, jit_us=jit[0] * 1e6, jit_cpu_us=jit[1] * 1e6,
                          jit_drained_us=jit[2] * 1e6, speedup=jit[0] / fast[0], fast_path_used=used_fast))
     return rows
@@ -168,6 +175,9 @@ def host_overhead_table(vocab: int, dtype: torch.dtype, batch: int = 1) -> list[
 def print_host_table(rows: list[dict]) -> None:
     print(f"\neager host time per dlc_sample call (B={rows[0]['batch']}, no sync between calls; 'drained' waits for "
           "the GPU too: close to wall = host-bound, so wall is the host overhead). Target: fast <= 30 us")
+    # other work on the host's CPUs (a compiler, a data loader) inflates these figures: say how busy it was
+    print(f"host load average (1 min) while timing: {max(r['load_avg_1min'] for r in rows):.1f} on "
+          f"{os.cpu_count()} CPUs")
     print(f"{'call style':<16} {'fast us':>8} {'(CPU)':>7} {'(drained)':>9} {'JIT us':>8} {'(CPU)':>7} "
           f"{'(drained)':>9} {'x':>6}  fast path used")
     for r in rows:

@@ -18,7 +18,6 @@ if "triton" not in sys.modules and not torch.cuda.is_available() and importlib.u
     os.environ["TRITON_INTERPRET"] = "1"
     import triton  # noqa: F401
     import megatron_rlvr.kernels  # noqa: F401
-    import megatron_rlvr.kernels.bench_roofline  # noqa: F401  (a benchmark kernel, tested under the interpreter too)
 
     if _previous is None:
         del os.environ["TRITON_INTERPRET"]

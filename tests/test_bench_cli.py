@@ -63,6 +63,20 @@ def test_bench_train_on_cpu_times_each_phase_of_the_trainers_step_and_ends_with_
     assert len(rows) == 1 and rows[0]["commit"] == record["commit"]
 
 
+def test_bench_train_at_ragged_lengths_times_padded_packed_and_plain_on_the_same_real_tokens(tmp_path):
+    res = bench("train", "--response-lengths", "lognormal:median=24,max=64", "--policy", "tiny", "--memory",
+                "tiny-mem", "--prompts", "2", "--group-size", "4", "--micro-batch-size", "2", "--max-tokens", "128",
+                "--steps", "2", "--prompt-len", "8", "--out", str(tmp_path))
+    record = last_json(res.stdout)
+    for variant in ("padded", "packed"):
+        for phase in ("logprob_recompute", "policy_update", "memory_update"):
+            assert record[f"{variant}_{phase}_s"] > 0
+    assert record["plain_policy_update_s"] > 0 and record["real_tokens"] < record["padded_tokens"]
+    assert record["packed_over_plain"] == pytest.approx(
+        record["plain_policy_update_s"] / record["packed_policy_update_s"], rel=1e-2)
+    assert "plain packed LM step" in res.stdout and "(target >= 0.95)" in res.stdout
+
+
 def test_the_step_table_says_when_an_engine_restart_makes_its_numbers_no_measurement(capsys):
     from megatron_rlvr.bench.train import PHASES, _print_table
 

@@ -4,7 +4,7 @@ Synthetic rollouts (random tokens, random weights) whose response lengths follow
 ``lognormal:median=1024,max=4096`` (median 1k tokens, clipped at 4k: long reasoning responses of very different
 lengths). For each variant, the three training phases of an RL step (policy log-prob recompute with entropy,
 policy PPO update, memory cross-entropy update) are timed, median of ``--steps`` after one warm-up step, with the
-peak GPU memory of each phase:
+peak GPU memory of each phase; the variants take turns within every step:
 
 * ``padded``: right-padded rows of prompt + max length, ``--micro-batch-size`` rows per micro-batch (what the
   trainer did before packing);
@@ -147,29 +147,33 @@ def run(args) -> int:
                                   max_tokens_per_micro_batch=args.max_tokens),
     }
     packed_plan = plan_micro_batches(torch.arange(n), lengths, args.micro_batch_size, args.max_tokens, packed=True)
-    results: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, algo in variants.items():
-        cfg = RunConfig(algorithm=algo, rollout=RolloutConfig(temperature=1.0, max_new_tokens=int(resp.max())))
-        samples: dict[str, list[tuple[float, float]]] = {}
-        for step in range(args.steps + 1):
-            old = {}
+    cfgs = {name: RunConfig(algorithm=algo, rollout=RolloutConfig(temperature=1.0, max_new_tokens=int(resp.max())))
+            for name, algo in variants.items()}
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in (*variants, "plain")}
+    # The variants take turns within every step (padded, packed, plain), so that a drift of the device over the
+    # run (clocks, allocator state) hits each alike: timed one variant after another, the packed / plain ratio
+    # moved from 0.989 to 0.939 between two H200 sessions with the same code.
+    for step in range(args.steps + 1):
+        for name, cfg in cfgs.items():
+            algo, old = cfg.algorithm, {}
 
-            def recompute():
+            def recompute(algo=algo, old=old):
                 old["lp"], _ = recompute_logprobs(policy, batch, 1.0, algo.micro_batch_size, with_entropy=True,
                                                   algo=algo)
 
             t = {"logprob_recompute": _measure(recompute),
-                 "policy_update": _measure(lambda: update_policy(
+                 "policy_update": _measure(lambda cfg=cfg, old=old: update_policy(
                      policy, batch, old["lp"], cfg.algorithm, temperature=cfg.rollout.temperature,
                      max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=step)),
-                 "memory_update": _measure(lambda: update_memory(memory, batch, cfg.algorithm))}
+                 "memory_update": _measure(lambda cfg=cfg: update_memory(memory, batch, cfg.algorithm))}
             if step > 0:  # step 0 warms up the allocator and kernels
                 for k, v in t.items():
-                    samples.setdefault(k, []).append(v)
-        results[name] = {k: (statistics.median(s for s, _ in v), max(m for _, m in v)) for k, v in samples.items()}
-    plain = [_measure(lambda: plain_packed_lm_step(policy, batch.tokens, lengths, packed_plan))
-             for _ in range(args.steps + 1)][1:]
-    results["plain"] = {"policy_update": (statistics.median(s for s, _ in plain), max(m for _, m in plain))}
+                    samples[name].setdefault(k, []).append(v)
+        t_plain = _measure(lambda: plain_packed_lm_step(policy, batch.tokens, lengths, packed_plan))
+        if step > 0:
+            samples["plain"].setdefault("policy_update", []).append(t_plain)
+    results = {name: {k: (statistics.median(s for s, _ in v), max(m for _, m in v)) for k, v in phases.items()}
+               for name, phases in samples.items()}
     static = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     _report(args, results, real, tuple(batch.tokens.shape), len(packed_plan), resp, static)
     ctx.destroy()

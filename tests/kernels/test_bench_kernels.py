@@ -60,14 +60,29 @@ def test_an_unknown_variant_is_refused_before_any_timing():
         bench._use_variant(launcher, "fast")
 
 
-def test_roofline_table_puts_the_fused_kernel_next_to_the_read_bound_of_its_launch_shape(capsys):
-    rows = [dict(batch=b, vocab=151936, dtype="bfloat16", fused_ms=0.01 + 0.0002 * b, pct_of_copy=70.0,
-                 read_roofline_ms=0.005 + 0.0002 * b, pct_of_copy_read_roofline=85.0) for b in (64, 256, 1024)]
-    bench.print_roofline_table(rows)
+def test_the_compile_baseline_compiles_every_mode_and_batch_afresh_instead_of_falling_back_to_eager(monkeypatch):
+    # Session 11 on the H200: one compiled function had seen 2 modes x 5 batches, dynamo hit its recompile limit
+    # and the B = 1024 "compile" column timed eager code. A fresh compile per (mode, shape) never recompiles.
+    from megatron_rlvr.kernels.bench_baselines import compiled_dlc, unfused_dlc
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    for batch in range(1, 11):  # more shapes than dynamo's default recompile_limit (8)
+        for mode in ("default", "max-autotune-no-cudagraphs"):
+            zp, zm = torch.randn(batch, 17), torch.randn(batch, 17)
+            torch.manual_seed(batch)
+            tok, lp_cal, lp_pol = compiled_dlc(mode, backend="eager")(zp, zm, 0.5, 1.0)
+            torch.manual_seed(batch)
+            ref = unfused_dlc(zp, zm, 0.5, 1.0)
+            assert torch.equal(tok, ref[0]) and torch.allclose(lp_cal, ref[1]) and torch.allclose(lp_pol, ref[2])
+
+
+def test_the_host_table_says_how_busy_the_hosts_cpus_were(capsys):
+    from megatron_rlvr.kernels.bench_baselines import print_host_table
+
+    rows = [dict(style=s, batch=1, load_avg_1min=load, fast_us=30.0, fast_cpu_us=30.0, fast_drained_us=30.1,
+                 jit_us=90.0, jit_cpu_us=90.0, jit_drained_us=90.2, speedup=3.0, fast_path_used=True)
+            for s, load in (("embedded engine", 0.5), ("sglang sampler", 7.25))]
+    print_host_table(rows)
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [line.split()[0] for line in lines] == ["64", "256", "1024"]
-    assert lines[1].split()[-1] == f"{(0.01 + 0.0512) / (0.005 + 0.0512):.3f}"
-    assert "roofline: time = 5.0 us" in out  # the fit recovers the roofline's fixed part
-    bench.print_roofline_table([dict(batch=1, fused_ms=1.0)])  # rows from a run without it: nothing printed
-    assert capsys.readouterr().out == ""
+    assert "host load average (1 min) while timing: 7.2 on" in out  # the busiest moment of the table
+    assert out.count("True") == 2 and "embedded engine" in out
