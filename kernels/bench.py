@@ -201,6 +201,11 @@ def bench(batches: Sequence[int], vocab: int, dtype: torch.dtype, lam: float, te
         if flashinfer is not None and flashinfer.ready(flashinfer_wait_s):
             t, how = _time_any(lambda i, s=sets: flashinfer(s[i][0], i), n_sets, replays)
             row["flashinfer_policy_ms"], row["flashinfer_timing"] = t * 1e3, how
+        # Last, since it overwrites the memory logits of the next set: a device copy moving the same bytes as the
+        # fused kernel reads (half read, half written), rotating over the sets like every other column. A copy of
+        # 156 MB pays a launch, ramp-up and tail too; the 2 GiB copy behind "% copy" hides those.
+        t_copy = time_graph(lambda i, s=sets: s[(i + 1) % len(s)][1].copy_(s[i][0]), n_sets, replays)
+        row["same_bytes_copy_ms"], row["pct_of_same_bytes_copy"] = t_copy * 1e3, 100 * t_copy / t_fused
         rows_out.append(row)
         print(f"B={batch}: fused {t_fused * 1e3:.4f} ms ({row['pct_of_copy']:.1f}% of copy bandwidth); " + ", ".join(
             f"{name} {row[k]:.4f} ms" for k, name in _BASELINES if row.get(k) is not None), flush=True)
@@ -261,6 +266,22 @@ def fixed_cost_fit(rows: list[dict], key: str = "fused_ms", min_batch: int = 64)
 
 def _bytes_per(dtype: str) -> int:
     return {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
+
+
+def print_same_bytes_table(rows: list[dict]) -> None:
+    """The fused kernel next to a device copy that moves the same bytes (rows without one are left out): the
+    bandwidth a pure copy reaches at this size, fixed costs included."""
+    rows = [r for r in rows if r.get("same_bytes_copy_ms")]
+    if not rows:
+        return
+    print("\nsame-bytes copy: copy_ of one (B, V) logit tensor into another (reads B*V, writes B*V elements)")
+    print(f"{'B':>5} {'fused ms':>9} {'copy ms':>9} {'copy / fused':>13}")
+    for r in rows:
+        print(f"{r['batch']:>5} {r['fused_ms']:>9.4f} {r['same_bytes_copy_ms']:>9.4f} "
+              f"{r['pct_of_same_bytes_copy'] / 100:>13.3f}")
+    fit = fixed_cost_fit(rows, key="same_bytes_copy_ms")
+    if fit is not None:
+        print(f"copy: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s, least squares over B >= 64")
 
 
 def _print_table(rows: list[dict]) -> list[str]:
@@ -404,6 +425,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if fit is not None:
         print(f"fused: time = {fit[0] * 1e6:.1f} us + bytes / {fit[1] / 1e12:.2f} TB/s ({100 * fit[1] / bw:.1f}% of copy), "
               "least squares over B >= 64 (the fixed part is what keeps small batches below copy bandwidth)")
+    print_same_bytes_table(rows)
     if variants:
         print_variant_table(rows, variants)
     print("fused faster than every baseline at every batch: " + ("yes" if not losses else "NO: " + "; ".join(losses)))

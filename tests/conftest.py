@@ -18,6 +18,7 @@ if "triton" not in sys.modules and not torch.cuda.is_available() and importlib.u
     os.environ["TRITON_INTERPRET"] = "1"
     import triton  # noqa: F401
     import megatron_rlvr.kernels  # noqa: F401
+    import megatron_rlvr.kernels.token_stats_kernel  # noqa: F401  (the update stage's fused log-prob kernels)
 
     if _previous is None:
         del os.environ["TRITON_INTERPRET"]

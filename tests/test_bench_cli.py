@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def bench(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "megatron_rlvr.cli", "bench", *args], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=None if env is None else {**os.environ, **env})
     if check and res.returncode != 0:
         raise AssertionError(f"bench {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
                              f"{res.stderr[-3000:]}")
@@ -66,15 +67,17 @@ def test_bench_train_on_cpu_times_each_phase_of_the_trainers_step_and_ends_with_
 def test_bench_train_at_ragged_lengths_times_padded_packed_and_plain_on_the_same_real_tokens(tmp_path):
     res = bench("train", "--response-lengths", "lognormal:median=24,max=64", "--policy", "tiny", "--memory",
                 "tiny-mem", "--prompts", "2", "--group-size", "4", "--micro-batch-size", "2", "--max-tokens", "128",
-                "--steps", "2", "--prompt-len", "8", "--out", str(tmp_path))
+                "--steps", "2", "--prompt-len", "8", "--out", str(tmp_path),
+                env={"TRITON_INTERPRET": "1"})  # the fused log-prob kernels' variant runs too (interpreted)
     record = last_json(res.stdout)
-    for variant in ("padded", "packed"):
+    for variant in ("padded", "packed", "packed_triton"):
         for phase in ("logprob_recompute", "policy_update", "memory_update"):
             assert record[f"{variant}_{phase}_s"] > 0
     assert record["plain_policy_update_s"] > 0 and record["real_tokens"] < record["padded_tokens"]
     assert record["packed_over_plain"] == pytest.approx(
         record["plain_policy_update_s"] / record["packed_policy_update_s"], rel=1e-2)
     assert "plain packed LM step" in res.stdout and "(target >= 0.95)" in res.stdout
+    assert record["packed_triton_over_plain"] > 0 and "packed, triton log-probs" in res.stdout
 
 
 def test_the_step_table_says_when_an_engine_restart_makes_its_numbers_no_measurement(capsys):

@@ -55,6 +55,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         (["dlc.lamda=1"], "dlc.lamda", "did you mean dlc.lam"),
         (["steps=ten"], "steps", "expected an integer"),
         (["rollout.engine=vllm"], "rollout.engine", "unknown rollout engine"),
+        (["memory.logprob_impl=cuda"], "memory.logprob_impl", "unknown log-prob implementation"),
         (["task.name=math"], "task.math.path", "needs a dataset file"),
     ],
 )

@@ -178,3 +178,57 @@ def test_data_parallel_ranks_may_hold_different_numbers_of_micro_batches():
         assert s_un["lp_sum"] * 3 == pytest.approx(s_eq["lp_sum"] * 2, rel=1e-5)
         for a, b in zip(p_un, p_eq):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _impl_worker(layout: dict, variants: list[str]) -> dict:
+    # the real update stage with the chunked PyTorch log-probs and with the fused Triton kernels (interpreted here)
+    from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
+    from megatron_rlvr.distributed.parallel import init_distributed
+    from megatron_rlvr.update import recompute_logprobs, update_memory, update_policy
+    from megatron_rlvr.update.trainable import TrainableModel
+
+    par = ParallelConfig(**layout)
+    ctx = init_distributed({"policy": par, "memory": par})
+    batch = _batch()
+    sgd = OptimConfig(optimizer="sgd", lr=0.5, sgd_momentum=0.0, clip_grad=0.0)
+    out = {}
+    for impl in ("torch", "triton"):
+        for name in variants:
+            cfg = _cfg("seq-mean-token-mean", **VARIANTS[name])
+            pol = TrainableModel("policy", ModelConfig(preset="tiny", parallel=par, dtype="float32", init_seed=5,
+                                                       logprob_impl=impl), sgd, ctx)
+            old, ent = recompute_logprobs(pol, batch, 0.8, 3, with_entropy=True, algo=cfg.algorithm)
+            stats = update_policy(pol, batch, old, cfg.algorithm, temperature=cfg.rollout.temperature,
+                                  max_response_len=cfg.rollout.max_new_tokens, seed=cfg.seed, step=0)
+            mem = TrainableModel("memory", ModelConfig(preset="tiny-mem", parallel=par, dtype="float32", init_seed=6,
+                                                       logprob_impl=impl), sgd, ctx)
+            out[(impl, name)] = {
+                "old": old, "ent": ent, "loss": stats["policy/loss"], "grad_norm": stats["policy/grad_norm"],
+                "params": [p.detach().clone() for p in pol.parameters()],
+                "memory": update_memory(mem, batch, cfg.algorithm),
+                "memory_params": [p.detach().clone() for p in mem.parameters()]}
+    ctx.destroy()
+    return out
+
+
+@pytest.mark.parametrize("layout", [{}, dict(tp=2)], ids=["one_rank", "tp2"])
+def test_the_fused_triton_log_probs_give_the_pytorch_paths_update(layout):
+    # model.logprob_impl=triton: recompute, PPO update and memory update through the fused kernels (run by Triton's
+    # interpreter on the CPU) equal the chunked PyTorch path, padded and packed, to float32 rounding
+    variants = ["padded", "packed_budget"]
+    outs = run_distributed(_impl_worker, world_size=2 if layout else 1, args=(layout, variants), timeout=600,
+                           env={"TRITON_INTERPRET": "1"})
+    for out in outs:
+        for name in variants:
+            _assert_same(out[("torch", name)], out[("triton", name)], f"triton/{name}")
+
+
+def test_the_fused_log_probs_on_a_cpu_run_are_refused_naming_the_field():
+    from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
+    from megatron_rlvr.distributed.parallel import ParallelContext
+    from megatron_rlvr.update.trainable import TrainableModel
+
+    ctx = ParallelContext.__new__(ParallelContext)
+    ctx.device = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"policy\.logprob_impl=triton needs CUDA.*policy\.logprob_impl=torch"):
+        TrainableModel("policy", ModelConfig(logprob_impl="triton"), OptimConfig(), ctx)

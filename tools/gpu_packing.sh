@@ -13,7 +13,8 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
 status=0  # a failing test must not hide the benchmark; the script's exit status is the tests'
-python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_packing_gpu.py -o addopts="" -rs 2>&1 \
+python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_packing_gpu.py tests/gpu/test_token_stats_gpu.py \
+  -o addopts="" -rs 2>&1 \
   | tee "$OUT/packing_gpu_tests.log" || status=$?
 python3 -m megatron_rlvr.cli bench train --response-lengths "${LENGTHS:-lognormal:median=1024,max=4096}" \
   --policy "${POLICY:-qwen3-1.7b}" --memory "${MEMORY:-qwen3-0.6b}" --prompts "${PROMPTS:-8}" --group-size 8 \

@@ -20,6 +20,7 @@ their targets, appends a CSV row and ends with one JSON line.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -146,6 +147,10 @@ def run(args) -> int:
         "packed": AlgorithmConfig(micro_batch_size=args.micro_batch_size, pack_sequences=True,
                                   max_tokens_per_micro_batch=args.max_tokens),
     }
+    # the same packed micro-batches with the fused Triton log-prob kernels (model.logprob_impl=triton)
+    impls = {"padded": "torch", "packed": "torch"}
+    if not args.no_triton_logprobs and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        variants["packed_triton"], impls["packed_triton"] = variants["packed"], "triton"
     packed_plan = plan_micro_batches(torch.arange(n), lengths, args.micro_batch_size, args.max_tokens, packed=True)
     cfgs = {name: RunConfig(algorithm=algo, rollout=RolloutConfig(temperature=1.0, max_new_tokens=int(resp.max())))
             for name, algo in variants.items()}
@@ -156,6 +161,7 @@ def run(args) -> int:
     for step in range(args.steps + 1):
         for name, cfg in cfgs.items():
             algo, old = cfg.algorithm, {}
+            policy.cfg.logprob_impl = memory.cfg.logprob_impl = impls[name]  # read by every token-stats call
 
             def recompute(algo=algo, old=old):
                 old["lp"], _ = recompute_logprobs(policy, batch, 1.0, algo.micro_batch_size, with_entropy=True,
@@ -169,6 +175,7 @@ def run(args) -> int:
             if step > 0:  # step 0 warms up the allocator and kernels
                 for k, v in t.items():
                     samples[name].setdefault(k, []).append(v)
+        policy.cfg.logprob_impl = memory.cfg.logprob_impl = "torch"
         t_plain = _measure(lambda: plain_packed_lm_step(policy, batch.tokens, lengths, packed_plan))
         if step > 0:
             samples["plain"].setdefault("policy_update", []).append(t_plain)
@@ -192,7 +199,8 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
           f"rows per micro-batch; device {device}; median of {args.steps} steps")
     print(f"{'phase':<20}{'variant':<24}{'seconds':>9}{'real tok/s':>12}{'peak GiB':>10}")
     for ph in ("logprob_recompute", "policy_update", "memory_update"):
-        for v, label in (("padded", "padded"), ("packed", "packed"), ("plain", "plain packed LM step")):
+        for v, label in (("padded", "padded"), ("packed", "packed"), ("packed_triton", "packed, triton log-probs"),
+                         ("plain", "plain packed LM step")):
             if ph in results.get(v, {}):
                 s, m = results[v][ph]
                 print(f"{ph:<20}{label:<24}{s:>9.3f}{tok_s[(v, ph)]:>12.0f}{m:>10.2f}")
@@ -201,6 +209,16 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
     ratio_padded = tok_s[("packed", "policy_update")] / tok_s[("padded", "policy_update")]
     print(f"\n{'packed RL update / plain packed LM step':<44}{ratio_plain:>8.3f}   (target >= 0.95)")
     print(f"{'packed RL update / padded RL update':<44}{ratio_padded:>8.3f}   (target >= 2)")
+    ratios = {}
+    if "packed_triton" in results:
+        for ph in ("logprob_recompute", "policy_update", "memory_update"):
+            ratios[f"packed_triton_over_packed_{ph}"] = results["packed"][ph][0] / results["packed_triton"][ph][0]
+        ratios["packed_triton_over_plain"] = tok_s[("packed_triton", "policy_update")] / tok_s[("plain", "policy_update")]
+        print(f"{'packed RL update, triton log-probs / plain':<44}{ratios['packed_triton_over_plain']:>8.3f}   "
+              "(target >= 0.95)")
+        print("triton / torch log-probs, speed-up per phase: " + ", ".join(
+            f"{ph} {ratios[f'packed_triton_over_packed_{ph}']:.3f}x"
+            for ph in ("logprob_recompute", "policy_update", "memory_update")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from megatron_rlvr.bench.harness import emit, provenance
@@ -212,7 +230,7 @@ def _report(args, results, real: int, shape: tuple, n_packed_mbs: int, resp: tor
               **{f"{v}_{ph}_s": round(s, 4) for v, phases in results.items() for ph, (s, _) in phases.items()},
               **{f"{v}_{ph}_peak_gib": round(m, 3) for v, phases in results.items() for ph, (_, m) in phases.items()},
               "static_gib": round(static, 3), "packed_over_plain": round(ratio_plain, 4),
-              "packed_over_padded": round(ratio_padded, 4)}
+              "packed_over_padded": round(ratio_padded, 4), **{k: round(v, 4) for k, v in ratios.items()}}
     emit(record, out / "bench_packing.csv")
 
 
@@ -224,3 +242,5 @@ def add_arguments(p) -> None:
     g.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per response")
     g.add_argument("--max-tokens", type=int, default=16384, help="token budget of a packed micro-batch")
     g.add_argument("--seed", type=int, default=0, help="seed of the lengths and tokens")
+    g.add_argument("--no-triton-logprobs", action="store_true",
+                   help="leave out the packed variant with the fused Triton log-prob kernels (on by default on a GPU)")

@@ -32,6 +32,9 @@ class ModelConfig:
                                               "from `convert from-hf`); None = random/warm start")
     transformer_impl: str = opt("auto", help="layer implementation: auto (Transformer-Engine if "
                                              "importable, else local) | local | transformer_engine")
+    logprob_impl: str = opt("torch", help="per-token log-probs, entropies and cross-entropy from the logits: torch "
+                                          "(chunked PyTorch, Megatron's arithmetic) | triton (fused kernels, one "
+                                          "read of the logits forward and one backward; CUDA only)")
     init_seed: int = opt(1234, help="seed for weight initialisation")
     init_device: str = opt("cpu", help="where initial weights are drawn: cpu (the same seed gives the same "
                                        "weights on CPU and GPU, so runs are comparable across devices) | device "
@@ -70,6 +73,8 @@ def validate_model(name: str, m: ModelConfig) -> Qwen3Shape:
              "unknown dtype", "use auto, float32, bfloat16 or float16")
     _require(m.transformer_impl in ("auto", "local", "transformer_engine"), f"{name}.transformer_impl",
              m.transformer_impl, "unknown layer implementation", "use auto, local or transformer_engine")
+    _require(m.logprob_impl in ("torch", "triton"), f"{name}.logprob_impl", m.logprob_impl,
+             "unknown log-prob implementation", "use torch or triton")
     _require(m.init_device in ("cpu", "device"), f"{name}.init_device", m.init_device, "unknown init device",
              "use cpu (same weights on every device) or device (faster on GPU)")
     if m.init_from is not None:

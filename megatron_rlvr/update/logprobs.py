@@ -62,6 +62,34 @@ def _shifted(logits: torch.Tensor, temperature: float, shift: torch.Tensor) -> t
     return _scaled_chunk(logits, temperature).sub_(shift.unsqueeze(-1))
 
 
+def _shard_targets(target: torch.Tensor, vocab_shard: int, group: Optional[dist.ProcessGroup]):
+    """(shard-local target ids, 0 off the shard; whether the target is on this shard)."""
+    local = target - _vocab_start(vocab_shard, group)
+    in_shard = (local >= 0) & (local < vocab_shard)
+    return torch.where(in_shard, local, torch.zeros_like(local)), in_shard
+
+
+def _combine_shards(row_max: torch.Tensor, sums: torch.Tensor, in_shard: torch.Tensor, with_entropy: bool,
+                    group: Optional[dist.ProcessGroup]):
+    """(log-prob, entropy or None, global sum_exp, mean_z or None) per row from one shard's statistics relative to its
+    own row maxima: under TP one MAX all-reduce of the maxima and one SUM all-reduce of the rescaled sums (a no-op
+    without tensor parallelism, so TP=1 keeps Megatron's exact arithmetic). Updates `row_max` to the global max."""
+    if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
+        local_max = row_max.clone()
+        _all_reduce(row_max, dist.ReduceOp.MAX, group)
+        shift = local_max - row_max  # <= 0
+        sums[0] += torch.where(in_shard, shift, torch.zeros_like(shift))
+        sums[1:] *= torch.exp(shift)
+        _all_reduce(sums, dist.ReduceOp.SUM, group)
+    sum_exp = sums[1]
+    logprob = -(torch.log(sum_exp) - sums[0])
+    entropy = mean_z = None
+    if with_entropy:
+        mean_z = sums[2] / sum_exp
+        entropy = row_max + torch.log(sum_exp) - mean_z
+    return logprob, entropy, sum_exp, mean_z
+
+
 class _ChunkedTokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, temperature, with_entropy, group, chunk):
@@ -69,10 +97,7 @@ class _ChunkedTokenStats(torch.autograd.Function):
         # statistics are taken relative to this shard's row maxima, then rescaled to the global maxima (a no-op
         # without tensor parallelism, so TP=1 keeps Megatron's exact arithmetic).
         n, vs = logits.shape
-        start = _vocab_start(vs, group)
-        local = target - start
-        in_shard = (local >= 0) & (local < vs)
-        local = torch.where(in_shard, local, torch.zeros_like(local))
+        local, in_shard = _shard_targets(target, vs, group)
         row_max = torch.empty(n, dtype=torch.float32, device=logits.device)
         k = 3 if with_entropy else 2
         sums = torch.empty(k, n, dtype=torch.float32, device=logits.device)  # predicted, sum_exp[, sum_exp_z]
@@ -93,20 +118,7 @@ class _ChunkedTokenStats(torch.autograd.Function):
             sums[1, e] = zs.sum(dim=-1)
             if with_entropy:
                 sums[2, e] = (zs * z).sum(dim=-1)
-        if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
-            local_max = row_max.clone()
-            _all_reduce(row_max, dist.ReduceOp.MAX, group)
-            shift = local_max - row_max  # <= 0
-            sums[0] += torch.where(in_shard, shift, torch.zeros_like(shift))
-            sums[1:] *= torch.exp(shift)
-            _all_reduce(sums, dist.ReduceOp.SUM, group)
-        sum_exp = sums[1]
-        logprob = -(torch.log(sum_exp) - sums[0])
-        entropy = None
-        mean_z = None
-        if with_entropy:
-            mean_z = sums[2] / sum_exp
-            entropy = row_max + torch.log(sum_exp) - mean_z
+        logprob, entropy, sum_exp, mean_z = _combine_shards(row_max, sums, in_shard, with_entropy, group)
         ctx.save_for_backward(logits, local, in_shard, row_max, sum_exp, mean_z)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.set_materialize_grads(False)
@@ -145,6 +157,39 @@ class _ChunkedTokenStats(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class _FusedTokenStats(torch.autograd.Function):
+    """The same statistics and gradient from the Triton kernels (``kernels/token_stats_kernel.py``): one read of
+    the logits forward, one read and one write of the gradient backward, nothing of size (tokens, V) in float32."""
+
+    @staticmethod
+    def forward(ctx, logits, target, temperature, with_entropy, group):
+        from megatron_rlvr.kernels.token_stats_kernel import token_stats_forward
+
+        local, in_shard = _shard_targets(target, logits.shape[1], group)
+        row_max, sums = token_stats_forward(logits, local, in_shard, temperature, with_entropy)
+        logprob, entropy, sum_exp, mean_z = _combine_shards(row_max, sums, in_shard, with_entropy, group)
+        ctx.save_for_backward(logits, local, in_shard, row_max, sum_exp, mean_z)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        return logprob, (entropy if entropy is not None else logprob.new_zeros(0))
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_ent):
+        from megatron_rlvr.kernels.token_stats_kernel import token_stats_backward
+
+        logits, local, in_shard, row_max, sum_exp, mean_z = ctx.saved_tensors
+        if grad_ent is not None and grad_ent.numel() == 0:
+            grad_ent = None
+        if grad_lp is None:
+            grad_lp = torch.zeros_like(row_max)
+        grad = token_stats_backward(logits, local, in_shard, row_max, sum_exp, mean_z, grad_lp,
+                                    grad_ent if mean_z is not None else None, ctx.temperature)
+        return grad, None, None, None, None
+
+
+IMPLS = ("torch", "triton")
+
+
 def token_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -152,14 +197,19 @@ def token_stats(
     with_entropy: bool = False,
     group: Optional[dist.ProcessGroup] = None,
     chunk_tokens: Optional[int] = None,
+    impl: str = "torch",
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """log softmax(logits / T)[target] and the entropy of softmax(logits / T), per row, vocab-parallel over `group`.
 
     logits: (..., V / tp) of this TP rank (rank r holds vocab ids [r * V/tp, (r + 1) * V/tp)), any float dtype;
     target: (...) int64 global vocab ids. Returns float32 (...) tensors (entropy None unless `with_entropy`).
     Differentiable w.r.t. `logits`; at most `chunk_tokens` rows of float32 logits are live at a time (default:
-    :func:`chunk_tokens_for` the shard). `group` None means no tensor parallelism.
+    :func:`chunk_tokens_for` the shard). `group` None means no tensor parallelism. `impl`: "torch" (chunked
+    PyTorch, bitwise Megatron's arithmetic at TP = 1 in float32) or "triton" (the fused kernels: equal up to float32
+    rounding, on CUDA tensors or under TRITON_INTERPRET=1).
     """
+    if impl not in IMPLS:
+        raise ValueError(f"token_stats impl must be one of {IMPLS}, got {impl!r}")
     if target.shape != logits.shape[:-1]:
         raise ValueError(f"target shape {tuple(target.shape)} must be logits shape {tuple(logits.shape)} minus the "
                          "vocab dim")
@@ -167,6 +217,9 @@ def token_stats(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     lead = target.shape
     flat = logits.reshape(-1, logits.shape[-1])  # a view for the contiguous logits GPTModel returns
+    if impl == "triton":
+        lp, ent = _FusedTokenStats.apply(flat, target.reshape(-1), float(temperature), with_entropy, group)
+        return lp.view(lead), ent.view(lead) if with_entropy else None
     chunk = chunk_tokens or chunk_tokens_for(flat.shape[-1])
     lp, ent = _ChunkedTokenStats.apply(flat, target.reshape(-1), float(temperature), with_entropy, group, chunk)
     return lp.view(lead), ent.view(lead) if with_entropy else None

@@ -48,7 +48,7 @@ LossFn = Callable[[torch.Tensor, Optional[torch.Tensor], dict], tuple[torch.Tens
 
 # --------------------------------------------------------------------------------------- vocab-parallel math
 def vocab_parallel_token_stats(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool, impl: str = "torch"
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probs (and entropies) of `tokens` under next-token logits sharded over the TP vocab.
 
@@ -58,17 +58,18 @@ def vocab_parallel_token_stats(
     """
     # Position s - 1 predicts nothing; it gets a dummy target and its result is dropped (no copy of the logits).
     target = torch.cat([tokens[:, 1:], tokens.new_zeros(tokens.shape[0], 1)], dim=1)
-    lp, ent = token_stats(logits, target, temperature, with_entropy, _tp_group())
+    lp, ent = token_stats(logits, target, temperature, with_entropy, _tp_group(), impl=impl)
     shift = lambda x: torch.nn.functional.pad(x[:, :-1], (1, 0))  # noqa: E731
     return shift(lp), None if ent is None else shift(ent)
 
 
 def packed_token_stats(
-    logits: torch.Tensor, packed: PackedRows, temperature: float, with_entropy: bool
+    logits: torch.Tensor, packed: PackedRows, temperature: float, with_entropy: bool, impl: str = "torch"
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """:func:`vocab_parallel_token_stats` of a packed micro-batch: logits (1, T, V / tp) -> (n, L) per-token values
     in the rows' padded layout (0 at t = 0 and past each row's length)."""
-    lp, ent = token_stats(logits[0], packed.next_token_targets(), temperature, with_entropy, _tp_group())
+    lp, ent = token_stats(logits[0], packed.next_token_targets(), temperature, with_entropy, _tp_group(),
+                          impl=impl)
     return packed.token_values_to_rows(lp), None if ent is None else packed.token_values_to_rows(ent)
 
 
@@ -132,6 +133,10 @@ class TrainableModel:
         self.shape = shape or cfg.shape()
         if ctx.device.type == "cpu":
             use_deterministic_algorithms()  # bit-reproducible CPU runs (kill/resume tests compare exactly)
+            if cfg.logprob_impl == "triton" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+                raise ValueError(f"{name}.logprob_impl=triton needs CUDA (the fused log-prob kernels run on the GPU, "
+                                 f"or on the CPU under TRITON_INTERPRET=1 for tests); this run is on the CPU: set "
+                                 f"{name}.logprob_impl=torch")
         with ctx.layout(name) as lay:
             if (lay.tp, lay.pp, lay.vpp) != (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp):
                 raise ValueError(
@@ -264,12 +269,12 @@ class TrainableModel:
         # Causal attention without a mask tensor (SDPA / TE causal); logits (b, s, V/tp) on the last stage.
         return model(tokens, position_ids, None)
 
-    @staticmethod
-    def _token_stats(logits: torch.Tensor, mb: dict, temperature: float, with_entropy: bool):
+    def _token_stats(self, logits: torch.Tensor, mb: dict, temperature: float, with_entropy: bool):
         packed = mb.get("_packed")
+        impl = self.cfg.logprob_impl
         if packed is not None:
-            return packed_token_stats(logits, packed, temperature, with_entropy)
-        return vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy)
+            return packed_token_stats(logits, packed, temperature, with_entropy, impl)
+        return vocab_parallel_token_stats(logits, mb["tokens"], temperature, with_entropy, impl)
 
     def run_schedule(self, micro_batches: list[dict], step_fn, forward_only: bool) -> list:
         n_chunks = len(self.ddp_chunks)

@@ -86,3 +86,18 @@ def test_the_host_table_says_how_busy_the_hosts_cpus_were(capsys):
     out = capsys.readouterr().out
     assert "host load average (1 min) while timing: 7.2 on" in out  # the busiest moment of the table
     assert out.count("True") == 2 and "embedded engine" in out
+
+
+def test_same_bytes_copy_table_puts_a_copy_of_equal_bytes_beside_the_fused_kernel(capsys):
+    rows = [dict(batch=b, vocab=151936, dtype="bfloat16", fused_ms=0.01 + 0.0002 * b,
+                 same_bytes_copy_ms=0.004 + 0.0002 * b) for b in (64, 256, 1024)]
+    for r in rows:
+        r["pct_of_same_bytes_copy"] = 100 * r["same_bytes_copy_ms"] / r["fused_ms"]
+    bench.print_same_bytes_table(rows)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [line.split()[0] for line in lines] == ["64", "256", "1024"]
+    assert lines[1].split()[-1] == f"{(0.004 + 0.0512) / (0.01 + 0.0512):.3f}"
+    assert "copy: time = 4.0 us" in out  # the fit recovers the copy's own fixed part
+    bench.print_same_bytes_table([dict(batch=1, fused_ms=1.0)])  # rows of a run without it: nothing printed
+    assert capsys.readouterr().out == ""
