@@ -90,6 +90,14 @@ def _combine_shards(row_max: torch.Tensor, sums: torch.Tensor, in_shard: torch.T
     return logprob, entropy, sum_exp, mean_z
 
 
+def _incoming_grads(grad_lp: Optional[torch.Tensor], grad_ent: Optional[torch.Tensor], like: torch.Tensor):
+    """The backward's (grad_lp, grad_ent or None): an unused log-prob gets zeros, an entropy that was not asked for
+    (the empty placeholder output) or not used gets None."""
+    if grad_ent is not None and grad_ent.numel() == 0:
+        grad_ent = None
+    return (torch.zeros_like(like) if grad_lp is None else grad_lp), grad_ent
+
+
 class _ChunkedTokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, temperature, with_entropy, group, chunk):
@@ -130,10 +138,7 @@ class _ChunkedTokenStats(torch.autograd.Function):
     def backward(ctx, grad_lp, grad_ent):
         logits, local, in_shard, row_max, sum_exp, mean_z = ctx.saved_tensors
         T, chunk = ctx.temperature, ctx.chunk
-        if grad_ent is not None and grad_ent.numel() == 0:
-            grad_ent = None
-        if grad_lp is None:
-            grad_lp = torch.zeros_like(row_max)
+        grad_lp, grad_ent = _incoming_grads(grad_lp, grad_ent, row_max)
         grad = torch.empty_like(logits)
         n = logits.shape[0]
         for s in range(0, n, chunk):
@@ -178,10 +183,7 @@ class _FusedTokenStats(torch.autograd.Function):
         from megatron_rlvr.kernels.token_stats_kernel import token_stats_backward
 
         logits, local, in_shard, row_max, sum_exp, mean_z = ctx.saved_tensors
-        if grad_ent is not None and grad_ent.numel() == 0:
-            grad_ent = None
-        if grad_lp is None:
-            grad_lp = torch.zeros_like(row_max)
+        grad_lp, grad_ent = _incoming_grads(grad_lp, grad_ent, row_max)
         grad = token_stats_backward(logits, local, in_shard, row_max, sum_exp, mean_z, grad_lp,
                                     grad_ent if mean_z is not None else None, ctx.temperature)
         return grad, None, None, None, None
@@ -219,9 +221,9 @@ def token_stats(
     flat = logits.reshape(-1, logits.shape[-1])  # a view for the contiguous logits GPTModel returns
     if impl == "triton":
         lp, ent = _FusedTokenStats.apply(flat, target.reshape(-1), float(temperature), with_entropy, group)
-        return lp.view(lead), ent.view(lead) if with_entropy else None
-    chunk = chunk_tokens or chunk_tokens_for(flat.shape[-1])
-    lp, ent = _ChunkedTokenStats.apply(flat, target.reshape(-1), float(temperature), with_entropy, group, chunk)
+    else:
+        chunk = chunk_tokens or chunk_tokens_for(flat.shape[-1])
+        lp, ent = _ChunkedTokenStats.apply(flat, target.reshape(-1), float(temperature), with_entropy, group, chunk)
     return lp.view(lead), ent.view(lead) if with_entropy else None
 
 
