@@ -41,10 +41,12 @@ date -u; stash
 case "${1:-}" in
 tier)
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
-  # The sampler and packing files run in their own steps (below): together the tier ran past one call's limit.
+  # The sampler, packing and tracking files run in their own steps (below): together the tier ran past one call's
+  # limit. What is left takes ~490 s on an H200 (12 tests; the float32 transformers references are most of it).
   step gpu_tier 560 "${PYTEST[@]}" --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
     --ignore=tests/gpu/test_fast_launch_gpu.py --ignore=tests/gpu/test_packing_gpu.py \
-    --ignore=tests/gpu/test_token_stats_gpu.py --ignore=tests/gpu/test_tracking_gpu.py
+    --ignore=tests/gpu/test_token_stats_gpu.py --ignore=tests/gpu/test_tracking_gpu.py \
+    --ignore=tests/gpu/test_lean_tail_gpu.py  # in `kernels`; with it the tier ran past 560 s (session 12)
   collect 40 ;;
 tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
   step tracking 380 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
