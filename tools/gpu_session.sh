@@ -7,7 +7,7 @@
 # DEVICE, back to back (carry what each line names; OUT is the call's output folder):
 #   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
 #   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
-#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs, sampler A/B
+#   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs, fused log-probs
 #      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room; `parts`: keep the
 #      carried part and do nothing else, for a call whose GPU work is not needed this session)
 #   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait for its
@@ -49,10 +49,8 @@ tier)
     --ignore=tests/gpu/test_lean_tail_gpu.py  # in `kernels`; with it the tier ran past 560 s (session 12)
   collect 40 ;;
 tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
-  step tracking 380 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
-  # the sampler's lean tail against the plain one on the same inputs, side by side (and the host-time table)
-  step kernel_ab 200 python3 tools/bench_kernels.py --batches 1,64,128,256,512,1024 --variants lean,plain \
-    --compile-modes '' --no-flashinfer --out-dir "$LOGS"
+  # (session 12 added the fused log-prob kernels' bf16 run against the chunked path: the whole call is this step)
+  step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
   collect 40 ;;
 kernels)  # the sampler's GPU tests, then the packed-update tests and benchmark (tools/gpu_packing.sh)
   step kernel_tests 240 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \

@@ -86,9 +86,9 @@ def test_float32_warm_start_steps_on_cuda_equal_the_cpus():
     assert worst <= 1e-5
 
 
-def _train(run_dir: Path, env: dict) -> str:
+def _train(run_dir: Path, env: dict, dtype: str = "float32", extra: tuple = ()) -> str:
     cmd = [sys.executable, "-m", "megatron_rlvr.cli", "train", f"run_dir={run_dir}", "steps=5",
-           f"warm_start.cache_dir={run_dir}_ws", "policy.dtype=float32", "memory.dtype=float32",
+           f"warm_start.cache_dir={run_dir}_ws", f"policy.dtype={dtype}", f"memory.dtype={dtype}", *extra,
            "logging.progress=false", "logging.tensorboard=false", "logging.plots=false", "eval.interval=0",
            "checkpoint.export_hf=false", "checkpoint.save_interval=0"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -97,15 +97,39 @@ def _train(run_dir: Path, env: dict) -> str:
     return res.stdout
 
 
-def test_the_tiny_default_on_cuda_tracks_the_cpu_run_from_the_same_weights(tmp_path):
-    logs = {name: _train(tmp_path / name, env) for name, env in (("cpu", CPU_ENV), ("gpu", {}))}
+def _summary(logs: dict, root: Path) -> tuple[dict, dict, dict]:
+    """Held-out warm-start losses (policy, memory), mean reward and the metric rows of each named run."""
     loss = {n: [float(x) for x in re.search(r"held-out loss policy ([0-9.]+), memory ([0-9.]+)", s).groups()]
             for n, s in logs.items()}
-    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in logs}
+    rows = {n: [json.loads(x) for x in (root / n / "metrics.jsonl").read_text().splitlines()] for n in logs}
     reward = {n: sum(r["reward/mean"] for r in rs) / len(rs) for n, rs in rows.items()}
+    return loss, reward, rows
+
+
+def test_the_tiny_default__on_cuda_tracks_the_cpu_run_from_the_same_weights(tmp_path):
+    logs = {name: _train(tmp_path / name, env) for name, env in (("cpu", CPU_ENV), ("gpu", {}))}
+    loss, reward, rows = _summary(logs, tmp_path)
     print("held-out loss", loss, "mean reward", reward,
           "step-0 gap", {n: rs[0]["rollout/logprob_abs_diff"] for n, rs in rows.items()})
     for a, b in zip(loss["cpu"], loss["gpu"]):
         assert abs(a - b) <= 0.02
     assert abs(reward["cpu"] - reward["gpu"]) <= 0.1
     assert rows["gpu"][0]["rollout/logprob_abs_diff"] <= 1e-3
+
+
+def test_the_fused_log_prob_kernels_train_the_tiny_default_like_the_chunked_path(tmp_path):
+    """`logprob_impl=triton` (kernels/token_stats_kernel.py) in every token-stats call of a bf16 GPU run: warm start
+    (cross-entropy), log-prob recompute, policy and memory updates. It must learn like the chunked PyTorch path from
+    the same weights, before it can become the CUDA default."""
+    fused = ("policy.logprob_impl=triton", "memory.logprob_impl=triton")
+    logs = {name: _train(tmp_path / name, {}, "bfloat16", extra) for name, extra in (("torch", ()), ("triton", fused))}
+    loss, reward, rows = _summary(logs, tmp_path)
+    print("bf16 GPU, held-out loss", loss, "mean reward", reward, "step-0 gap",
+          {n: rs[0]["rollout/logprob_abs_diff"] for n, rs in rows.items()}, "step-0 PPO KL",
+          {n: rs[0]["policy/ppo_kl_before_update"] for n, rs in rows.items()})
+    for a, b in zip(loss["torch"], loss["triton"]):
+        assert abs(a - b) <= 0.02
+    assert abs(reward["torch"] - reward["triton"]) <= 0.1
+    for n in logs:
+        assert rows[n][0]["policy/ppo_kl_before_update"] < 1e-3
+        assert rows[n][0]["rollout/logprob_abs_diff"] < 0.05  # bf16 trainer vs bf16 engine, as tests/gpu/test_loop_gpu
