@@ -228,10 +228,17 @@ def host_breakdown(vocab: int, dtype: torch.dtype, batch: int = 1, n: int = 2000
     parts: dict[str, Callable[[int], object]] = {
         "whole call (fast launch)": call,
         "check_inputs": lambda i: check_inputs(zp, zm, 0.5, 1.0, seeds, i, None, 0, 1.0, None),
+        # the two allocations of the layout before the one-buffer one, for comparison with older runs
         "torch.empty tokens (B,) int64": lambda i: torch.empty(batch, dtype=torch.int64, device=dev),
         "torch.empty stats (3, B) float32": lambda i: torch.empty((3, batch), dtype=torch.float32, device=dev),
         "torch.cuda.current_device()": lambda i: torch.cuda.current_device(),
     }
+    st = launcher._PLANS.get(launcher._call_key(zp, zm, 0.5, 1.0, seeds, 0, None, 0, 1.0, 0, True, None, None, False))
+    if st is not None:  # what the call allocates: one float32 buffer, split into the outputs (tokens viewed as int64)
+        parts["call key + plan look-up"] = lambda i: launcher._PLANS.get(launcher._call_key(
+            zp, zm, 0.5, 1.0, seeds, i, None, 0, 1.0, 0, True, None, None, False))
+        parts["torch.empty one buffer + its pieces"] = lambda i: torch.empty(
+            st.n_float, dtype=torch.float32, device=dev).unsafe_split_with_sizes(st.split)[-1].view(torch.int64)
     if "launch" in captured:
         handle, grid, args, device = captured["launch"]
         stream = launcher.STAGE1._stream

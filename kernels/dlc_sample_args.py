@@ -28,7 +28,10 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 @dataclass
 class DLCSampleOutput:
-    """Per-row results of one DLC sampling step."""
+    """Per-row results of one DLC sampling step.
+
+    The Triton launcher returns them as pieces of one fresh buffer per call (with that call's scratch): ordinary
+    tensors, never reused by a later call; ``.clone()`` one to keep it without the rest of the buffer."""
 
     tokens: torch.Tensor
     """(B,) int64 global vocabulary ids; -1 marks an invalid row (only when ``check_nan=False``)."""

@@ -9,11 +9,18 @@ logits; large batches use one program per row and finish in the same launch) and
     [dlc_combine_kernel]     only for a split row launched without an arrival counter (see _arrival_counters)
 
 Memory use: (B, S, 8) float32 + (B, S) int32 partials for the split launch and one float32 per (row, chunk of
-1024 ids) for the first sampling level, nothing of size V.
+1024 ids) for the first sampling level, nothing of size V. All of it and the outputs are one float32 buffer per call
+(one allocation); the outputs are pieces of it, so a kept output keeps that call's scratch alive too (about 4 bytes
+per 1024 ids per row, e.g. 600 B a row at V = 151936).
+
+Host time: an eager decode step repeats one class of call (shapes, dtypes, which arguments are tensors). The first
+call of a class is checked in full and planned (``_stage1_plan``); later ones find it under ``_call_key`` and only
+check the values of scalar lam / temperature.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from functools import lru_cache
@@ -23,8 +30,9 @@ import torch
 
 from . import dlc_sample_kernel as _k
 from .dlc_launch_rule import LaunchPlan, launch_plan
-from .launch_cache import CachedKernel, specialization_class
-from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, check_inputs, raise_on_invalid_rows)
+from .launch_cache import CachedKernel, _env_is, specialization_class
+from .dlc_sample_args import (DLCSampleOutput, FloatArg, IntArg, _check_float_arg, check_inputs,
+                              raise_on_invalid_rows)
 from .dlc_sample_reference import dlc_partials_reference, dlc_sample_reference
 
 # Split heuristic (tuned on an H100 with tools/bench_kernels.py --sweep, see BENCHMARKS.md): aim for
@@ -48,7 +56,7 @@ def _next_pow2(n: int) -> int:
 
 
 def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _env_is(b"TRITON_INTERPRET", b"1", b"0")
 
 
 def resolve_backend(tensor: torch.Tensor, backend: Optional[str]) -> str:
@@ -100,10 +108,15 @@ def _split_plan(rows: int, vocab: int, vocab_offset: int, device: torch.device) 
 
 _COUNTERS: dict = {}
 _DUMMIES: dict = {}
-_PLANS: dict = {}  # caller-side key -> _Stage1, the launch shape of one class of calls
+_PLANS: dict = {}  # _call_key(...) -> _Stage1: everything about one class of calls
+_IDS = itertools.count(1)  # _Stage1.ident, the compiled handles' key: never reused, even after clear_launch_caches
 STAGE1 = CachedKernel(_k.dlc_stage1_kernel)
 THRESHOLD = CachedKernel(_k.dlc_threshold_kernel)
 COMBINE = CachedKernel(_k.dlc_combine_kernel)
+_INF = math.inf
+# torch.cuda.current_device() without its Python-level lazy-init check (the C function initialises CUDA itself);
+# only called for CUDA tensors, so CUDA is up by then.
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 
 def clear_launch_caches() -> None:
@@ -145,15 +158,51 @@ def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int
     return four
 
 
-def _row_arg(value, dtype: torch.dtype, device: torch.device):
-    """(tensor or None, scalar) for a per-row parameter: a contiguous (B,) tensor of ``dtype``, or a Python number."""
-    if type(value) in (int, float):  # the common scalar case first (a bool is an int, and takes the general test)
-        return None, value
-    if isinstance(value, torch.Tensor):
-        if value.dtype is not dtype or value.dim() != 1 or not value.is_contiguous() or value.device != device:
-            value = value.reshape(-1).to(device=device, dtype=dtype).contiguous()
-        return value, 0
-    return None, value
+def _call_key(policy: torch.Tensor, memory, lam, temperature, seed, offset, tau, top_k, top_p, vocab_offset,
+              return_entropy, uniform_noise, policy_max, partials_only: bool) -> Optional[tuple]:
+    """The class of a call: every property of the arguments that ``check_inputs`` or the launch plan reads, except
+    the values of scalar lam / temperature (dlc_sample checks them per call) and of scalar seed / offset (plain kernel
+    arguments; any int is valid), plus the launch-rule settings (module globals tests and the sweep change). Two
+    calls of one class get the same plan, layout and compiled kernels. None if an optional logits tensor is not a
+    tensor (such a call is never cached; check_inputs names the argument)."""
+    tensor = torch.Tensor
+    if memory is None:
+        m = None
+    elif isinstance(memory, tensor):
+        m = (memory.shape, memory.stride(), memory.dtype, memory.device)
+    else:
+        return None
+    if uniform_noise is None:
+        n = None
+    elif isinstance(uniform_noise, tensor):
+        n = (uniform_noise.shape, uniform_noise.stride(), uniform_noise.dtype, uniform_noise.device)
+    else:
+        return None
+    # Per-row arguments: a tensor's shape, strides, dtype and device, else the scalar's type (inline: every call).
+    return (policy.shape, policy.stride(), policy.dtype, policy.device, m, n,
+            (lam.shape, lam.stride(), lam.dtype, lam.device) if isinstance(lam, tensor) else type(lam),
+            (temperature.shape, temperature.stride(), temperature.dtype, temperature.device)
+            if isinstance(temperature, tensor) else type(temperature),
+            (seed.shape, seed.stride(), seed.dtype, seed.device) if isinstance(seed, tensor) else type(seed),
+            (offset.shape, offset.stride(), offset.dtype, offset.device)
+            if isinstance(offset, tensor) else type(offset),
+            tau, type(tau), top_k, type(top_k), top_p, type(top_p), vocab_offset, return_entropy,
+            policy_max is not None, partials_only, PROGRAMS_PER_SM, MIN_CHUNKS_PER_SPLIT, MAX_TILE_CHUNKS,
+            LARGE_BATCH_TILE_CHUNKS, WARPS_PER_CHUNK, INTERPRETER_ONE_TILE, _k.PHILOX_ROUNDS, VARIANT)
+
+
+def _row_mode(value, dtype: torch.dtype, device: torch.device) -> int:
+    """How a per-row argument reaches the kernel: 0 a scalar argument, 1 the tensor's own data, 2 a contiguous (B,)
+    copy of ``dtype`` on ``device`` made per call."""
+    if not isinstance(value, torch.Tensor):
+        return 0
+    if value.dtype is not dtype or value.dim() != 1 or not value.is_contiguous() or value.device != device:
+        return 2
+    return 1
+
+
+def _as_row(value: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return value.reshape(-1).to(device=device, dtype=dtype).contiguous()
 
 
 def _int_halves(value: int) -> tuple[int, int]:
@@ -165,157 +214,214 @@ def _int_halves(value: int) -> tuple[int, int]:
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
 
 
-class _Stage1(NamedTuple):
-    """Everything about a stage-1 launch that depends only on the call's class (shape, dtypes, flags)."""
+def _unit_stride(policy: torch.Tensor, memory: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> tuple:
+    """Inputs whose last dimension is not contiguous, copied (the kernel reads unit-stride rows), and row strides."""
+    tensors = []
+    for t in (policy, memory, noise):
+        if t is not None and t.stride(1) != 1:
+            t = t.contiguous()
+        tensors.append(t)
+    s_pol = tensors[0].stride(0)
+    strides = tuple(s_pol if t is None else t.stride(0) for t in tensors)
+    return (*tensors, strides)
 
+
+class _Threshold(NamedTuple):
+    """The mask pre-pass of one class of calls (tau, top_k, top_p are part of the call key)."""
+
+    constexprs: dict
+    tail: tuple  # vocab, log(tau), top_k, top_p and the constexprs: the fast launch's arguments after the pointers
+    key_tail: tuple  # threshold_handle_key's parts after the stage-1 handle key
+
+
+class _Stage1(NamedTuple):
+    """Everything about a call that depends only on its class (_call_key): plan, buffer layout, kernel arguments."""
+
+    ident: int  # the compiled handles' key (with the current device and whether an arrival counter is used)
     plan: LaunchPlan
     grid: tuple
     finalize: bool
-    n_float: int  # float32 elements of the per-call buffer: outputs first, then the scratch
-    n_rows: int  # the same buffer as (n_rows, B): row 0 lp_cal, row 1 lp_pol, row 2 the entropy if asked for
-    offsets: tuple  # element offsets in it of lp_cal, lp_pol, entropy, pthr, sthr, part_f, part_i, chunk_vals (-1: none)
-    byte_offsets: tuple  # of pthr, sthr, part_f, part_i, chunk_vals, entropy; 0 where absent (the kernel never reads
-    # those, and the buffer's own aligned start specialises like the JIT path's aligned placeholder)
+    partials_only: bool
+    counter: bool  # a split launch that merges in its last program: asks for an arrival-counter buffer
+    rows: int
+    device: torch.device
+    cuda: bool
+    strides: Optional[tuple]  # row strides of policy, memory, noise; None: an input is copied per call (_unit_stride)
+    modes: tuple  # _row_mode of lam, temperature, seed, offset
+    return_entropy: bool
+    n_float: int  # float32 elements of the call's one buffer
+    split: tuple  # its split into lp_cal, lp_pol, [entropy], the scratch (and padding), the tokens (B int64)
+    offsets: tuple  # element offsets of lp_cal, lp_pol, entropy, pthr, sthr, part_f, part_i, chunk_vals (-1: none)
+    byte_offsets: tuple  # of pthr, sthr, part_f, part_i, chunk_vals, tokens, lp_pol, entropy; 0 where absent (the
+    # kernel never reads those, and the buffer's own aligned start specialises like the JIT path's aligned placeholder)
     dummies: tuple  # (float32 placeholder, int64 placeholder, their addresses) on the call's device
     ints: tuple  # V, vocab_offset, chunk_lo, chunk_hi, chunks_per_split, n_iter
     constexprs: dict  # with COUNTER=False; COUNTER depends on whether the call got an arrival buffer
     constexprs_counter: dict  # the same with COUNTER=True
-    threshold_block: int
+    tails: tuple  # (ints + constexpr values) without and with COUNTER: the fast launch's last arguments
+    threshold: Optional[_Threshold]
 
 
-def _stage1_plan(key: tuple, rows: int, vocab: int, vocab_offset: int, device: torch.device, has_memory: bool,
-                 lam_t: bool, temp_t: bool, seed_t: bool, off_t: bool, has_mask: bool, has_noise: bool,
-                 return_entropy: bool, partials_only: bool) -> _Stage1:
+def _stage1_plan(key: Optional[tuple], policy: torch.Tensor, memory: Optional[torch.Tensor], lam, temperature, seed,
+                 offset, tau: Optional[float], top_k: int, top_p: float, vocab_offset: int, return_entropy: bool,
+                 uniform_noise: Optional[torch.Tensor], policy_max: Optional[torch.Tensor],
+                 partials_only: bool) -> _Stage1:
+    """The _Stage1 of a call's class, kept under ``key`` (None: not kept)."""
+    rows, vocab = policy.shape
+    device = policy.device
     plan = _split_plan(rows, vocab, vocab_offset, device)
     splits, per_split = plan.splits, plan.per_split
     finalize = splits == 1 and not partials_only
-    # Layout of the one float32 buffer of a call, in rows of B: log-probs (and entropy) first, which the call
-    # returns as views; then the scratch that lives only for the launch.
+    has_memory, has_noise, return_entropy = memory is not None, uniform_noise is not None, bool(return_entropy)
+    has_mask = tau is not None or top_k > 0 or top_p < 1.0
+    modes = (_row_mode(lam, torch.float32, device), _row_mode(temperature, torch.float32, device),
+             _row_mode(seed, torch.int64, device), _row_mode(offset, torch.int64, device))
+    lam_t, temp_t, seed_t, off_t = (mode > 0 for mode in modes)
+    unit = all(t is None or t.stride(1) == 1 for t in (policy, memory, uniform_noise))
+    strides = _unit_stride(policy, memory, uniform_noise)[3] if unit else None
+    # One float32 buffer per call, in rows of B: log-probs (and entropy) first, which the call returns as views,
+    # then the scratch that lives only for the launch, then from the next 16-byte boundary the B int64 tokens (a view
+    # too). The floats keep the offsets of the two-buffer layout before it, so the kernel sees the same alignments.
     sizes = [1, 1, int(return_entropy), int(has_mask), int(has_mask), 0 if finalize else 8 * splits,
              0 if finalize else splits, 0 if has_noise else splits * per_split]
     offsets, at = [], 0
     for size in sizes:
         offsets.append(at * rows if size else -1)
         at += size
+    tok = (at * rows + 3) // 4 * 4
+    n_out = 2 + int(return_entropy)
+    split = (rows,) * n_out + (tok - n_out * rows, 2 * rows)
     constexprs = dict(HAS_MEMORY=has_memory, LAM_T=lam_t, TEMP_T=temp_t, SEED_T=seed_t, OFF_T=off_t,
                       HAS_MASK=has_mask, HAS_NOISE=has_noise, RETURN_ENTROPY=return_entropy, FINALIZE=finalize,
                       COUNTER=False, BLOCK_S=_next_pow2(splits), C=plan.tile, N_ROUNDS=_k.PHILOX_ROUNDS,
                       LEAN=_lean(), RACE_BLOCK=_race_block(plan))
-    byte_offsets = tuple(4 * offsets[i] if offsets[i] >= 0 else 0 for i in (3, 4, 5, 6, 7, 2))
-    stage1 = _Stage1(plan, (rows, splits, 1), finalize, at * rows, at, tuple(offsets), byte_offsets, _dummies(device),
-                     (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile)),
-                     constexprs, {**constexprs, "COUNTER": True}, min(_next_pow2(vocab), 8192 if _interpret() else 4096))
-    _PLANS[key] = stage1
+    constexprs_counter = {**constexprs, "COUNTER": True}
+    ints = (vocab, vocab_offset, plan.chunk_lo, plan.chunk_hi, per_split, -(-per_split // plan.tile))
+    byte_offsets = tuple(4 * offsets[i] if offsets[i] >= 0 else 0 for i in (3, 4, 5, 6, 7)) + (
+        4 * tok, 4 * rows, 4 * offsets[2] if return_entropy else 0)
+    threshold = None
+    if has_mask:
+        thr = threshold_constexprs(has_memory, lam_t, temp_t, tau, top_k, top_p, policy_max is not None,
+                                   min(_next_pow2(vocab), 8192 if _interpret() else 4096))
+        log_tau = math.log(tau) if tau is not None else 0.0
+        threshold = _Threshold(thr, (vocab, log_tau, top_k, float(top_p), *thr.values()),
+                               threshold_handle_key(None, top_k, thr)[1:])
+    stage1 = _Stage1(next(_IDS), plan, (rows, splits, 1), finalize, partials_only, not finalize and not partials_only,
+                     rows, device, device.type == "cuda", strides, modes, return_entropy, tok + 2 * rows, split,
+                     tuple(offsets), byte_offsets, _dummies(device), ints, constexprs, constexprs_counter,
+                     (ints + tuple(constexprs.values()), ints + tuple(constexprs_counter.values())), threshold)
+    if key is not None:
+        _PLANS[key] = stage1
     return stage1
 
 
 def _launch(policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg, temperature: FloatArg,
             seed: IntArg, offset: IntArg, tau: Optional[float], top_k: int, top_p: float, vocab_offset: int,
             return_entropy: bool, uniform_noise: Optional[torch.Tensor], policy_max: Optional[torch.Tensor],
-            partials_only: bool):
-    # The hot path of every eager decode step: plain locals and one dict look-up, no per-call planning (see
-    # launch_cache.py for why the kernel launch itself bypasses the JIT).
-    rows, vocab = policy.shape
-    device = policy.device
-    s_pol, unit = policy.stride()
-    if unit != 1:
-        policy = policy.contiguous()
-        s_pol = policy.stride(0)
-    s_mem = s_noise = s_pol
-    if memory is not None:
-        s_mem, unit = memory.stride()
-        if unit != 1:
-            memory = memory.contiguous()
-            s_mem = memory.stride(0)
-    if uniform_noise is not None:
-        s_noise, unit = uniform_noise.stride()
-        if unit != 1:
-            uniform_noise = uniform_noise.contiguous()
-            s_noise = uniform_noise.stride(0)
-    lam_p, lam_v = _row_arg(lam, torch.float32, device)
-    temp_p, temp_v = _row_arg(temperature, torch.float32, device)
-    seed_p, seed_v = _row_arg(seed, torch.int64, device)
-    off_p, off_v = _row_arg(offset, torch.int64, device)
-    has_mask = tau is not None or top_k > 0 or top_p < 1.0
+            partials_only: bool, key: Optional[tuple] = None):
+    """Launch one call (checked arguments); ``key``: its _call_key if the caller has it already."""
+    if key is None:
+        key = _call_key(policy, memory, lam, temperature, seed, offset, tau, top_k, top_p, vocab_offset,
+                        return_entropy, uniform_noise, policy_max, partials_only)
+    st = _PLANS.get(key) if key is not None else None
+    if st is None:
+        st = _stage1_plan(key, policy, memory, lam, temperature, seed, offset, tau, top_k, top_p, vocab_offset,
+                          return_entropy, uniform_noise, policy_max, partials_only)
+    return _run(st, policy, memory, lam, temperature, seed, offset, uniform_noise, policy_max)
+
+
+def _run(st: _Stage1, policy: torch.Tensor, memory: Optional[torch.Tensor], lam: FloatArg, temperature: FloatArg,
+         seed: IntArg, offset: IntArg, uniform_noise: Optional[torch.Tensor], policy_max: Optional[torch.Tensor]):
+    # The hot path of every eager decode step: what differs between calls of one class (addresses, scalars, the
+    # output buffer); everything else was worked out once in _stage1_plan (see launch_cache.py for why the kernel
+    # launch itself bypasses the JIT).
+    rows, device = st.rows, st.device
+    strides = st.strides
+    if strides is None:
+        policy, memory, uniform_noise, strides = _unit_stride(policy, memory, uniform_noise)
+    s_pol, s_mem, s_noise = strides
     mem = memory if memory is not None else policy
     noise = uniform_noise if uniform_noise is not None else policy
-
-    key = (rows, vocab, vocab_offset, device, policy.dtype, mem.dtype, noise.dtype, s_pol, s_mem, s_noise,
-           memory is not None, lam_p is not None, temp_p is not None, seed_p is not None, off_p is not None,
-           has_mask, uniform_noise is not None, return_entropy, partials_only, _settings(), _k.PHILOX_ROUNDS, VARIANT)
-    st = _PLANS.get(key)
-    if st is None:
-        st = _stage1_plan(key, rows, vocab, vocab_offset, device, memory is not None, lam_p is not None,
-                          temp_p is not None, seed_p is not None, off_p is not None, has_mask,
-                          uniform_noise is not None, return_entropy, partials_only)
-    counters = None
-    if not st.finalize and not partials_only:
-        counters = _arrival_counters(rows, device)
+    lam_m, temp_m, seed_m, off_m = st.modes
+    lam_p = temp_p = seed_p = off_p = None
+    a_lam = a_temp = a_seed = a_off = seed_lo = seed_hi = off_lo = off_hi = 0
+    lam_v = temp_v = 0.0
+    if lam_m:
+        lam_p = lam if lam_m == 1 else _as_row(lam, torch.float32, device)
+        a_lam = lam_p.data_ptr()
+    else:
+        lam_v = float(lam)
+    if temp_m:
+        temp_p = temperature if temp_m == 1 else _as_row(temperature, torch.float32, device)
+        a_temp = temp_p.data_ptr()
+    else:
+        temp_v = float(temperature)
+    if seed_m:
+        seed_p = seed if seed_m == 1 else _as_row(seed, torch.int64, device)
+        a_seed = seed_p.data_ptr()
+    else:
+        seed_lo, seed_hi = (seed, 0) if 0 <= seed < 2147483648 else _int_halves(seed)
+    if off_m:
+        off_p = offset if off_m == 1 else _as_row(offset, torch.int64, device)
+        a_off = off_p.data_ptr()
+    else:
+        off_lo, off_hi = (offset, 0) if 0 <= offset < 2147483648 else _int_halves(offset)
+    # One allocation per call; the outputs are its pieces (fresh memory each call: callers keep them). The unsafe
+    # split skips autograd's view tracking (~0.1 us a piece): the pieces never require grad and do not overlap.
+    buf = torch.empty(st.n_float, dtype=torch.float32, device=device)
+    parts = buf.unsafe_split_with_sizes(st.split)
+    tokens = parts[-1].view(torch.int64)
+    base = buf.data_ptr()
     dummy_f, dummy_i, df, di = st.dummies
-    tokens = torch.empty(rows, dtype=torch.int64, device=device)
-    fbuf = torch.empty((st.n_rows, rows), dtype=torch.float32, device=device)  # 2-D: a row index is a cheap view
-    lp_cal = fbuf[0]
-    lp_pol = fbuf[1]
-    entropy = fbuf[2] if return_entropy else None
-    seed_lo, seed_hi = (0, 0) if seed_p is not None else _int_halves(seed_v)
-    off_lo, off_hi = (0, 0) if off_p is not None else _int_halves(off_v)
-    lam_v = float(lam_v)
-    temp_v = float(temp_v)
-    o_pthr, o_sthr, o_pf, o_pi, o_cv = st.offsets[3:]
 
-    # Addresses of the call's tensors (0: not given). The fast path hands them to the launcher as ints; every
-    # buffer made here comes from PyTorch's allocator (aligned), so one check covers the user's tensors: a
-    # misaligned view (Triton would specialise on it) always takes the JIT path.
+    # The fast path hands the launcher addresses as ints. The buffer comes from PyTorch's allocator (aligned) and
+    # every offset in it is fixed by the class, so one check covers the user's tensors: a misaligned view (Triton
+    # would specialise on it) always takes the JIT path.
     a_pol, a_mem, a_noise = policy.data_ptr(), mem.data_ptr(), noise.data_ptr()
-    a_lam = lam_p.data_ptr() if lam_p is not None else 0
-    a_temp = temp_p.data_ptr() if temp_p is not None else 0
-    a_seed = seed_p.data_ptr() if seed_p is not None else 0
-    a_off = off_p.data_ptr() if off_p is not None else 0
     a_pmax = policy_max.data_ptr() if policy_max is not None else 0
-    base, a_tok = fbuf.data_ptr(), tokens.data_ptr()
-    aligned = not ((a_pol | a_mem | a_noise | a_lam | a_temp | a_seed | a_off | a_pmax | base | a_tok) & 15)
-    current = torch.cuda.current_device() if device.type == "cuda" else -1  # Triton loads kernels per device
-    handle_key = (key, current, counters is not None) if aligned else None
-    if has_mask:
-        _threshold(st, handle_key, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, fbuf.view(-1),
-                   (a_pol, a_mem, a_lam, a_temp, a_pmax, base), dummy_f, vocab, tau, top_k, top_p, policy_max,
-                   memory is not None, rows)
+    aligned = not ((a_pol | a_mem | a_noise | a_lam | a_temp | a_seed | a_off | a_pmax | base) & 15)
+    counters = _arrival_counters(rows, device) if st.counter else None
+    current = _current_device() if st.cuda else -1  # Triton loads kernels per device
+    handle_key = (st.ident, current, counters is not None) if aligned else None
+    if st.threshold is not None:
+        _threshold(st, handle_key, current, policy, mem, s_pol, s_mem, lam_p, lam_v, temp_p, temp_v, buf,
+                   (a_pol, a_mem, a_lam, a_temp, a_pmax, base), policy_max)
 
-    constexprs = st.constexprs if counters is None else st.constexprs_counter
     h = STAGE1.handle(handle_key) if handle_key is not None else None
     if h is not None:
-        b_pthr, b_sthr, b_pf, b_pi, b_cv, b_ent = st.byte_offsets
+        b_pthr, b_sthr, b_pf, b_pi, b_cv, b_tok, b_lpp, b_ent = st.byte_offsets
         h = STAGE1.launch(h, st.grid, (
             a_pol, a_mem, a_noise, s_pol, s_mem, s_noise, a_lam or df, lam_v, a_temp or df, temp_v,
             a_seed or di, seed_lo, seed_hi, a_off or di, off_lo, off_hi, base + b_pthr, base + b_sthr, base + b_pf,
             base + b_pi, counters.data_ptr() if counters is not None else di, base + b_cv,
-            a_tok, base, base + 4 * rows, base + b_ent, *st.ints, *constexprs.values()), current)
-    if not h or partials_only or (not st.finalize and counters is None):
-        fbuf = fbuf.view(-1)  # the slow paths address the buffer by element offsets
+            base + b_tok, base, base + b_lpp, base + b_ent) + st.tails[counters is not None], current)
+    if h and (st.finalize or counters is not None):  # the common eager call: launched and merged, nothing left
+        return DLCSampleOutput(tokens, parts[0], parts[1], parts[2] if st.return_entropy else None)
+    splits = st.plan.splits
+    o_pthr, o_sthr, o_pf, o_pi, o_cv = st.offsets[3:]
     if not h:
-        splits = st.plan.splits
         # Absent scratch rows get the buffer's start, as on the fast path (never read; aligned like a placeholder).
-        view = lambda o, n=rows: fbuf.narrow(0, o, n) if o >= 0 else fbuf  # noqa: E731
-        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else fbuf
+        view = lambda o, n=rows: buf.narrow(0, o, n) if o >= 0 else buf  # noqa: E731
+        part_i = buf.narrow(0, o_pi, rows * splits).view(torch.int32) if o_pi >= 0 else buf
         args = (policy, mem, noise, s_pol, s_mem, s_noise,
                 dummy_f if lam_p is None else lam_p, lam_v, dummy_f if temp_p is None else temp_p, temp_v,
                 dummy_i if seed_p is None else seed_p, seed_lo, seed_hi, dummy_i if off_p is None else off_p,
                 off_lo, off_hi, view(o_pthr), view(o_sthr), view(o_pf, rows * splits * 8), part_i,
                 counters if counters is not None else dummy_i, view(o_cv, rows * splits * st.plan.per_split),
-                tokens, lp_cal, lp_pol, entropy if return_entropy else fbuf, *st.ints)
-        STAGE1.launch_jit(handle_key, st.grid, args, constexprs, st.plan.num_warps)
-    if partials_only:
-        splits = st.plan.splits
-        part_f = fbuf.narrow(0, o_pf, rows * splits * 8).view(rows, splits, 8)
-        part_i = fbuf.narrow(0, o_pi, rows * splits).view(torch.int32).view(rows, splits)
+                tokens, parts[0], parts[1], parts[2] if st.return_entropy else buf, *st.ints)
+        STAGE1.launch_jit(handle_key, st.grid, args, st.constexprs if counters is None else st.constexprs_counter,
+                          st.plan.num_warps)
+    if st.partials_only:
+        part_f = buf.narrow(0, o_pf, rows * splits * 8).view(rows, splits, 8)
+        part_i = buf.narrow(0, o_pi, rows * splits).view(torch.int32).view(rows, splits)
         return part_f, part_i.to(torch.int64)
+    entropy = parts[2] if st.return_entropy else None
     if not st.finalize and counters is None:
-        splits = st.plan.splits
         COMBINE.launch_jit(None, (rows, 1, 1), (
-            fbuf.narrow(0, o_pf, rows * splits * 8), fbuf.narrow(0, o_pi, rows * splits).view(torch.int32),
-            tokens, lp_cal, lp_pol, entropy if return_entropy else dummy_f, splits),
-            dict(BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=return_entropy), 1 if splits <= 64 else 4)
-    return DLCSampleOutput(tokens, lp_cal, lp_pol, entropy)
+            buf.narrow(0, o_pf, rows * splits * 8), buf.narrow(0, o_pi, rows * splits).view(torch.int32),
+            tokens, parts[0], parts[1], entropy if entropy is not None else dummy_f, splits),
+            dict(BLOCK_S=_next_pow2(splits), RETURN_ENTROPY=st.return_entropy), 1 if splits <= 64 else 4)
+    return DLCSampleOutput(tokens, parts[0], parts[1], entropy)
 
 
 def threshold_constexprs(has_memory: bool, lam_t: bool, temp_t: bool, tau: Optional[float], top_k: int, top_p: float,
@@ -325,7 +431,7 @@ def threshold_constexprs(has_memory: bool, lam_t: bool, temp_t: bool, tau: Optio
                 HAS_TOPK=top_k > 0, HAS_TOPP=top_p < 1.0, BLOCK=block)
 
 
-def threshold_handle_key(handle_key: tuple, top_k: int, constexprs: dict) -> tuple:
+def threshold_handle_key(handle_key: Optional[tuple], top_k: int, constexprs: dict) -> tuple:
     """The threshold kernel's cached-handle key: the stage-1 key (shapes, dtypes, strides, alignment), the class
     Triton specialises ``top_k`` on (1, divisible by 16), and every constexpr of the call. The stage-1 key knows only
     that *some* mask is on; which one (tau, top-k, top-p, a given policy max) compiles a different kernel, and a key
@@ -333,29 +439,27 @@ def threshold_handle_key(handle_key: tuple, top_k: int, constexprs: dict) -> tup
     return (handle_key, specialization_class(top_k), tuple(constexprs.items()))
 
 
-def _threshold(st: _Stage1, handle_key: Optional[tuple], policy, mem, s_pol: int, s_mem: int, lam_p, lam_v,
-               temp_p, temp_v, fbuf, addr: tuple, dummy_f, vocab, tau, top_k, top_p, policy_max, has_memory,
-               rows) -> None:
+def _threshold(st: _Stage1, handle_key: Optional[tuple], current: int, policy, mem, s_pol: int, s_mem: int, lam_p,
+               lam_v, temp_p, temp_v, buf, addr: tuple, policy_max) -> None:
     """The mask pre-pass (tau / top-k / top-p): per-row thresholds into the call buffer's pthr / sthr rows."""
-    o_pthr, o_sthr = st.offsets[3], st.offsets[4]
-    log_tau = math.log(tau) if tau is not None else 0.0
-    constexprs = threshold_constexprs(has_memory, lam_p is not None, temp_p is not None, tau, top_k, top_p,
-                                      policy_max is not None, st.threshold_block)
-    key = None if handle_key is None else threshold_handle_key(handle_key, top_k, constexprs)
+    thr = st.threshold
+    rows = st.rows
+    key = None if handle_key is None else (handle_key, *thr.key_tail)  # == threshold_handle_key(handle_key, ...)
     h = THRESHOLD.handle(key) if key is not None else None
     if h is not None:
         a_pol, a_mem, a_lam, a_temp, a_pmax, base = addr
         df = st.dummies[2]
         h = THRESHOLD.launch(h, (rows, 1, 1), (
-            a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + 4 * o_pthr,
-            base + 4 * o_sthr, a_pmax or df, vocab, log_tau, top_k, float(top_p), *constexprs.values()),
-            handle_key[1])
+            a_pol, a_mem, s_pol, s_mem, a_lam or df, lam_v, a_temp or df, temp_v, base + st.byte_offsets[0],
+            base + st.byte_offsets[1], a_pmax or df) + thr.tail, current)
     if not h:
+        dummy_f = st.dummies[0]
+        vocab, log_tau, top_k, top_p = thr.tail[:4]
         THRESHOLD.launch_jit(key, (rows, 1, 1), (
             policy, mem, s_pol, s_mem, dummy_f if lam_p is None else lam_p, lam_v,
-            dummy_f if temp_p is None else temp_p, temp_v, fbuf.narrow(0, o_pthr, rows), fbuf.narrow(0, o_sthr, rows),
-            policy_max if policy_max is not None else dummy_f, vocab, log_tau, top_k, float(top_p)),
-            constexprs, 8)
+            dummy_f if temp_p is None else temp_p, temp_v, buf.narrow(0, st.offsets[3], rows),
+            buf.narrow(0, st.offsets[4], rows), policy_max if policy_max is not None else dummy_f, vocab, log_tau,
+            top_k, top_p), thr.constexprs, 8)
 
 
 def dlc_sample(
@@ -394,12 +498,33 @@ def dlc_sample(
         check_nan: raise ``DLCInvalidRowError`` if a row has NaN/+inf scores or no allowed token (one device
             sync); with False such rows come back as token -1 with NaN log-probabilities.
     """
+    key = None
+    if backend is None and isinstance(policy_logits, torch.Tensor):
+        # An eager decode step repeats one class of call: a class that passed check_inputs before is valid again,
+        # except for the values of scalar lam / temperature (every other property check_inputs reads is in the key).
+        key = _call_key(policy_logits, memory_logits, lam, temperature, seed, offset, tau, top_k, top_p, vocab_offset,
+                        return_entropy, uniform_noise, None, False)
+        try:
+            st = _PLANS.get(key)
+        except TypeError:  # an unhashable argument (check_inputs below names it)
+            st = key = None
+        # (a CUDA class is always Triton's; a CPU one only while TRITON_INTERPRET=1, which may have changed)
+        if st is not None and (st.cuda or resolve_backend(policy_logits, None) == "triton"):
+            modes = st.modes
+            if not modes[0] and not (type(lam) is float and 0.0 <= lam < _INF):
+                _check_float_arg("lam", lam, st.rows, st.device)
+            if not modes[1] and not (type(temperature) is float and 0.0 <= temperature < _INF):
+                _check_float_arg("temperature", temperature, st.rows, st.device)
+            out = _run(st, policy_logits, memory_logits, lam, temperature, seed, offset, uniform_noise, None)
+            if check_nan:
+                raise_on_invalid_rows(out)
+            return out
     check_inputs(policy_logits, memory_logits, lam, temperature, seed, offset, tau, top_k, top_p, uniform_noise)
     if resolve_backend(policy_logits, backend) == "torch":
         return dlc_sample_reference(policy_logits, memory_logits, lam, temperature, seed, offset, tau, top_k, top_p,
                                     vocab_offset, return_entropy, uniform_noise, check_nan=check_nan)
     out = _launch(policy_logits, memory_logits, lam, temperature, seed, offset, tau, top_k, top_p, vocab_offset,
-                  return_entropy, uniform_noise, None, partials_only=False)
+                  return_entropy, uniform_noise, None, False, key)
     if check_nan:
         raise_on_invalid_rows(out)
     return out

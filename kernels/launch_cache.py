@@ -39,6 +39,9 @@ def _env_is(name: bytes, value: bytes, default: bytes) -> bool:
 
 def fast_launch_enabled() -> bool:
     """False under the Triton interpreter or with MEGATRON_RLVR_FAST_LAUNCH=0 (the JIT path on every call)."""
+    env = _ENV_BYTES  # _env_is spelled out: this runs on every launch
+    if env is not None:
+        return env.get(b"TRITON_INTERPRET", b"0") != b"1" and env.get(b"MEGATRON_RLVR_FAST_LAUNCH", b"1") != b"0"
     return not _env_is(b"TRITON_INTERPRET", b"1", b"0") and not _env_is(b"MEGATRON_RLVR_FAST_LAUNCH", b"0", b"1")
 
 
@@ -70,10 +73,9 @@ def _hooks_active() -> bool:
 
         _RUNTIME_KNOBS.append(knobs.runtime)
     runtime = _RUNTIME_KNOBS[0]
-    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
-        if hook is not None and getattr(hook, "calls", True):
-            return True
-    return False
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool((enter is not None and getattr(enter, "calls", True)) or
+                (leave is not None and getattr(leave, "calls", True)))
 
 
 class CachedKernel:

@@ -142,3 +142,54 @@ def test_launch_settings_change_rounding_not_tokens(rows, monkeypatch):
     old = dlc_sample(zp, zm, lam=0.5, seed=seed, offset=6, return_entropy=True)
     assert int((new.tokens != old.tokens).sum()) <= max(1, rows // 500)
     torch.testing.assert_close(new.entropy, old.entropy, atol=5e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 256])
+def test_fast_calls_return_fresh_aligned_outputs_that_later_calls_leave_alone(rows, monkeypatch):
+    """Every call's outputs are pieces of its own float32 buffer (one allocation): a later fast call must neither
+    reuse nor overwrite them, the tokens must stay 16-byte aligned int64, and the fast path must still be taken."""
+    zp, zm = _logits(rows, V, seed=100 + rows)
+    seed = torch.arange(rows, device="cuda")
+    call = lambda off: dlc_sample(zp, zm, lam=0.5, seed=seed, offset=off, return_entropy=True,  # noqa: E731
+                                  check_nan=False)
+    call(0)  # the JIT launch keeps the handle
+    before = launcher.STAGE1.fast_launches
+    first = call(1)
+    kept = [t.clone() for t in (first.tokens, first.logprob_cal, first.logprob_policy, first.entropy)]
+    second = call(2)
+    torch.cuda.synchronize()
+    assert launcher.STAGE1.fast_launches == before + 2, "both calls of the cached class must take the fast path"
+    assert first.tokens.untyped_storage().data_ptr() != second.tokens.untyped_storage().data_ptr()
+    for out in (first, second):
+        assert out.tokens.dtype == torch.int64 and out.tokens.shape == (rows,) and out.tokens.is_contiguous()
+        assert out.tokens.data_ptr() % 16 == 0 and out.logprob_cal.data_ptr() % 16 == 0
+        assert out.tokens.untyped_storage().data_ptr() == out.entropy.untyped_storage().data_ptr()
+    for a, b in zip(kept, (first.tokens, first.logprob_cal, first.logprob_policy, first.entropy)):
+        assert torch.equal(a.nan_to_num(123.0), b.nan_to_num(123.0))
+    monkeypatch.setenv("MEGATRON_RLVR_FAST_LAUNCH", "0")
+    _assert_bit_equal(second, call(2))
+    ref = dlc_sample_reference(zp, zm, lam=0.5, seed=seed, offset=2, return_entropy=True)
+    assert (second.tokens == ref.tokens).float().mean() > 0.95
+
+
+def test_a_cached_class_still_rejects_bad_scalars_and_new_tensor_properties():
+    zp, zm = _logits(4, V, seed=7)
+    seed = torch.arange(4, device="cuda")
+    for _ in range(2):
+        dlc_sample(zp, zm, lam=0.5, seed=seed, offset=1, check_nan=False)
+    with pytest.raises(ValueError, match="lam must be a finite float"):
+        dlc_sample(zp, zm, lam=float("nan"), seed=seed, offset=1, check_nan=False)
+    with pytest.raises(ValueError, match="temperature must be a finite float"):
+        dlc_sample(zp, zm, lam=0.5, temperature=-1.0, seed=seed, offset=1, check_nan=False)
+    with pytest.raises(ValueError, match="seed tensor must be"):
+        dlc_sample(zp, zm, lam=0.5, seed=seed.cpu(), offset=1, check_nan=False)
+    with pytest.raises(ValueError, match="memory_logits on"):
+        dlc_sample(zp, zm.cpu(), lam=0.5, seed=seed, offset=1, check_nan=False)
+
+
+def test_the_launchers_current_device_query_matches_torchs():
+    # _current_device is torch._C._cuda_getDevice (torch.cuda.current_device() without its Python wrapper)
+    assert launcher._current_device() == torch.cuda.current_device()
+    if torch.cuda.device_count() > 1:
+        with torch.cuda.device(1):
+            assert launcher._current_device() == torch.cuda.current_device() == 1

@@ -67,11 +67,11 @@ def _signature(fn):
 
 def test_fast_path_constexprs_are_in_signature_order():
     names, constexprs = _signature(kernels.dlc_stage1_kernel)
-    plan = launcher._stage1_plan(("test",), 3, 4099, 0, torch.device("cpu"), True, False, False, True, False,
-                                 False, False, True, False)
+    zp = torch.zeros(3, 4099)
+    plan = launcher._stage1_plan(None, zp, zp, 0.5, 1.0, torch.arange(3), 0, None, 0, 1.0, 0, True, None, None, False)
     assert list(plan.constexprs) == list(plan.constexprs_counter) == constexprs
     assert names[-len(constexprs):] == constexprs  # constexprs close the signature: appended after the runtime args
-    launcher._PLANS.pop(("test",), None)
+    assert plan.tails == tuple(plan.ints + tuple(c.values()) for c in (plan.constexprs, plan.constexprs_counter))
 
 
 def _normalise(arg, out, tokens_addr, dummies):
