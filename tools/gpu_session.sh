@@ -6,8 +6,10 @@
 # HERE, once:  bash tools/gpu_tier.sh fetch && PYTHON=.venv-sglang/bin/python bash tools/gpu_sglang.sh fetch
 # DEVICE, back to back (carry what each line names; OUT is the call's output folder):
 #   1  bash tools/gpu_session.sh tier            carry [".whl/base", ".whl/sglang-gpu/p4"]   GPU tier without sampler/packing, <= 9 min
-#   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler + packing tests, packing bench
+#   2  bash tools/gpu_session.sh kernels         carry [".whl/sglang-gpu/p1"]   sampler tests + host time, packing tests + bench
 #   3  bash tools/gpu_session.sh tracking        carry [".whl/sglang-gpu/p2"]   GPU runs tracking CPU runs, fused log-probs
+#   A session with no SGLang work carries only .whl/base, in its first call, and runs kernels, tracking and tier
+#   (session 12: the four calls took ~1650 s of the 1800 s, the machine's start included).
 #      (bash tools/gpu_session.sh sweep: the sampler's launch sweep, ~5 min, when a call has room; `parts`: keep the
 #      carried part and do nothing else, for a call whose GPU work is not needed this session)
 #   4  bash tools/gpu_session.sh sglang [S]      carry [".whl/sglang-gpu/p3"]   install, start the chain, wait for its
@@ -52,10 +54,13 @@ tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
   # (session 12 added the fused log-prob kernels' bf16 run against the chunked path: the whole call is this step)
   step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
   collect 40 ;;
-kernels)  # the sampler's GPU tests, then the packed-update tests and benchmark (tools/gpu_packing.sh)
-  step kernel_tests 240 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
+kernels)  # the sampler's GPU tests and its eager host time, then the packed-update tests and benchmark
+  # (tools/gpu_packing.sh); session 12: 42 s, 110 s with every baseline (here none), 350 s
+  step kernel_tests 150 "${PYTEST[@]}" --durations=8 -m gpu tests/gpu/test_kernels_gpu.py \
     tests/gpu/test_fast_launch_gpu.py tests/gpu/test_lean_tail_gpu.py
-  OUT=$LOGS step packing 380 bash tools/gpu_packing.sh
+  step kernel_host 90 python3 tools/bench_kernels.py --batches 1,256 --compile-modes '' --no-flashinfer \
+    --host-breakdown --out-dir "$LOGS"
+  OUT=$LOGS step packing 340 bash tools/gpu_packing.sh
   collect 40 ;;
 sweep)
   step kernel_sweep 340 python3 tools/bench_kernels.py --sweep --batches 64,128,256,512,1024 --out-dir "$OUT"
