@@ -44,7 +44,8 @@ case "${1:-}" in
 tier)
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count(), 'GPUs')"
   # The sampler, packing and tracking files run in their own steps (below): together the tier ran past one call's
-  # limit. What is left takes ~490 s on an H200 (12 tests; the float32 transformers references are most of it).
+  # limit. What is left took 489 s on an H200 in session 12 (12 tests), 5.3 min of it the float32 transformers
+  # references, one process per shape; they now share one process (expect about 2-3 min less).
   step gpu_tier 560 "${PYTEST[@]}" --durations=12 -m gpu tests/gpu --ignore=tests/gpu/test_kernels_gpu.py \
     --ignore=tests/gpu/test_fast_launch_gpu.py --ignore=tests/gpu/test_packing_gpu.py \
     --ignore=tests/gpu/test_token_stats_gpu.py --ignore=tests/gpu/test_tracking_gpu.py \

@@ -53,8 +53,31 @@ def hf_model(shape: Qwen3Shape, std: float, seed: int = 0):
     return model
 
 
-def compare_worker(name: str, tp: int, transformer_impl: str = "local") -> dict:
-    """On each rank: transformers vs the trainer's Megatron model (layout tp), logits and SGD-step deltas."""
+def compare_all_worker(names: list, tp: int, transformer_impl: str = "local") -> dict:
+    """compare_worker for several shapes in one process and one distributed context: each test process spends ~25 s
+    on a GPU host starting CUDA and the process group, which dominated the per-shape runs (33-69 s each, 5.3 minutes
+    of an 1800 s device session for 8 shapes). A shape that fails reports its traceback; the others still run."""
+    import traceback
+
+    from megatron_rlvr.distributed.parallel import init_distributed
+    from megatron_rlvr.config import ParallelConfig
+
+    ctx = init_distributed({"policy": ParallelConfig(tp=tp)})
+    out = {}
+    try:
+        for name in names:
+            try:
+                out[name] = compare_worker(name, tp, transformer_impl, ctx=ctx)
+            except Exception:  # noqa: BLE001 - reported per shape by the test that reads it
+                out[name] = {"error": traceback.format_exc()[-3000:]}
+    finally:
+        ctx.destroy()
+    return out
+
+
+def compare_worker(name: str, tp: int, transformer_impl: str = "local", ctx=None) -> dict:
+    """On each rank: transformers vs the trainer's Megatron model (layout tp), logits and SGD-step deltas.
+    ``ctx``: a distributed context of layout tp to reuse (then it stays up); None: one is made and destroyed."""
     from megatron.core import tensor_parallel
 
     from megatron_rlvr.config import ModelConfig, OptimConfig, ParallelConfig
@@ -77,7 +100,9 @@ def compare_worker(name: str, tp: int, transformer_impl: str = "local") -> dict:
         return t if index is None else t[index]
 
     par = ParallelConfig(tp=tp)
-    ctx = init_distributed({"policy": par})
+    own_ctx = ctx is None
+    if own_ctx:
+        ctx = init_distributed({"policy": par})
     cfg = ModelConfig(preset="tiny", parallel=par, dtype="float32", transformer_impl=transformer_impl)
     optim = OptimConfig(optimizer="sgd", lr=1.0, clip_grad=0.0)
     model = TrainableModel("policy", cfg, optim, ctx, shape=shape)
@@ -106,7 +131,8 @@ def compare_worker(name: str, tp: int, transformer_impl: str = "local") -> dict:
     loss_h.backward()
     hf_logits = out.detach().cpu()
     grads = {k: p.grad.detach().cpu() for k, p in ref.named_parameters() if p.grad is not None}
-    ctx.destroy()
+    if own_ctx:
+        ctx.destroy()
 
     grad_err = {}
     for k, g_h in grads.items():
@@ -140,11 +166,30 @@ IMPL = "transformer_engine" if os.environ.get("MEGATRON_RLVR_TE") == "1" else "l
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CPU twin: test_reference_cpu.py)")
 
 
+TP2_SHAPES = ["gqa1_hd32", "gqa5_hd32", "gqa4_hd128_4b", "gqa5_hd128_14b"]
+
+
+@pytest.fixture(scope="module")
+def tp1_results() -> dict:
+    """Every shape at TP = 1, in one GPU process (see compare_all_worker)."""
+    return run_distributed(compare_all_worker, 1, args=(list(SHAPES), 1, IMPL), timeout=1200)[0]
+
+
+@pytest.fixture(scope="module")
+def tp2_results() -> list:
+    return run_distributed(compare_all_worker, 2, args=(TP2_SHAPES, 2, IMPL), timeout=1200)
+
+
+def _checked(res: dict) -> dict:
+    assert "error" not in res, res["error"]
+    return res
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_megatron_on_cuda_matches_transformers_float32_logits_and_gradients_at_tp1(name):
-    res = run_distributed(compare_worker, 1, args=(name, 1, IMPL), timeout=600)[0]
+def test_megatron_on_cuda_matches_transformers_float32_logits_and_gradients_at_tp1(name, tp1_results):
+    res = _checked(tp1_results[name])
     assert res["device"] == "cuda"
     assert_matches(res)
 
@@ -153,7 +198,7 @@ def test_megatron_on_cuda_matches_transformers_float32_logits_and_gradients_at_t
 @pytest.mark.multigpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
                     reason="TP=2 over NCCL needs 2 CUDA GPUs (one is lent: nvidia-h200-x2 runs this part)")
-@pytest.mark.parametrize("name", ["gqa1_hd32", "gqa5_hd32", "gqa4_hd128_4b", "gqa5_hd128_14b"])
-def test_megatron_on_cuda_matches_transformers_float32_logits_and_gradients_at_tp2(name):
-    for res in run_distributed(compare_worker, 2, args=(name, 2, IMPL), timeout=600):
-        assert_matches(res)
+@pytest.mark.parametrize("name", TP2_SHAPES)
+def test_megatron_on_cuda_matches_transformers_float32_logits_and_gradients_at_tp2(name, tp2_results):
+    for rank_results in tp2_results:
+        assert_matches(_checked(rank_results[name]))
