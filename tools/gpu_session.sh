@@ -52,8 +52,10 @@ tier)
     --ignore=tests/gpu/test_lean_tail_gpu.py  # in `kernels`; with it the tier ran past 560 s (session 12)
   collect 40 ;;
 tracking)  # CPU-vs-GPU learning curves: ~1-2 min per test (each trains on both)
-  # (session 12 added the fused log-prob kernels' bf16 run against the chunked path: the whole call is this step)
-  step tracking 560 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py
+  # the fused log-prob kernels' bf16 run against the chunked path first (added in session 12, two GPU trainings),
+  # then the CPU-vs-GPU tests (session 10: ~1-2 min each)
+  step tracking_fused 300 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py -k fused_log_prob
+  step tracking 270 "${PYTEST[@]}" --durations=5 -m gpu tests/gpu/test_tracking_gpu.py -k "not fused_log_prob"
   collect 40 ;;
 kernels)  # the sampler's GPU tests and its eager host time, then the packed-update tests and benchmark
   # (tools/gpu_packing.sh); session 12: 42 s, 110 s with every baseline (here none), 350 s
