@@ -37,6 +37,15 @@ runuser -u munge -- munged --socket="$sock" --pid-file="$mdir/munged.pid" --log-
     --seed-file="$mdir/munged.seed" 2>"$dir/munged.err" || fail "munged did not start: $(head -c 300 "$dir/munged.err")"
 cp "$mdir/munged.pid" "$dir/munged.pid" 2>/dev/null
 
+# Ports nobody listens on: daemons left by an earlier run that was killed (kill -9 skips the stop) keep theirs, and
+# a new slurmctld on the same port fails to bind while sbatch reaches the old one, whose folder is gone ("I/O error
+# writing script/environment to file").
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ctld_port=
+for base in $(seq 16817 100 18817); do
+    in_use "$base" || in_use $((base + 1)) || { ctld_port=$base; break; }
+done
+[ -n "$ctld_port" ] || fail "no free port pair between 16817 and 18818 for slurmctld/slurmd (old daemons? pkill slurmctld slurmd)"
 host=$(hostname -s)
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
@@ -57,8 +66,8 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobRequeue=1
 KillWait=30
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$ctld_port
+SlurmdPort=$((ctld_port + 1))
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pid
